@@ -1,0 +1,3 @@
+from wsnode.cli import main
+
+main()

@@ -1,0 +1,173 @@
+"""The admin HTTP port: health, readiness, metrics and the JSON API (DESIGN §6).
+
+Not for the internet. ``/healthz``, ``/readyz`` and ``/metrics`` are open (for
+probes and scrapers); every ``/v1`` call needs ``Authorization: Bearer
+<WSNODE_API_KEY>``, compared in constant time. Errors are JSON:
+``{"error": {"code": ..., "message": ...}}``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from wsnode.errors import NotFound, ProtocolError, SendError, WsnodeError
+from wsnode.ids import MsgId, PodId, UserId
+from wsnode.protocol import Envelope
+
+if TYPE_CHECKING:
+    from wsnode.node import Node
+
+log = logging.getLogger("wsnode.admin")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return _json({"error": {"code": code, "message": message}}, status)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        raise web.HTTPBadRequest(
+            body=orjson.dumps({"error": {"code": "bad_json", "message": exc.msg}}),
+            content_type="application/json") from exc
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(
+            body=orjson.dumps({"error": {"code": "bad_request",
+                                         "message": "the body must be a JSON object"}}),
+            content_type="application/json")
+    return body
+
+
+class AdminApi:
+    """Routes of the admin port, over a node's public methods."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        key = node.settings.api_key
+        self._key = key.get_secret_value().encode() if key is not None else None
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._guard], client_max_size=4 * 1024 * 1024)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_post("/v1/send", self.send)
+        app.router.add_get("/v1/presence", self.presence)
+        app.router.add_get("/v1/presence/{user}", self.presence_user)
+        app.router.add_get("/v1/pods", self.pods)
+        app.router.add_post("/v1/drain", self.drain)
+        app.router.add_get("/v1/messages/{user}/{id}", self.message)
+        app.router.add_get("/v1/dlq", self.dlq)
+        app.router.add_post("/v1/dlq/retry", self.dlq_retry)
+        return app
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/v1/") and not self._authorized(request):
+            if self._key is None:
+                return _error(401, "unauthorized",
+                              "the admin API is disabled: set WSNODE_API_KEY on the pod")
+            return _error(401, "unauthorized",
+                          "missing or wrong API key: send Authorization: Bearer <WSNODE_API_KEY>")
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except ProtocolError as exc:
+            return _error(400, exc.code, exc.message)
+        except SendError as exc:
+            return _error(400, "bad_request", str(exc))
+        except NotFound as exc:
+            return _error(404, "not_found", str(exc))
+        except WsnodeError as exc:
+            return _error(503, "unavailable", str(exc))
+
+    def _authorized(self, request: web.Request) -> bool:
+        if self._key is None:
+            return False
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(),
+                                                                  self._key)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        ready, checks = self.node.readiness()
+        return _json({"ready": ready, "pod": self.node.pod, "state": self.node.state.value,
+                      "checks": checks}, 200 if ready else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        await self.node.refresh_gauges()
+        return web.Response(body=self.node.metrics.render(),
+                            content_type="text/plain", charset="utf-8")
+
+    async def send(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        user = body.get("user")
+        if not isinstance(user, str) or not user:
+            return _error(400, "bad_request", "'user' must be a non-empty string")
+        env = Envelope.from_wire(body.get("envelope"))
+        report = await self.node.send_to_user(UserId(user), env)
+        return _json(report.to_json())
+
+    async def presence(self, request: web.Request) -> web.Response:
+        pod = request.query.get("pod")
+        users = await self.node.presence.users(PodId(pod) if pod else None)
+        return _json({"users": [u.to_json() for u in users]})
+
+    async def presence_user(self, request: web.Request) -> web.Response:
+        user = request.match_info["user"]
+        conns = await self.node.presence.connections(UserId(user))
+        return _json({"user": user, "connections": [c.to_json() for c in conns]})
+
+    async def pods(self, request: web.Request) -> web.Response:
+        pods = await self.node.presence.pods()
+        return _json({"pods": [p.to_json() for p in pods]})
+
+    async def drain(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        pod, over = body.get("pod", self.node.pod), body.get("overSeconds", 0)
+        if not isinstance(pod, str) or isinstance(over, bool) or not isinstance(over, int | float) \
+                or over < 0:
+            return _error(400, "bad_request",
+                          "'pod' must be a string and 'overSeconds' a number >= 0")
+        await self.node.drain_pod(PodId(pod), float(over))
+        return _json({"pod": pod, "state": "draining", "overSeconds": over}, 202)
+
+    async def message(self, request: web.Request) -> web.Response:
+        user, msg_id = UserId(request.match_info["user"]), MsgId(request.match_info["id"])
+        state = await self.node.acks.status(user, msg_id)
+        if state is None:
+            return _error(404, "not_found", f"no message {msg_id!r} for user {user!r}")
+        return _json({"user": user, "id": msg_id, "state": state.value})
+
+    async def dlq(self, request: web.Request) -> web.Response:
+        user = request.query.get("user")
+        try:
+            limit = int(request.query.get("limit", "100"))
+        except ValueError:
+            return _error(400, "bad_request", "'limit' must be an integer")
+        rows = await self.node.acks.dead_letters(UserId(user) if user else None, limit)
+        return _json({"messages": [d.to_json() for d in rows]})
+
+    async def dlq_retry(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        msg_id, user = body.get("id"), body.get("user")
+        if not isinstance(msg_id, str) or (user is not None and not isinstance(user, str)):
+            return _error(400, "bad_request", "'id' (and optional 'user') must be strings")
+        reports = await self.node.retry_dead(MsgId(msg_id), UserId(user) if user else None)
+        return _json({"retried": [r.to_json() for r in reports]})

@@ -1,0 +1,196 @@
+"""Handshake authentication: JWT verification and the origin allowlist.
+
+Contract: :meth:`Authenticator.authenticate` returns an :class:`Identity` or
+raises :class:`~wsnode.errors.AuthError` with status 401 (no/bad token) or 403
+(origin refused). Algorithms are pinned from settings, never read from the
+token, so ``alg: none`` and HS/RS key confusion are refused. Error messages
+never contain the token.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import jwt
+
+from wsnode.errors import AuthError, SettingsError
+from wsnode.ids import UserId
+from wsnode.settings import NodeSettings
+
+BEARER_SUBPROTOCOL = "bearer"
+MAX_USER_ID_LENGTH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a connection belongs to, from a verified token."""
+
+    user: UserId
+    expires_at: float | None = None  # epoch seconds (``exp``), None when the token has none
+    claims: Mapping[str, Any] = field(default_factory=dict)
+    via_subprotocol: bool = False
+
+
+def _load_key(settings: NodeSettings) -> tuple[Any, list[str]]:
+    if settings.jwt_secret is not None:
+        secret = settings.jwt_secret.get_secret_value()
+        algorithms = settings.jwt_algorithms or ["HS256"]
+        # RFC 7518 §3.2: the key MUST be at least as long as the hash output.
+        needed = max(int(alg[2:]) // 8 for alg in algorithms)
+        if len(secret.encode()) < needed:
+            raise SettingsError(
+                f"invalid setting WSNODE_JWT_SECRET: {'/'.join(algorithms)} needs at least "
+                f"{needed} bytes (RFC 7518); generate one with: openssl rand -hex 32")
+        return secret, algorithms
+    path = settings.jwt_public_key_file
+    assert path is not None
+    try:
+        pem = path.read_bytes()
+    except OSError as exc:
+        raise SettingsError(
+            f"invalid setting WSNODE_JWT_PUBLIC_KEY_FILE={str(path)!r}: {exc.strerror}"
+        ) from exc
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        key = load_pem_public_key(pem)
+    except ValueError as exc:
+        raise SettingsError(
+            f"invalid setting WSNODE_JWT_PUBLIC_KEY_FILE={str(path)!r}: not a PEM public key"
+        ) from exc
+    if settings.jwt_algorithms:
+        return key, settings.jwt_algorithms
+    if isinstance(key, rsa.RSAPublicKey):
+        return key, ["RS256"]
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return key, ["ES256"]
+    raise SettingsError(
+        "invalid setting WSNODE_JWT_ALGORITHMS: cannot infer the algorithm of this key; set it")
+
+
+def token_from(headers: Mapping[str, str], path: str) -> tuple[str | None, bool]:
+    """The token of a handshake and whether it came in ``Sec-WebSocket-Protocol``.
+
+    Order: ``Authorization: Bearer``, ``?token=``, ``?access_token=``, then the
+    subprotocol pair ``bearer, <token>``.
+    """
+    auth = headers.get("Authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip(), False
+    query = parse_qs(urlsplit(path).query)
+    for name in ("token", "access_token"):
+        values = query.get(name)
+        if values and values[0]:
+            return values[0], False
+    protocols = [p.strip() for p in headers.get("Sec-WebSocket-Protocol", "").split(",")]
+    if len(protocols) >= 2 and protocols[0].lower() == BEARER_SUBPROTOCOL and protocols[1]:
+        return protocols[1], True
+    return None, False
+
+
+class Authenticator:
+    """Verifies handshakes for one pod."""
+
+    def __init__(self, settings: NodeSettings, *, insecure: bool = False) -> None:
+        self.insecure = insecure
+        self._claim = settings.user_claim
+        self._audience = settings.jwt_audience
+        self._issuer = settings.jwt_issuer
+        self._origins = [o.rstrip("/").lower() for o in settings.allowed_origins]
+        if settings.jwt_secret is None and settings.jwt_public_key_file is None:
+            if not insecure:
+                raise SettingsError(
+                    "invalid settings: set WSNODE_JWT_SECRET or WSNODE_JWT_PUBLIC_KEY_FILE "
+                    "(or pass --insecure for a development pod without authentication)")
+            self._key: Any = None
+            self._algorithms: list[str] = []
+        else:
+            self._key, self._algorithms = _load_key(settings)
+
+    def check_origin(self, headers: Mapping[str, str]) -> None:
+        """Refuse (403) a browser origin outside ``allowed_origins``.
+
+        No ``Origin`` header (a non-browser client) is allowed. With an empty
+        allowlist only same-origin pages pass (Origin host equals Host), so a
+        pod is not open to every web page by default; ``*`` allows all.
+        """
+        origin = headers.get("Origin")
+        if origin is None:
+            return
+        origin_l = origin.rstrip("/").lower()
+        if not self._origins:
+            host = (headers.get("Host") or "").lower()
+            if urlsplit(origin_l).netloc == host:
+                return
+        elif any(fnmatch.fnmatchcase(origin_l, pattern) for pattern in self._origins):
+            return
+        raise AuthError(403, "origin not allowed")
+
+    def authenticate(self, headers: Mapping[str, str], path: str) -> Identity:
+        token, via_subprotocol = token_from(headers, path)
+        if token is None:
+            if self.insecure:
+                user = parse_qs(urlsplit(path).query).get("user", [""])[0]
+                if user and len(user) <= MAX_USER_ID_LENGTH:
+                    return Identity(UserId(user))
+                raise AuthError(401, "insecure mode: pass ?user=NAME or a token")
+            raise AuthError(401, "missing token")
+        if self._key is None:
+            raise AuthError(401, "tokens are not configured on this pod (insecure mode)")
+        return self.verify(token, via_subprotocol)
+
+    def verify(self, token: str, via_subprotocol: bool = False) -> Identity:
+        """Verify a JWT and read the user id from it."""
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=self._algorithms,
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"verify_aud": self._audience is not None},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise AuthError(401, "token expired") from exc
+        except jwt.InvalidTokenError as exc:
+            # PyJWT messages name claims and algorithms, never the token itself.
+            raise AuthError(401, f"invalid token: {exc}") from exc
+        user = claims.get(self._claim)
+        if user is None and self._claim == "sub":
+            user = claims.get("user_id")
+        if isinstance(user, int) and not isinstance(user, bool):
+            user = str(user)
+        if not isinstance(user, str) or not 0 < len(user) <= MAX_USER_ID_LENGTH:
+            raise AuthError(401, f"token has no usable '{self._claim}' claim")
+        exp = claims.get("exp")
+        return Identity(UserId(user), float(exp) if exp is not None else None, claims,
+                        via_subprotocol)
+
+
+def mint_token(
+    secret: str,
+    user: str,
+    ttl_seconds: float,
+    *,
+    algorithm: str = "HS256",
+    audience: str | None = None,
+    issuer: str | None = None,
+    claim: str = "sub",
+    now: float | None = None,
+) -> str:
+    """Sign a token for ``user`` (dev and tests: ``wsctl token``)."""
+    issued = int(now if now is not None else time.time())
+    claims: dict[str, Any] = {claim: user, "iat": issued, "exp": issued + int(ttl_seconds)}
+    if audience is not None:
+        claims["aud"] = audience
+    if issuer is not None:
+        claims["iss"] = issuer
+    return jwt.encode(claims, secret, algorithm=algorithm)

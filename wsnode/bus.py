@@ -1,0 +1,144 @@
+"""The bus: carries deliveries and control commands to a named pod.
+
+:class:`Bus` is written for a broker shared by many pods (RabbitMQ,
+``bus_rabbitmq.py``); :class:`MemoryBus` is the embedded pod's backend and can
+link several in-process nodes.
+
+Contracts:
+
+* ``publish`` returns once the destination pod's queue holds the deliveries
+  (broker confirm), and raises :class:`Unroutable` when no live queue exists for
+  that pod; other failures raise :class:`~wsnode.errors.BackendUnavailable`.
+  Deliveries to one pod from one publisher arrive in publish order.
+* Handlers given to ``start`` are called once per delivered batch; a handler
+  that raises does not stop the consumer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from wsnode.errors import SendError
+from wsnode.ids import MsgId, PodId, UserId
+
+
+class Unroutable(SendError):
+    """No live queue for the destination pod (it died or left)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message for every connection of ``user`` on the receiving pod.
+
+    ``frame`` is the exact wire frame. ``ack_id``/``due`` are set for
+    ACK-required messages: the receiving pod tracks a resend at ``due``.
+    """
+
+    user: UserId
+    frame: bytes
+    type: str
+    ack_id: MsgId | None = None
+    due: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"u": self.user, "f": self.frame.decode(), "t": self.type,
+                "a": self.ack_id, "d": self.due}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Delivery:
+        """Inverse of :meth:`to_json`; raises ValueError on a malformed item."""
+        if not isinstance(obj, dict):
+            raise ValueError("delivery is not an object")
+        user, frame, typ = obj.get("u"), obj.get("f"), obj.get("t")
+        ack, due = obj.get("a"), obj.get("d", 0)
+        if not (isinstance(user, str) and isinstance(frame, str) and isinstance(typ, str)):
+            raise ValueError("delivery lacks user, frame or type")
+        if (ack is not None and not isinstance(ack, str)) or not isinstance(due, int):
+            raise ValueError("delivery has a bad ack id or due time")
+        return cls(UserId(user), frame.encode(), typ, MsgId(ack) if ack else None, due)
+
+
+def encode_batch(deliveries: Sequence[Delivery]) -> bytes:
+    """One broker message body for many deliveries to the same pod."""
+    return orjson.dumps({"v": 1, "d": [d.to_json() for d in deliveries]})
+
+
+def decode_batch(body: bytes) -> list[Delivery]:
+    """Inverse of :func:`encode_batch`; raises ValueError on anything malformed."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"body is not JSON: {exc.msg}") from exc
+    if not isinstance(obj, dict) or not isinstance(obj.get("d"), list):
+        raise ValueError("body has no delivery list")
+    return [Delivery.from_json(item) for item in obj["d"]]
+
+
+DeliveryHandler = Callable[[list[Delivery]], Awaitable[None]]
+ControlHandler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Bus(Protocol):
+    """Point-to-point transport between pods (see the module contract)."""
+
+    @property
+    def ready(self) -> bool:
+        """True while connected and consuming."""
+        ...
+
+    async def start(
+        self, pod: PodId, on_deliveries: DeliveryHandler, on_control: ControlHandler
+    ) -> None: ...
+
+    async def publish(self, pod: PodId, deliveries: Sequence[Delivery]) -> None: ...
+
+    async def control(self, pod: PodId, command: dict[str, Any]) -> None: ...
+
+    async def stop(self) -> None:
+        """Stop consuming (the pod's queue is left for the broker to expire)."""
+        ...
+
+
+class MemoryBus:
+    """In-process bus: a registry of pods' handlers, shareable between nodes."""
+
+    def __init__(self) -> None:
+        self._pods: dict[PodId, tuple[DeliveryHandler, ControlHandler]] = {}
+        self._mine: PodId | None = None
+
+    def attach(self) -> MemoryBus:
+        """A view of the same registry for another in-process node."""
+        view = MemoryBus()
+        view._pods = self._pods
+        return view
+
+    @property
+    def ready(self) -> bool:
+        return self._mine is None or self._mine in self._pods
+
+    async def start(
+        self, pod: PodId, on_deliveries: DeliveryHandler, on_control: ControlHandler
+    ) -> None:
+        self._mine = pod
+        self._pods[pod] = (on_deliveries, on_control)
+
+    async def publish(self, pod: PodId, deliveries: Sequence[Delivery]) -> None:
+        handlers = self._pods.get(pod)
+        if handlers is None:
+            raise Unroutable(f"pod {pod!r} has no queue")
+        await handlers[0](list(deliveries))
+
+    async def control(self, pod: PodId, command: dict[str, Any]) -> None:
+        handlers = self._pods.get(pod)
+        if handlers is None:
+            raise Unroutable(f"pod {pod!r} has no queue")
+        await handlers[1](command)
+
+    async def stop(self) -> None:
+        if self._mine is not None:
+            self._pods.pop(self._mine, None)
+            self._mine = None

@@ -1,0 +1,30 @@
+"""A chat app: ``wsnode serve --app wsnode.examples.chat``.
+
+A client frame ``{"type": "chat_message", "payload": {"to": "bob", ...}}`` is
+delivered to every connection of user ``bob`` as ``{"type": "chat_message",
+"payload": {<the same payload>, "from": "<sender's user id>"}}``. Every field of
+the sender's payload passes through unchanged (the load tests put a send
+timestamp there). With ``requiresAck`` the sender gets an ``ack`` frame once the
+message has been routed.
+"""
+
+from __future__ import annotations
+
+from wsnode.errors import ProtocolError
+from wsnode.hub import Conn
+from wsnode.node import Node
+from wsnode.protocol import Envelope, ErrorCode
+
+CHAT = "chat_message"
+
+
+def setup(node: Node) -> None:
+    @node.on(CHAT)
+    async def chat_message(conn: Conn, env: Envelope) -> None:
+        payload = env.payload
+        if not isinstance(payload, dict) or not isinstance(payload.get("to"), str) \
+                or not payload["to"]:
+            raise ProtocolError(ErrorCode.BAD_ENVELOPE,
+                                "chat_message needs payload.to (a user id)", env.id)
+        await node.send_to_user(payload["to"], Envelope(type=CHAT,
+                                                        payload={**payload, "from": conn.user}))

@@ -1,0 +1,210 @@
+"""The hub: this pod's connections, ``user -> {conn}``, and their send queues.
+
+Every frame to a client goes through :meth:`Conn.push`: a per-connection queue
+bounded in bytes, emptied by at most one writer task that exists only while
+there is something to write (an idle connection costs no task). A connection
+whose queue would pass its bound is closed with 4408 and its queue dropped, so
+one slow reader cannot grow the pod's memory; its ACK-required messages stay
+stored and reach it on reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from wsnode.ids import ConnId, PodId, UserId
+from wsnode.protocol import CloseCode, Envelope, close_reason
+
+log = logging.getLogger("wsnode.hub")
+
+
+class Conn:
+    """One WebSocket connection of a user, as handlers see it.
+
+    ``send`` and ``push`` never block: they queue, or report False when the
+    connection is closing or was just closed for being too slow.
+    """
+
+    __slots__ = (
+        "_closer",
+        "_on_overflow",
+        "_queue",
+        "_queued",
+        "_writer",
+        "claims",
+        "close_timeout",
+        "closing",
+        "id",
+        "max_queue_bytes",
+        "pod",
+        "since",
+        "user",
+        "ws",
+    )
+
+    def __init__(
+        self,
+        ws: ServerConnection,
+        conn_id: ConnId,
+        user: UserId,
+        pod: PodId,
+        since: int,
+        *,
+        claims: Mapping[str, Any] | None = None,
+        max_queue_bytes: int = 1 << 20,
+        close_timeout: float = 5.0,
+        on_overflow: Callable[[Conn], None] | None = None,
+    ) -> None:
+        self.ws = ws
+        self.id = conn_id
+        self.user = user
+        self.pod = pod
+        self.since = since
+        self.claims: Mapping[str, Any] = claims or {}
+        self.max_queue_bytes = max_queue_bytes
+        self.close_timeout = close_timeout
+        self.closing = False
+        self._on_overflow = on_overflow
+        self._queue: deque[bytes] = deque()
+        self._queued = 0
+        self._writer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"Conn(id={self.id!r}, user={self.user!r})"
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued
+
+    async def send(self, env: Envelope) -> bool:
+        """Queue ``env`` for this connection only (no ACK tracking)."""
+        return self.push(env.encode())
+
+    def push(self, frame: bytes) -> bool:
+        """Queue one encoded text frame. False if it will not be sent."""
+        if self.closing:
+            return False
+        size = len(frame)
+        # A frame larger than the whole bound still goes out on an idle queue;
+        # otherwise no message above the bound could ever be delivered.
+        if self._queued and self._queued + size > self.max_queue_bytes:
+            self._overflow()
+            return False
+        self._queue.append(frame)
+        self._queued += size
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write())
+        return True
+
+    async def _write(self) -> None:
+        try:
+            while self._queue:
+                frame = self._queue.popleft()
+                self._queued -= len(frame)
+                await self.ws.send(frame, text=True)
+        except ConnectionClosed:
+            self._drop_queue()
+        finally:
+            self._writer = None
+
+    def _drop_queue(self) -> None:
+        self._queue.clear()
+        self._queued = 0
+
+    def _overflow(self) -> None:
+        log.warning("closing slow consumer: send queue over %d bytes", self.max_queue_bytes,
+                    extra={"conn": self.id, "user": self.user})
+        self._drop_queue()
+        if self._writer is not None:
+            # The writer is parked in drain() behind a full socket: stop it so the
+            # close frame is the next thing written.
+            self._writer.cancel()
+        if self._on_overflow is not None:
+            self._on_overflow(self)
+        self.close_soon(CloseCode.SLOW_CONSUMER, "slow consumer: send queue overflow")
+
+    def close_soon(self, code: int, reason: str) -> None:
+        """Start closing (idempotent); queued frames are flushed first."""
+        if self._closer is None:
+            self._closer = asyncio.get_running_loop().create_task(self.close(code, reason))
+
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Flush what is queued, then close with ``code``, within ``close_timeout``.
+
+        A peer that does not read is aborted at the deadline instead of holding
+        the task and its buffers forever.
+        """
+        self.closing = True
+        try:
+            async with asyncio.timeout(self.close_timeout):
+                writer = self._writer
+                if writer is not None:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.shield(writer)
+                await self.ws.close(code, close_reason(reason))
+        except TimeoutError:
+            self._drop_queue()
+            self.ws.transport.abort()
+
+
+class Hub:
+    """This pod's connections by id and by user. Not thread-safe; one event loop."""
+
+    def __init__(self) -> None:
+        self._conns: dict[ConnId, Conn] = {}
+        self._users: dict[UserId, dict[ConnId, Conn]] = {}
+
+    def add(self, conn: Conn) -> bool:
+        """Register ``conn``; True when it is the user's first on this pod."""
+        self._conns[conn.id] = conn
+        conns = self._users.setdefault(conn.user, {})
+        conns[conn.id] = conn
+        return len(conns) == 1
+
+    def remove(self, conn: Conn) -> bool:
+        """Forget ``conn``; True when it was the user's last on this pod."""
+        if self._conns.pop(conn.id, None) is None:
+            return False
+        conns = self._users.get(conn.user)
+        if conns is None:
+            return False
+        conns.pop(conn.id, None)
+        if conns:
+            return False
+        del self._users[conn.user]
+        return True
+
+    def deliver(self, user: UserId, frame: bytes) -> int:
+        """Queue ``frame`` on every connection of ``user``; how many took it."""
+        conns = self._users.get(user)
+        if not conns:
+            return 0
+        return sum(1 for conn in list(conns.values()) if conn.push(frame))
+
+    def conns_of(self, user: UserId) -> list[Conn]:
+        return list(self._users.get(user, {}).values())
+
+    def has(self, user: UserId) -> bool:
+        return user in self._users
+
+    def get(self, conn_id: ConnId) -> Conn | None:
+        return self._conns.get(conn_id)
+
+    def __iter__(self) -> Iterator[Conn]:
+        return iter(list(self._conns.values()))
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    @property
+    def user_count(self) -> int:
+        return len(self._users)

@@ -1,0 +1,68 @@
+"""Prometheus metrics of one node, in a registry of its own.
+
+A registry per node (not the global one) lets tests run several nodes in one
+process. Labels are bounded: message types are labelled only when a handler is
+registered for them (client side) or when the server code chose them.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    """Every metric a node exports (names under ``wsnode_``)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.connections = Gauge("wsnode_connections", "Open WebSocket connections", registry=r)
+        self.users = Gauge("wsnode_users", "Distinct users connected to this pod", registry=r)
+        self.handshakes_refused = Counter(
+            "wsnode_handshakes_refused_total", "Handshakes refused before the upgrade",
+            ["status"], registry=r)
+        self.messages_in = Counter(
+            "wsnode_messages_in_total", "Client frames received, by type", ["type"], registry=r)
+        self.messages_out = Counter(
+            "wsnode_messages_out_total", "Frames queued to local connections, by type",
+            ["type"], registry=r)
+        self.errors_sent = Counter(
+            "wsnode_error_frames_total", "error frames sent to clients, by code", ["code"],
+            registry=r)
+        self.rate_limited = Counter(
+            "wsnode_rate_limited_total", "Client frames refused by the rate limiter", registry=r)
+        self.dropped = Counter(
+            "wsnode_messages_dropped_total", "Messages not delivered, by reason", ["reason"],
+            registry=r)
+        self.acks_pending = Gauge(
+            "wsnode_acks_pending", "ACK-required messages pending (store-wide)", registry=r)
+        self.acks_dead = Gauge(
+            "wsnode_acks_dead", "Messages in the dead-letter store", registry=r)
+        self.acks_stored = Counter(
+            "wsnode_acks_stored_total", "ACK-required messages stored", registry=r)
+        self.acks_settled = Counter(
+            "wsnode_acks_settled_total", "ACK-required messages settled by a client ack",
+            registry=r)
+        self.acks_resent = Counter(
+            "wsnode_acks_resent_total", "Resends of unacked messages", registry=r)
+        self.acks_dead_lettered = Counter(
+            "wsnode_acks_dead_lettered_total", "Messages moved to the dead-letter store",
+            ["reason"], registry=r)
+        self.send_latency = Histogram(
+            "wsnode_send_latency_seconds", "Time for send_to_user to store and route a message",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.slow_consumers = Counter(
+            "wsnode_slow_consumers_total", "Connections closed 4408 (send queue overflow)",
+            registry=r)
+        self.backend_errors = Counter(
+            "wsnode_backend_errors_total", "Failed calls to a backend", ["backend"], registry=r)
+        self.limiter_fail_open = Counter(
+            "wsnode_limiter_fail_open_total", "Hits allowed because the limiter store failed",
+            registry=r)
+        self.ready = Gauge("wsnode_ready", "1 when /readyz answers 200", registry=r)
+        self.draining = Gauge("wsnode_draining", "1 while the pod drains", registry=r)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this registry."""
+        return generate_latest(self.registry)

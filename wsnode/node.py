@@ -1,0 +1,379 @@
+"""The node: one pod, and the only module that knows every concept.
+
+Lifecycle (an explicit state machine; every transition is idempotent)::
+
+    NEW --start()--> ACTIVE --drain()--> DRAINING --close()--> STOPPING --> STOPPED
+                       └──────────────close()───────────────────┘
+
+``async with Node(settings) as node:`` starts the WebSocket and admin servers
+and the background loops (presence heartbeat and reaping, resend timers, the
+expiry sweeper), all owned by the node and stopped by ``close()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Coroutine
+from enum import StrEnum
+from types import TracebackType
+from typing import Any
+
+import orjson
+from aiohttp import web
+from websockets.asyncio.server import Server, serve
+
+from wsnode.acks import AckStore
+from wsnode.admin import AdminApi
+from wsnode.auth import Authenticator
+from wsnode.backends import Backends, memory_backends
+from wsnode.bus import Bus, Delivery
+from wsnode.clock import Clock, SystemClock
+from wsnode.errors import BackendUnavailable, NotFound
+from wsnode.gateway import Gateway
+from wsnode.hub import Conn, Hub
+from wsnode.ids import MsgId, PodId, UserId
+from wsnode.metrics import Metrics
+from wsnode.presence import PodState, Presence
+from wsnode.protocol import CloseCode, Envelope, Reserved, control_frame
+from wsnode.resend import Resender
+from wsnode.router import H, Router
+from wsnode.sender import Sender, SendReport
+from wsnode.settings import NodeSettings, load_settings
+
+log = logging.getLogger("wsnode.node")
+
+_SWEEP_INTERVAL = 1.0
+
+
+class NodeState(StrEnum):
+    NEW = "new"
+    ACTIVE = "active"
+    DRAINING = "draining"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class Node:
+    """A pod: hub, router, gateway, admin API and backends (DESIGN §4)."""
+
+    def __init__(
+        self,
+        settings: NodeSettings | None = None,
+        *,
+        insecure: bool = False,
+        backends: Backends | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else load_settings()
+        self.pod = PodId(self.settings.pod_id)
+        self.clock = clock or SystemClock()
+        self.metrics = Metrics()
+        self.router = Router()
+        self.hub = Hub()
+        self.auth = Authenticator(self.settings, insecure=insecure)
+        self.backends = backends if backends is not None else memory_backends(self.settings,
+                                                                              self.clock)
+        self.sender = Sender(presence=self.presence, bus=self.bus, acks=self.acks,
+                             metrics=self.metrics, pod=self.pod, local=self, clock=self.clock)
+        self.resender = Resender(self.acks, self.metrics, resend=self.sender.redeliver,
+                                 holds=self.hub.has, clock=self.clock)
+        self.gateway = Gateway(
+            self.settings, pod=self.pod, auth=self.auth, hub=self.hub, router=self.router,
+            limiter=self.backends.limiter, acks=self.acks, resender=self.resender,
+            metrics=self.metrics, clock=self.clock, accepting=self._accepting,
+            on_open=self._conn_opened, on_close=self._conn_closed,
+        )
+        self.state = NodeState.NEW
+        self._ws_server: Server | None = None
+        self._admin: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._drain_task: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+        self._presence_ok = True
+        self._presence_dirty = False
+        self._left = False
+
+    # -- public API ----------------------------------------------------------
+
+    @property
+    def presence(self) -> Presence:
+        return self.backends.presence
+
+    @property
+    def acks(self) -> AckStore:
+        return self.backends.acks
+
+    @property
+    def bus(self) -> Bus:
+        return self.backends.bus
+
+    def on(self, msg_type: str) -> Callable[[H], H]:
+        """Register the handler of a client message type (see :class:`Router`)."""
+        return self.router.on(msg_type)
+
+    async def send_to_user(self, user: str, env: Envelope) -> SendReport:
+        """Deliver ``env`` to every connection of ``user`` on every pod."""
+        return await self.sender.send_to_user(UserId(user), env)
+
+    @property
+    def port(self) -> int:
+        """The bound WebSocket port (useful with ``port=0``)."""
+        assert self._ws_server is not None, "node not started"
+        return int(next(iter(self._ws_server.sockets)).getsockname()[1])
+
+    @property
+    def admin_port(self) -> int:
+        assert self._admin is not None, "node not started"
+        return int(self._admin.addresses[0][1])
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether this pod should receive new connections, and why not."""
+        checks: dict[str, Any] = {
+            "accepting": self.state is NodeState.ACTIVE,
+            "presence": self._presence_ok,
+            "bus": self.bus.ready,
+        }
+        checks.update({name: check() for name, check in self.backends.checks.items()})
+        ready = all(checks.values())
+        self.metrics.ready.set(1 if ready else 0)
+        return ready, checks
+
+    async def refresh_gauges(self) -> None:
+        self.metrics.connections.set(len(self.hub))
+        self.metrics.users.set(self.hub.user_count)
+        with contextlib.suppress(BackendUnavailable):
+            stats = await self.acks.stats()
+            self.metrics.acks_pending.set(stats.pending)
+            self.metrics.acks_dead.set(stats.dead)
+        self.readiness()
+
+    async def retry_dead(self, msg_id: MsgId, user: UserId | None = None) -> list[SendReport]:
+        """Send dead letters with this id again (as new messages with the same id)."""
+        taken = await self.acks.take_dead(msg_id, user)
+        if not taken:
+            raise NotFound(f"no dead letter with id {msg_id!r}")
+        reports = []
+        for dead in taken:
+            env = Envelope.from_wire(orjson.loads(dead.message.body))
+            env.expires_at = None  # an operator's retry overrides the old deadline
+            reports.append(await self.sender.send_to_user(dead.message.user, env))
+        return reports
+
+    # -- delivery ------------------------------------------------------------
+
+    def deliver_local(self, delivery: Delivery) -> int:
+        """Queue a delivery on this pod's connections of its user."""
+        count = self.hub.deliver(delivery.user, delivery.frame)
+        if count:
+            self.metrics.messages_out.labels(delivery.type).inc(count)
+            if delivery.ack_id is not None:
+                self.resender.track(delivery.user, delivery.ack_id, delivery.due)
+        return count
+
+    async def _on_deliveries(self, batch: list[Delivery]) -> None:
+        for delivery in batch:
+            if not self.deliver_local(delivery) and delivery.ack_id is None:
+                # The user left between the presence lookup and the delivery.
+                self.metrics.dropped.labels("left_pod").inc()
+
+    async def _on_control(self, command: dict[str, Any]) -> None:
+        if command.get("cmd") == "drain":
+            over = command.get("over", 0)
+            self.start_drain(float(over) if isinstance(over, int | float) else 0.0)
+        else:
+            log.warning("unknown control command %r", command.get("cmd"))
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def __aenter__(self) -> Node:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        if self.state is not NodeState.NEW:
+            return
+        s = self.settings
+        try:
+            await self.presence.join(self.pod)
+        except BackendUnavailable:
+            self._presence_ok, self._presence_dirty = False, True
+            log.warning("presence store unreachable at start; retrying in the background")
+        await self.bus.start(self.pod, self._on_deliveries, self._on_control)
+        self._ws_server = await serve(
+            self.gateway.handle, s.host, s.port,
+            process_request=self.gateway.process_request,
+            select_subprotocol=self.gateway.select_subprotocol,
+            compression="deflate" if s.compression else None,
+            max_size=s.max_message_bytes,
+            ping_interval=s.ping_interval,
+            ping_timeout=s.ping_timeout or None,
+            close_timeout=min(5.0, s.drain_timeout),
+            server_header="wsnode",
+        )
+        runner = web.AppRunner(AdminApi(self).app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.TCPSite(runner, s.admin_host or s.host, s.admin_port).start()
+        self._admin = runner
+        self._spawn(self.resender.run())
+        self._spawn(self._heartbeat_loop())
+        self._spawn(self._sweep_loop())
+        self.state = NodeState.ACTIVE
+        log.info("pod %s serving ws://%s:%d/ws (admin :%d, %s mode)", self.pod, s.host,
+                 self.port, self.admin_port, "cluster" if s.cluster else "embedded",
+                 extra={"pod": self.pod})
+
+    def start_drain(self, over: float) -> asyncio.Task[None]:
+        """Begin draining in the background (idempotent); returns the drain task."""
+        if self._drain_task is None:
+            self._drain_task = asyncio.get_running_loop().create_task(self.drain(over))
+        return self._drain_task
+
+    async def drain_pod(self, pod: PodId, over: float) -> None:
+        """Drain ``pod``: this one directly, another through the bus."""
+        if pod == self.pod:
+            self.start_drain(over)
+            return
+        from wsnode.bus import Unroutable
+
+        try:
+            await self.bus.control(pod, {"cmd": "drain", "over": over})
+        except Unroutable as exc:
+            raise NotFound(f"pod {pod!r} is not running") from exc
+
+    async def drain(self, over: float = 0.0) -> None:
+        """Move every client to another pod: ``reconnect`` then close 1012, spread
+        over ``over`` seconds, all within ``drain_timeout``; then leave presence.
+        New handshakes get 503 from the first moment."""
+        if self.state is not NodeState.ACTIVE:
+            return
+        self.state = NodeState.DRAINING
+        self.metrics.draining.set(1)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.drain_timeout
+        over = max(0.0, min(over, self.settings.drain_timeout * 0.8))
+        log.info("draining %d connections over %.1fs", len(self.hub), over,
+                 extra={"pod": self.pod})
+        with contextlib.suppress(BackendUnavailable):
+            await self.presence.heartbeat(self.pod, PodState.DRAINING)
+        conns = list(self.hub)
+        random.shuffle(conns)
+        step = over / len(conns) if conns else 0.0
+        start = loop.time()
+        closers: list[asyncio.Task[None]] = []
+        for i, conn in enumerate(conns):
+            wait = start + i * step - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            closers.append(loop.create_task(self._send_away(conn)))
+        if closers:
+            await asyncio.wait(closers, timeout=max(0.1, deadline - loop.time()))
+        with contextlib.suppress(BackendUnavailable):
+            await self.presence.leave(self.pod)
+        self._left = True
+        log.info("drained", extra={"pod": self.pod})
+
+    async def _send_away(self, conn: Conn) -> None:
+        conn.push(control_frame(Reserved.RECONNECT, {
+            "reason": "drain", "retryAfterMs": random.randint(0, 250)}))
+        await conn.close(CloseCode.DRAIN, "pod draining: reconnect")
+
+    async def close(self) -> None:
+        """Stop everything (clients still connected get 1001); bounded in time."""
+        if self.state in (NodeState.STOPPING, NodeState.STOPPED):
+            await self._stopped.wait()
+            return
+        self.state = NodeState.STOPPING
+        if self._drain_task is not None and not self._drain_task.done():
+            self._drain_task.cancel()
+        if self._ws_server is not None:
+            self._ws_server.close(close_connections=True)
+            try:
+                async with asyncio.timeout(self.settings.drain_timeout):
+                    await self._ws_server.wait_closed()
+            except TimeoutError:
+                log.warning("connections did not close in time")
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.bus.stop()
+        if not self._left:
+            with contextlib.suppress(BackendUnavailable):
+                await self.presence.leave(self.pod)
+        if self._admin is not None:
+            await self._admin.cleanup()
+        await self.backends.close()
+        self.state = NodeState.STOPPED
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    def _accepting(self) -> bool:
+        return self.state is NodeState.ACTIVE
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(coro))
+
+    # -- connection hooks and loops -----------------------------------------
+
+    async def _conn_opened(self, conn: Conn) -> None:
+        self.metrics.connections.set(len(self.hub))
+        try:
+            await self.presence.add(self.pod, conn.user, conn.id, conn.since)
+        except BackendUnavailable:
+            self._presence_dirty = True  # the heartbeat loop re-announces
+
+    async def _conn_closed(self, conn: Conn) -> None:
+        self.metrics.connections.set(len(self.hub))
+        try:
+            await self.presence.remove(self.pod, conn.user, conn.id)
+        except BackendUnavailable:
+            self._presence_dirty = True
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.settings.heartbeat_interval
+        backoff = 0.1
+        while not self._left:
+            state = PodState.DRAINING if self.state is NodeState.DRAINING else PodState.ACTIVE
+            try:
+                renewed = await self.presence.heartbeat(self.pod, state)
+                if not renewed or self._presence_dirty:
+                    self._presence_dirty = False
+                    await self.presence.add_many(
+                        self.pod, [(c.user, c.id, c.since) for c in self.hub])
+                    log.info("presence re-announced (%d connections)", len(self.hub),
+                             extra={"pod": self.pod})
+                await self.presence.reap()
+                if not self._presence_ok:
+                    log.info("presence store reachable again", extra={"pod": self.pod})
+                self._presence_ok, backoff = True, 0.1
+                await asyncio.sleep(interval)
+            except BackendUnavailable as exc:
+                if self._presence_ok:
+                    log.warning("presence store unreachable: %s", exc, extra={"pod": self.pod})
+                self._presence_ok, self._presence_dirty = False, True
+                self.metrics.backend_errors.labels("presence").inc()
+                # Full jitter, so pods do not return to a restarted Redis in step.
+                await asyncio.sleep(random.uniform(0, backoff))
+                backoff = min(interval, backoff * 2)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            try:
+                for dead in await self.acks.sweep():
+                    self.metrics.acks_dead_lettered.labels(dead.reason.value).inc()
+                    log.info("message %s dead-lettered (%s)", dead.message.id,
+                             dead.reason.value, extra={"user": dead.message.user})
+            except BackendUnavailable:
+                self.metrics.backend_errors.labels("acks").inc()
+            await asyncio.sleep(_SWEEP_INTERVAL)

@@ -1,0 +1,165 @@
+"""Sending to a user, wherever they are connected.
+
+:class:`Sender` needs only presence, the bus and the ACK store, so it works
+without a running pod (``wsctl send`` uses it). Inside a pod it also has a
+``local`` deliverer: this pod's own connections are served directly, never
+through the broker.
+
+Contract of :meth:`Sender.send_to_user`:
+
+* ACK-required: stored first (idempotent on ``id``); a duplicate is neither
+  stored nor delivered again. Whatever happens to routing afterwards, the
+  store keeps it until acked or dead-lettered.
+* Then delivered to local connections and published once per remote pod that
+  holds the user (never to every pod).
+* Never raises for routing trouble: what could not be routed is counted in
+  ``wsnode_messages_dropped_total{reason}`` and visible in the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from wsnode.acks import AckStore, StoredMessage
+from wsnode.bus import Bus, Delivery, Unroutable
+from wsnode.clock import Clock, SystemClock
+from wsnode.errors import BackendUnavailable, SendError
+from wsnode.ids import PodId, UserId
+from wsnode.metrics import Metrics
+from wsnode.presence import Presence
+from wsnode.protocol import MAX_ID_LENGTH, RESERVED_TYPES, TYPE_PATTERN, Envelope
+
+log = logging.getLogger("wsnode.sender")
+
+
+@dataclass(slots=True)
+class SendReport:
+    """What ``send_to_user`` did (the body of ``POST /v1/send``)."""
+
+    user: UserId
+    local: int = 0
+    pods: list[PodId] = field(default_factory=list)
+    stored: bool = False
+    seq: int | None = None
+    duplicate: bool = False
+    failed_pods: list[PodId] = field(default_factory=list)
+
+    @property
+    def reached(self) -> bool:
+        """True when some connection got it now, or it is stored for later."""
+        return self.local > 0 or bool(self.pods) or self.stored
+
+    def to_json(self) -> dict[str, object]:
+        return {"user": self.user, "local": self.local, "pods": self.pods,
+                "stored": self.stored, "seq": self.seq, "duplicate": self.duplicate,
+                "failedPods": self.failed_pods}
+
+
+class LocalDeliverer(Protocol):
+    """A pod's own connections (implemented by the node)."""
+
+    def deliver_local(self, delivery: Delivery) -> int: ...
+
+
+def check_outgoing(env: Envelope, now_ms: int) -> None:
+    """Refuse what no client should receive: a bad or reserved type, an ACK
+    without an id, a message already expired. Raises SendError."""
+    if not TYPE_PATTERN.fullmatch(env.type):
+        raise SendError(f"type {env.type!r} is not 1-64 characters of [A-Za-z0-9_.:-]")
+    if env.type in RESERVED_TYPES:
+        raise SendError(f"type {env.type!r} is reserved by the protocol")
+    if env.id is not None and not 0 < len(env.id) <= MAX_ID_LENGTH:
+        raise SendError(f"id must be 1-{MAX_ID_LENGTH} characters")
+    if env.requires_ack and env.id is None:
+        raise SendError("an ACK-required message needs an id")
+    if env.expires_at is not None and env.expires_at <= now_ms:
+        raise SendError("expiresAt has already passed")
+
+
+class Sender:
+    """Stores and routes messages to users (see the module contract)."""
+
+    def __init__(
+        self,
+        *,
+        presence: Presence,
+        bus: Bus,
+        acks: AckStore,
+        metrics: Metrics,
+        pod: PodId | None = None,
+        local: LocalDeliverer | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.presence = presence
+        self.bus = bus
+        self.acks = acks
+        self.metrics = metrics
+        self.pod = pod
+        self.local = local
+        self._clock = clock or SystemClock()
+
+    async def send_to_user(self, user: UserId, env: Envelope) -> SendReport:
+        started = time.perf_counter()
+        check_outgoing(env, self._clock.now_ms())
+        report = SendReport(user)
+        if env.requires_ack:
+            result = await self.acks.store(user, env)
+            report.stored, report.seq, report.duplicate = True, result.seq, result.duplicate
+            if result.duplicate or result.message is None:
+                return report
+            self.metrics.acks_stored.inc()
+            delivery = _ack_delivery(result.message)
+        else:
+            delivery = Delivery(user, env.encode(), env.type)
+        await self._route(delivery, report)
+        if not env.requires_ack and not (report.local or report.pods or report.failed_pods):
+            self.metrics.dropped.labels("offline").inc()
+        self.metrics.send_latency.observe(time.perf_counter() - started)
+        return report
+
+    async def redeliver(self, msg: StoredMessage) -> SendReport:
+        """Deliver a stored message again (a resend): same id, same seq."""
+        report = SendReport(msg.user, stored=True, seq=msg.seq)
+        await self._route(_ack_delivery(msg), report)
+        return report
+
+    async def _route(self, delivery: Delivery, report: SendReport) -> None:
+        if self.local is not None:
+            report.local = self.local.deliver_local(delivery)
+        try:
+            where = await self.presence.pods_of([delivery.user])
+        except BackendUnavailable:
+            self.metrics.backend_errors.labels("presence").inc()
+            return
+        remote = sorted(where.get(delivery.user, set()) - {self.pod} if self.pod else
+                        where.get(delivery.user, set()))
+        if not remote:
+            return
+        results = await asyncio.gather(
+            *(self.bus.publish(pod, [delivery]) for pod in remote), return_exceptions=True
+        )
+        for pod, outcome in zip(remote, results, strict=True):
+            if outcome is None:
+                report.pods.append(pod)
+                continue
+            report.failed_pods.append(pod)
+            if isinstance(outcome, Unroutable):
+                reason = "pod_gone"
+            elif isinstance(outcome, BackendUnavailable):
+                reason = "bus_unavailable"
+                self.metrics.backend_errors.labels("bus").inc()
+            else:
+                reason = "bus_error"
+                log.error("publish to %s failed", pod, exc_info=outcome)
+            # An ACK-required message stays stored: it is resent or replayed later.
+            if delivery.ack_id is None:
+                self.metrics.dropped.labels(reason).inc()
+
+
+def _ack_delivery(msg: StoredMessage) -> Delivery:
+    return Delivery(msg.user, msg.frame(), msg.type, ack_id=msg.id, due=msg.next_due)
+

@@ -1,0 +1,229 @@
+"""Settings: ``WSNODE_*`` environment variables, a ``.env`` file, or arguments.
+
+Durations accept seconds (``2.5``) or a unit (``250ms``, ``10s``, ``5m``, ``1h``,
+``1d``); sizes accept bytes (``65536``) or a unit (``64KiB``, ``1MiB``); lists are
+comma-separated. :func:`load_settings` turns any invalid value into one
+:class:`~wsnode.errors.SettingsError` line naming the variable.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from wsnode.errors import SettingsError
+
+ENV_PREFIX = "WSNODE_"
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", re.IGNORECASE)
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE = re.compile(r"\s*(\d+)\s*(b|kb|kib|k|mb|mib|m|gb|gib|g)?\s*", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2,
+               "mib": 1024**2, "g": 1024**3, "gb": 1000**3, "gib": 1024**3}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``2.5``, ``"250ms"``, ``"10s"``, ``"5m"``, ``"1h"`` or ``"1d"``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 10s, 250ms or 1h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.fullmatch(str(value))
+        if not match:
+            raise ValueError(f"{value!r} is not a duration (examples: 10s, 250ms, 1h)")
+        seconds = float(match.group(1)) * _DURATION_UNITS[(match.group(2) or "s").lower()]
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from ``65536``, ``"64KiB"`` or ``"1MiB"``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 65536 or 64KiB")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE.fullmatch(str(value))
+        if not match:
+            raise ValueError(f"{value!r} is not a size (examples: 65536, 64KiB, 1MiB)")
+        size = int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()]
+    if size <= 0:
+        raise ValueError("a size must be positive")
+    return size
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """``count`` messages per ``period`` seconds."""
+
+    count: int
+    period: float
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.period:g}s"
+
+
+def parse_rate(value: Any) -> Rate | None:
+    """``"20/10s"`` -> Rate(20, 10.0); ``"0"``/``"off"`` -> None (no limit)."""
+    if value is None or isinstance(value, Rate):
+        return value
+    text = str(value).strip().lower()
+    if text in {"0", "off", "none", ""}:
+        return None
+    count_text, sep, period_text = text.partition("/")
+    if not sep or not count_text.strip().isdigit():
+        raise ValueError(f"{value!r} is not a rate: use COUNT/PERIOD such as 20/10s, or 0 for off")
+    count = int(count_text)
+    period = parse_duration(period_text)
+    if count <= 0 or period <= 0:
+        raise ValueError("a rate needs a positive count and period (or 0 for off)")
+    return Rate(count, period)
+
+
+def _split_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+StrList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
+OptRate = Annotated[Rate | None, NoDecode, BeforeValidator(parse_rate)]
+
+_SYMMETRIC = {"HS256", "HS384", "HS512"}
+_ASYMMETRIC = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
+               "ES512", "EdDSA"}
+
+
+class NodeSettings(BaseSettings):
+    """Every setting of a pod (DESIGN §7). Field ``x`` is read from ``WSNODE_X``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True
+    )
+
+    pod_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=0, le=65535)
+    admin_host: str | None = None  # defaults to host
+    admin_port: int = Field(9765, ge=0, le=65535)
+    redis_url: str | None = None
+    amqp_url: str | None = None
+    key_prefix: str = Field("ws", pattern=r"^[A-Za-z0-9_.:-]{1,32}$")
+
+    jwt_secret: SecretStr | None = None
+    jwt_public_key_file: Path | None = None
+    jwt_algorithms: StrList = Field(default_factory=list)
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    user_claim: str = "sub"
+    allowed_origins: StrList = Field(default_factory=list)
+    api_key: SecretStr | None = None
+
+    rate_limit: OptRate = Rate(20, 10.0)
+    compression: bool = False
+    max_message_bytes: Size = 65536
+    send_queue_size: Size = 1024 * 1024
+    ping_interval: Duration = 20.0
+    ping_timeout: Duration = 20.0
+    heartbeat_interval: Duration = 5.0
+    ack_retry_interval: Duration = 5.0
+    ack_max_attempts: int = Field(5, ge=1, le=1000)
+    ack_ttl: Duration = 86400.0
+    drain_timeout: Duration = 30.0
+    # How long a SIGTERM drain spreads its reconnects over (bounded by drain_timeout),
+    # so a deploy does not send every client to the other pods in the same instant.
+    drain_over: Duration = 1.0
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _pinned_algorithms(cls, value: list[str]) -> list[str]:
+        for alg in value:
+            if alg not in _SYMMETRIC | _ASYMMETRIC:
+                raise ValueError(
+                    f"{alg!r} is not allowed; choose from HS256, RS256, ES256 (and their sizes)"
+                )
+        return value
+
+    @field_validator("ping_interval", "heartbeat_interval", "ack_retry_interval", "ack_ttl")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than zero")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> NodeSettings:
+        if self.jwt_secret is not None and self.jwt_public_key_file is not None:
+            raise ValueError(
+                "WSNODE_JWT_SECRET and WSNODE_JWT_PUBLIC_KEY_FILE are both set: set one "
+                "(an HS256 secret or an RS256/ES256 public key)"
+            )
+        if self.jwt_secret is not None and set(self.jwt_algorithms) - _SYMMETRIC:
+            raise ValueError("WSNODE_JWT_ALGORITHMS: a JWT secret only verifies HS256/HS384/HS512")
+        if self.jwt_public_key_file is not None and set(self.jwt_algorithms) & _SYMMETRIC:
+            raise ValueError(
+                "WSNODE_JWT_ALGORITHMS: HS* with a public key would let anyone sign tokens; "
+                "use RS256 or ES256"
+            )
+        return self
+
+    @property
+    def cluster(self) -> bool:
+        """True when Redis and RabbitMQ are configured (cluster mode)."""
+        return self.redis_url is not None and self.amqp_url is not None
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long a pod counts after its last heartbeat."""
+        return 3 * self.heartbeat_interval
+
+
+def _describe(err: ErrorDetails) -> str:
+    loc = err.get("loc") or ()
+    message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    if not loc:
+        return f"invalid settings: {message}"
+    field = str(loc[0])
+    value = err.get("input")
+    secret = field in {"jwt_secret", "api_key"}
+    shown = "" if secret or value is None or isinstance(value, dict) else f"={value!r}"
+    return f"invalid setting {ENV_PREFIX}{field.upper()}{shown}: {message}"
+
+
+def load_settings(**overrides: Any) -> NodeSettings:
+    """Build settings from the environment, ``.env`` and ``overrides``.
+
+    ``None`` overrides are ignored, so CLI options that were not given fall back
+    to the environment. Raises :class:`SettingsError` with one line per problem
+    (the first line names the first bad setting).
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return NodeSettings(**given)
+    except ValidationError as exc:
+        raise SettingsError("; ".join(_describe(e) for e in exc.errors())) from exc
