@@ -12,6 +12,9 @@ Contracts:
   Deliveries to one pod from one publisher arrive in publish order.
 * Handlers given to ``start`` are called once per delivered batch; a handler
   that raises does not stop the consumer.
+* ``on_stranded`` receives deliveries that were published to a pod that died
+  before consuming them; the receiving pod re-routes them after reading
+  presence again. Every live pod may receive them (competing consumers).
 """
 
 from __future__ import annotations
@@ -91,8 +94,17 @@ class Bus(Protocol):
         ...
 
     async def start(
-        self, pod: PodId, on_deliveries: DeliveryHandler, on_control: ControlHandler
-    ) -> None: ...
+        self,
+        pod: PodId,
+        on_deliveries: DeliveryHandler,
+        on_control: ControlHandler,
+        on_stranded: DeliveryHandler,
+    ) -> None:
+        """Declare what this pod needs and start consuming. Returns once the
+        first connection is up; later outages are retried in the background
+        (``ready`` is False meanwhile). Raises BackendUnavailable if the first
+        connection fails."""
+        ...
 
     async def publish(self, pod: PodId, deliveries: Sequence[Delivery]) -> None: ...
 
@@ -121,7 +133,11 @@ class MemoryBus:
         return self._mine is None or self._mine in self._pods
 
     async def start(
-        self, pod: PodId, on_deliveries: DeliveryHandler, on_control: ControlHandler
+        self,
+        pod: PodId,
+        on_deliveries: DeliveryHandler,
+        on_control: ControlHandler,
+        on_stranded: DeliveryHandler,
     ) -> None:
         self._mine = pod
         self._pods[pod] = (on_deliveries, on_control)

@@ -179,6 +179,14 @@ class Node:
                 # The user left between the presence lookup and the delivery.
                 self.metrics.dropped.labels("left_pod").inc()
 
+    async def _on_stranded(self, batch: list[Delivery]) -> None:
+        """Deliveries stranded on a dead pod's queue: route them again."""
+        for delivery in batch:
+            report = SendReport(delivery.user)
+            await self.sender.route(delivery, report)
+            if not (report.local or report.pods) and delivery.ack_id is None:
+                self.metrics.dropped.labels("pod_died").inc()
+
     async def _on_control(self, command: dict[str, Any]) -> None:
         if command.get("cmd") == "drain":
             over = command.get("over", 0)
@@ -207,7 +215,7 @@ class Node:
         except BackendUnavailable:
             self._presence_ok, self._presence_dirty = False, True
             log.warning("presence store unreachable at start; retrying in the background")
-        await self.bus.start(self.pod, self._on_deliveries, self._on_control)
+        await self.bus.start(self.pod, self._on_deliveries, self._on_control, self._on_stranded)
         self._ws_server = await serve(
             self.gateway.handle, s.host, s.port,
             process_request=self.gateway.process_request,

@@ -115,7 +115,7 @@ class Sender:
             delivery = _ack_delivery(result.message)
         else:
             delivery = Delivery(user, env.encode(), env.type)
-        await self._route(delivery, report)
+        await self.route(delivery, report)
         if not env.requires_ack and not (report.local or report.pods or report.failed_pods):
             self.metrics.dropped.labels("offline").inc()
         self.metrics.send_latency.observe(time.perf_counter() - started)
@@ -124,10 +124,11 @@ class Sender:
     async def redeliver(self, msg: StoredMessage) -> SendReport:
         """Deliver a stored message again (a resend): same id, same seq."""
         report = SendReport(msg.user, stored=True, seq=msg.seq)
-        await self._route(_ack_delivery(msg), report)
+        await self.route(_ack_delivery(msg), report)
         return report
 
-    async def _route(self, delivery: Delivery, report: SendReport) -> None:
+    async def route(self, delivery: Delivery, report: SendReport) -> None:
+        """Deliver locally and publish once per other pod holding the user."""
         if self.local is not None:
             report.local = self.local.deliver_local(delivery)
         try:

@@ -1,0 +1,35 @@
+# wsnode: `make run` starts one embedded pod; `make test` runs every test.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint unit fmt services clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	@scripts/dev-run.sh
+
+services:
+	@scripts/ensure-services.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check wsnode wsctl tests bench loadtests
+	$(BIN)/mypy
+
+test: $(STAMP) services lint
+	$(BIN)/python -m pytest -q
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+fmt: $(STAMP)
+	$(BIN)/ruff check --fix wsnode wsctl tests bench loadtests
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

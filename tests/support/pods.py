@@ -1,0 +1,135 @@
+"""Real ``wsnode serve`` processes for end-to-end tests.
+
+A :class:`PodProcess` runs ``python -m wsnode serve`` on free loopback ports with
+its own environment, waits until the admin ``/healthz`` answers, and is always
+stopped by pid (SIGTERM, then SIGKILL) by the fixture that made it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from wsnode.auth import mint_token
+
+SECRET = "test-secret-" + "0123456789abcdef" * 3
+API_KEY = "test-api-key-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """A clean WSNODE_* environment: the test secret and key, nothing inherited."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WSNODE_")}
+    env.update(WSNODE_JWT_SECRET=SECRET, WSNODE_API_KEY=API_KEY, WSNODE_LOG_LEVEL="INFO")
+    env.update(extra)
+    return env
+
+
+class PodProcess:
+    """One ``wsnode serve`` child process."""
+
+    def __init__(self, pod_id: str, log_dir: Path, env: dict[str, str] | None = None,
+                 args: list[str] | None = None) -> None:
+        self.pod_id = pod_id
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.env = base_env(**(env or {}))
+        self.args = args or []
+        self.log_path = log_dir / f"{pod_id}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 20.0) -> PodProcess:
+        cmd = [sys.executable, "-m", "wsnode", "serve", "--pod-id", self.pod_id,
+               "--host", "127.0.0.1", "--port", str(self.port),
+               "--admin-port", str(self.admin_port), *self.args]
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pod {self.pod_id} exited {self.proc.returncode}:\n"
+                                   + self.log())
+            try:
+                with urllib.request.urlopen(self.admin_url + "/healthz", timeout=1):
+                    return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.05)
+        raise RuntimeError(f"pod {self.pod_id} not up within {timeout}s:\n" + self.log())
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def token(self, user: str, ttl: float = 3600) -> str:
+        return mint_token(SECRET, user, ttl)
+
+    def api(self, method: str, path: str, body: Any = None, key: str | None = API_KEY,
+            timeout: float = 10) -> tuple[int, Any]:
+        """Call the admin API; returns (status, decoded JSON or text)."""
+        data = orjson.dumps(body) if body is not None else None
+        req = urllib.request.Request(self.admin_url + path, data=data, method=method)
+        if key is not None:
+            req.add_header("Authorization", f"Bearer {key}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                status, raw = resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            status, raw = err.code, err.read()
+        try:
+            return status, orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return status, raw.decode(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 10 s; safe to call twice."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
