@@ -4,15 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
+DEV_ENV=${WSNODE_DEV_ENV:-.dev.env}
 
-if [ ! -f .dev.env ]; then
+if [ ! -f "$DEV_ENV" ]; then
   umask 077
   {
     echo "WSNODE_JWT_SECRET=$("$BIN/python" -c 'import secrets; print(secrets.token_hex(32))')"
     echo "WSNODE_API_KEY=$("$BIN/python" -c 'import secrets; print(secrets.token_hex(16))')"
-  } > .dev.env
+  } > "$DEV_ENV"
 fi
-set -a; . ./.dev.env; set +a
+set -a; . "$(cd "$(dirname "$DEV_ENV")" && pwd)/$(basename "$DEV_ENV")"; set +a
 
 cat <<MSG
 wsnode development pod (embedded: no Redis or RabbitMQ needed)
