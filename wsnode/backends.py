@@ -1,21 +1,28 @@
 """The four backends of a node, chosen from settings.
 
-Embedded (nothing configured): every backend in memory. Cluster (Redis and
-RabbitMQ URLs set): the shared implementations. Both sides implement the same
-Protocols, so the node's code paths are the same in both modes.
+Embedded (nothing configured): every backend in memory. ``WSNODE_REDIS_URL``:
+presence, rate limiter and ACK store in Redis. ``WSNODE_AMQP_URL`` as well:
+the RabbitMQ bus, so pods deliver to each other (cluster mode). Every side
+implements the same Protocols, so the node's code paths are the same in all modes.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from wsnode.acks import AckPolicy, AckStore, MemoryAckStore
 from wsnode.bus import Bus, MemoryBus
 from wsnode.clock import Clock, SystemClock
+from wsnode.errors import SettingsError
+from wsnode.keys import AmqpNames, RedisKeys
 from wsnode.limiter import MemoryLimiter, NoLimiter, RateLimiter
+from wsnode.metrics import Metrics
 from wsnode.presence import MemoryPresence, Presence
 from wsnode.settings import NodeSettings
+
+log = logging.getLogger("wsnode.backends")
 
 
 @dataclass
@@ -26,8 +33,6 @@ class Backends:
     bus: Bus
     # Called in order on close (connection pools and the like).
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    # Readiness checks: name -> True when the backend is reachable.
-    checks: dict[str, Callable[[], bool]] = field(default_factory=dict)
 
     async def close(self) -> None:
         for close in self.closers:
@@ -50,4 +55,43 @@ def memory_backends(settings: NodeSettings, clock: Clock | None = None) -> Backe
         limiter=MemoryLimiter(rate, clock) if rate is not None else NoLimiter(),
         acks=MemoryAckStore(ack_policy(settings), clock),
         bus=MemoryBus(),
+    )
+
+
+def build_backends(settings: NodeSettings, metrics: Metrics,
+                   clock: Clock | None = None) -> Backends:
+    """The backends ``settings`` ask for (see the module docstring)."""
+    if settings.redis_url is None:
+        if settings.amqp_url is not None:
+            raise SettingsError(
+                "invalid settings: WSNODE_AMQP_URL needs WSNODE_REDIS_URL as well "
+                "(presence tells the bus where users are)")
+        return memory_backends(settings, clock)
+    from wsnode import redis_conn
+    from wsnode.acks_redis import RedisAckStore
+    from wsnode.limiter_redis import RedisLimiter
+    from wsnode.presence_redis import RedisPresence
+
+    client = redis_conn.connect(settings.redis_url)
+    keys = RedisKeys(settings.key_prefix)
+    rate = settings.rate_limit
+    limiter: RateLimiter = NoLimiter()
+    if rate is not None:
+        limiter = RedisLimiter(client, keys, rate, on_fail_open=metrics.limiter_fail_open.inc)
+    bus: Bus
+    if settings.amqp_url is not None:
+        from wsnode.bus_rabbitmq import RabbitBus
+
+        bus = RabbitBus(settings.amqp_url, AmqpNames(settings.key_prefix),
+                        canary_interval=settings.heartbeat_interval)
+    else:
+        log.warning("WSNODE_REDIS_URL without WSNODE_AMQP_URL: state is shared in Redis, "
+                    "but messages reach only this pod's connections")
+        bus = MemoryBus()
+    return Backends(
+        presence=RedisPresence(client, keys, lease_ms=int(settings.lease_seconds * 1000)),
+        limiter=limiter,
+        acks=RedisAckStore(client, keys, ack_policy(settings)),
+        bus=bus,
+        closers=[client.aclose],
     )

@@ -17,8 +17,12 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 
-def _enc(value: str) -> str:
+def encode_id(value: str) -> str:
+    """An id as it appears in key names and set members (percent-encoded)."""
     return quote(value, safe="")
+
+
+_enc = encode_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,3 +54,86 @@ class AmqpNames:
     def poison_queue(self) -> str:
         """Bodies that could not be decoded: parked for an operator, never requeued."""
         return f"{self.prefix}.poison"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisKeys:
+    """Redis key names for one ``KEY_PREFIX``.
+
+    Slots: ``user_*`` keys of one user share ``{u:<user>}``; ``pod_*`` keys of one
+    pod share ``{p:<pod>}``; ``lives``, ``ack_expiry`` and ``dlq`` are single
+    global keys. Members of global sets name a user and an id (or a pod and an
+    epoch) separated by a space, which the encoding never produces.
+    """
+
+    prefix: str = "ws"
+
+    # -- presence ----------------------------------------------------------
+    @property
+    def lives(self) -> str:
+        """SET of ``"<pod> <epoch>"``: every pod life whose entries may exist."""
+        return f"{self.prefix}:lives"
+
+    def pod_epoch(self, pod: str) -> str:
+        """Counter: the epoch of the pod's latest life."""
+        return f"{self.prefix}:{{p:{_enc(pod)}}}:epoch"
+
+    def pod_lease(self, pod: str) -> str:
+        """STRING epoch with a TTL: the pod's life counts while this exists."""
+        return f"{self.prefix}:{{p:{_enc(pod)}}}:lease"
+
+    def pod_info(self, pod: str) -> str:
+        """HASH epoch, state, heartbeat."""
+        return f"{self.prefix}:{{p:{_enc(pod)}}}:info"
+
+    def pod_index(self, pod: str, epoch: int) -> str:
+        """SET of ``"<user> <conn>"``: the connections of one life of a pod."""
+        return f"{self.prefix}:{{p:{_enc(pod)}}}:idx:{epoch}"
+
+    def user_conns(self, user: str) -> str:
+        """HASH conn -> ``"<pod> <epoch> <since>"``."""
+        return f"{self.prefix}:{{u:{_enc(user)}}}:conns"
+
+    # -- limiter -----------------------------------------------------------
+    def user_rate(self, user: str) -> str:
+        """STRING: GCRA theoretical arrival time (ms) of the user."""
+        return f"{self.prefix}:{{u:{_enc(user)}}}:rl"
+
+    # -- ACK store ---------------------------------------------------------
+    def user_seq(self, user: str) -> str:
+        return f"{self.prefix}:{{u:{_enc(user)}}}:seq"
+
+    def user_msg(self, user: str, msg_id: str) -> str:
+        """HASH of one ACK-required message (pending, acked or dead)."""
+        return f"{self.prefix}:{{u:{_enc(user)}}}:m:{_enc(msg_id)}"
+
+    def user_pending(self, user: str) -> str:
+        """ZSET id -> seq: the user's pending messages in order."""
+        return f"{self.prefix}:{{u:{_enc(user)}}}:pending"
+
+    def user_dlq(self, user: str) -> str:
+        """ZSET id -> dead_at: the user's dead letters."""
+        return f"{self.prefix}:{{u:{_enc(user)}}}:dlq"
+
+    @property
+    def ack_expiry(self) -> str:
+        """ZSET ``"<user> <id>"`` -> expires_at (ms): what the sweeper looks at."""
+        return f"{self.prefix}:acks:expiry"
+
+    @property
+    def dlq(self) -> str:
+        """ZSET ``"<user> <id>"`` -> dead_at: every dead letter, newest last."""
+        return f"{self.prefix}:dlq"
+
+
+def member(a: str, b: str | int) -> str:
+    """``"<a> <b>"`` with ``a`` percent-encoded (never contains a space)."""
+    return f"{_enc(a)} {b}"
+
+
+def split_member(value: str) -> tuple[str, str]:
+    """Inverse of :func:`member`: ``(a, b)`` with ``a`` decoded."""
+    from urllib.parse import unquote
+
+    a, _, b = value.partition(" ")
+    return unquote(a), b

@@ -28,7 +28,7 @@ from websockets.asyncio.server import Server, serve
 from wsnode.acks import AckStore
 from wsnode.admin import AdminApi
 from wsnode.auth import Authenticator
-from wsnode.backends import Backends, memory_backends
+from wsnode.backends import Backends, build_backends
 from wsnode.bus import Bus, Delivery
 from wsnode.clock import Clock, SystemClock
 from wsnode.errors import BackendUnavailable, NotFound
@@ -74,8 +74,8 @@ class Node:
         self.router = Router()
         self.hub = Hub()
         self.auth = Authenticator(self.settings, insecure=insecure)
-        self.backends = backends if backends is not None else memory_backends(self.settings,
-                                                                              self.clock)
+        self.backends = backends if backends is not None else build_backends(
+            self.settings, self.metrics, self.clock)
         self.sender = Sender(presence=self.presence, bus=self.bus, acks=self.acks,
                              metrics=self.metrics, pod=self.pod, local=self, clock=self.clock)
         self.resender = Resender(self.acks, self.metrics, resend=self.sender.redeliver,
@@ -136,7 +136,6 @@ class Node:
             "presence": self._presence_ok,
             "bus": self.bus.ready,
         }
-        checks.update({name: check() for name, check in self.backends.checks.items()})
         ready = all(checks.values())
         self.metrics.ready.set(1 if ready else 0)
         return ready, checks
@@ -215,7 +214,7 @@ class Node:
         except BackendUnavailable:
             self._presence_ok, self._presence_dirty = False, True
             log.warning("presence store unreachable at start; retrying in the background")
-        await self.bus.start(self.pod, self._on_deliveries, self._on_control, self._on_stranded)
+        bus_up = await self._start_bus()
         self._ws_server = await serve(
             self.gateway.handle, s.host, s.port,
             process_request=self.gateway.process_request,
@@ -234,6 +233,8 @@ class Node:
         self._spawn(self.resender.run())
         self._spawn(self._heartbeat_loop())
         self._spawn(self._sweep_loop())
+        if not bus_up:
+            self._spawn(self._bus_retry_loop())
         self.state = NodeState.ACTIVE
         log.info("pod %s serving ws://%s:%d/ws (admin :%d, %s mode)", self.pod, s.host,
                  self.port, self.admin_port, "cluster" if s.cluster else "embedded",
@@ -374,6 +375,24 @@ class Node:
                 # Full jitter, so pods do not return to a restarted Redis in step.
                 await asyncio.sleep(random.uniform(0, backoff))
                 backoff = min(interval, backoff * 2)
+
+    async def _start_bus(self) -> bool:
+        try:
+            await self.bus.start(self.pod, self._on_deliveries, self._on_control,
+                                 self._on_stranded)
+        except BackendUnavailable as exc:
+            log.warning("bus unreachable at start (%s); retrying in the background", exc,
+                        extra={"pod": self.pod})
+            return False
+        return True
+
+    async def _bus_retry_loop(self) -> None:
+        backoff = 0.2
+        while not await self._start_bus():
+            self.metrics.backend_errors.labels("bus").inc()
+            await asyncio.sleep(random.uniform(backoff / 2, backoff))
+            backoff = min(10.0, backoff * 2)
+        log.info("bus connected", extra={"pod": self.pod})
 
     async def _sweep_loop(self) -> None:
         while True:

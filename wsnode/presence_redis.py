@@ -1,0 +1,235 @@
+"""Presence in Redis, shared by every pod (contract: ``wsnode.presence``).
+
+Data (names in ``keys.RedisKeys``): per user a hash conn -> ``"<pod> <epoch>
+<since>"``; per pod life an index set of ``"<user> <conn>"``; per pod a lease
+key holding the epoch of its current life, with a TTL renewed by heartbeats;
+one global set of lives. An entry counts only while the lease of its pod holds
+the entry's epoch, so a dead pod stops counting when its lease expires, before
+anyone reaps it, and a restarted pod (new epoch) neither inherits nor erases
+its predecessor's entries. Every script touches one hash slot; multi-slot
+updates are ordered so that a crash between steps leaves only what the reaper
+removes (index first on add, entry first on remove).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+from urllib.parse import unquote
+
+from wsnode.ids import ConnId, PodId, UserId
+from wsnode.keys import RedisKeys, encode_id, member, split_member
+from wsnode.presence import ConnInfo, PodInfo, PodState, UserPresence
+from wsnode.redis_conn import Redis, script, text, translated
+
+_SCAN_BATCH = 500
+
+
+class RedisPresence:
+    """Presence over one Redis. ``live_cache_ms`` bounds how stale the set of
+    live pods may be for readers (default 1 s, well under one lease)."""
+
+    def __init__(self, client: Redis, keys: RedisKeys, *, lease_ms: int = 15_000,
+                 live_cache_ms: int = 1000) -> None:
+        self._r = client
+        self._k = keys
+        self.lease_ms = lease_ms
+        self._script = script(client, "presence")
+        self._epochs: dict[PodId, int] = {}  # lives this process joined
+        self._live: dict[str, int] = {}  # encoded pod -> epoch of its live life
+        self._live_until = 0.0
+        self._live_cache_s = live_cache_ms / 1000
+
+    # -- writes (a pod's own) ---------------------------------------------
+
+    async def join(self, pod: PodId, state: PodState = PodState.ACTIVE) -> None:
+        with translated("presence join"):
+            epoch, _ = await self._script(
+                keys=[self._k.pod_epoch(pod), self._k.pod_lease(pod), self._k.pod_info(pod)],
+                args=["join", self.lease_ms, state.value])
+            self._epochs[pod] = int(epoch)
+            await self._r.sadd(self._k.lives, member(pod, int(epoch)))
+        self._live_until = 0.0
+        await self.reap()  # an earlier life of this pod, if it crashed, goes now
+
+    async def heartbeat(self, pod: PodId, state: PodState) -> bool:
+        epoch = self._epochs.get(pod)
+        if epoch is not None:
+            with translated("presence heartbeat"):
+                renewed = await self._script(
+                    keys=[self._k.pod_lease(pod), self._k.pod_info(pod), self._k.pod_epoch(pod)],
+                    args=["heartbeat", epoch, self.lease_ms, state.value])
+            if renewed:
+                return True
+        await self.join(pod, state)
+        return False
+
+    async def leave(self, pod: PodId) -> None:
+        epoch = self._epochs.pop(pod, None)
+        if epoch is not None:
+            await self._reap_life(pod, epoch)
+            self._live_until = 0.0
+
+    async def add(self, pod: PodId, user: UserId, conn: ConnId, since: int) -> None:
+        await self.add_many(pod, [(user, conn, since)])
+
+    async def add_many(self, pod: PodId, entries: Sequence[tuple[UserId, ConnId, int]]) -> None:
+        epoch = self._epochs.get(pod)
+        if epoch is None or not entries:
+            return
+        index = self._k.pod_index(pod, epoch)
+        value_prefix = f"{member(pod, epoch)} "
+        with translated("presence add"):
+            for start in range(0, len(entries), _SCAN_BATCH):
+                chunk = entries[start:start + _SCAN_BATCH]
+                async with self._r.pipeline(transaction=False) as pipe:
+                    # The index first: an entry is never written without a way to reap it.
+                    pipe.sadd(index, *(member(u, c) for u, c, _ in chunk))
+                    # Re-list the life in case a reaper dropped it while we were stalled.
+                    pipe.sadd(self._k.lives, member(pod, epoch))
+                    for user, conn, since in chunk:
+                        pipe.hset(self._k.user_conns(user), conn, f"{value_prefix}{since}")
+                    await pipe.execute()
+
+    async def remove(self, pod: PodId, user: UserId, conn: ConnId) -> None:
+        epoch = self._epochs.get(pod)
+        if epoch is None:
+            return
+        with translated("presence remove"):
+            async with self._r.pipeline(transaction=False) as pipe:
+                await self._script(keys=[self._k.user_conns(user)],
+                                   args=["unlink", conn, f"{member(pod, epoch)} "], client=pipe)
+                pipe.srem(self._k.pod_index(pod, epoch), member(user, conn))
+                await pipe.execute()
+
+    # -- reads --------------------------------------------------------------
+
+    async def pods_of(self, users: Sequence[UserId]) -> dict[UserId, set[PodId]]:
+        if not users:
+            return {}
+        live = await self._live_lives()
+        with translated("presence lookup"):
+            async with self._r.pipeline(transaction=False) as pipe:
+                for user in users:
+                    pipe.hvals(self._k.user_conns(user))
+                rows = await pipe.execute()
+        out: dict[UserId, set[PodId]] = {}
+        for user, values in zip(users, rows, strict=True):
+            pods = {PodId(unquote(p)) for p, e, _ in map(_parse, values) if live.get(p) == e}
+            if pods:
+                out[user] = pods
+        return out
+
+    async def connections(self, user: UserId) -> list[ConnInfo]:
+        live = await self._live_lives()
+        with translated("presence lookup"):
+            entries = await self._r.hgetall(self._k.user_conns(user))
+        out = []
+        for conn, value in entries.items():
+            pod, epoch, since = _parse(value)
+            if live.get(pod) == epoch:
+                out.append(ConnInfo(ConnId(text(conn)), PodId(unquote(pod)), since))
+        return sorted(out, key=lambda c: (c.since, c.conn))
+
+    async def users(self, pod: PodId | None = None) -> list[UserPresence]:
+        live = await self._live_lives()
+        counts: dict[str, int] = defaultdict(int)
+        pods: dict[str, set[str]] = defaultdict(set)
+        for enc_pod, epoch in live.items():
+            pod_id = unquote(enc_pod)
+            async for user, _ in self._index(PodId(pod_id), epoch):
+                counts[user] += 1
+                pods[user].add(pod_id)
+        rows = [UserPresence(UserId(u), counts[u], sorted(PodId(p) for p in pods[u]))
+                for u in counts if pod is None or pod in pods[u]]
+        return sorted(rows, key=lambda r: r.user)
+
+    async def pods(self) -> list[PodInfo]:
+        live = await self._live_lives()
+        out = []
+        for enc_pod, epoch in sorted(live.items()):
+            pod_id = PodId(unquote(enc_pod))
+            with translated("presence pods"):
+                info = await self._r.hgetall(self._k.pod_info(pod_id))
+            users: set[str] = set()
+            conns = 0
+            async for user, _ in self._index(pod_id, epoch):
+                users.add(user)
+                conns += 1
+            state = text(info.get(b"state", b"active"))
+            out.append(PodInfo(pod_id, PodState(state), conns, len(users),
+                               int(info.get(b"heartbeat", 0))))
+        return out
+
+    async def reap(self) -> list[PodId]:
+        with translated("presence reap"):
+            lives = [split_member(text(m)) for m in await self._r.smembers(self._k.lives)]
+            async with self._r.pipeline(transaction=False) as pipe:
+                for pod, _ in lives:
+                    pipe.get(self._k.pod_lease(pod))
+                leases = await pipe.execute()
+        reaped = []
+        for (pod, epoch), lease in zip(lives, leases, strict=True):
+            if lease is None or text(lease) != epoch:
+                await self._reap_life(PodId(pod), int(epoch))
+                reaped.append(PodId(pod))
+        if reaped:
+            self._live_until = 0.0
+        return reaped
+
+    # -- internals ------------------------------------------------------------
+
+    async def _reap_life(self, pod: PodId, epoch: int) -> None:
+        """Unlink every entry of one life of ``pod``, then forget the life.
+        Idempotent: several pods may reap the same life at once."""
+        index = self._k.pod_index(pod, epoch)
+        prefix = f"{member(pod, epoch)} "
+        with translated("presence reap"):
+            cursor = 0
+            while True:
+                cursor, members = await self._r.sscan(index, cursor, count=_SCAN_BATCH)
+                if members:
+                    async with self._r.pipeline(transaction=False) as pipe:
+                        for raw in members:
+                            user, conn = split_member(text(raw))
+                            await self._script(keys=[self._k.user_conns(user)],
+                                               args=["unlink", conn, prefix], client=pipe)
+                        await pipe.execute()
+                if cursor == 0:
+                    break
+            await self._script(
+                keys=[index, self._k.pod_info(pod), self._k.pod_lease(pod)],
+                args=["forget_life", epoch])
+            await self._r.srem(self._k.lives, member(pod, epoch))
+
+    async def _live_lives(self) -> dict[str, int]:
+        """Encoded pod -> epoch of its live life, cached for ``live_cache_ms``."""
+        now = time.monotonic()
+        if now < self._live_until:
+            return self._live
+        with translated("presence lives"):
+            lives = [split_member(text(m)) for m in await self._r.smembers(self._k.lives)]
+            async with self._r.pipeline(transaction=False) as pipe:
+                for pod, _ in lives:
+                    pipe.get(self._k.pod_lease(pod))
+                leases = await pipe.execute()
+        live: dict[str, int] = {}
+        for (pod, epoch), lease in zip(lives, leases, strict=True):
+            if lease is not None and text(lease) == epoch:
+                live[encode_id(pod)] = int(epoch)
+        self._live, self._live_until = live, now + self._live_cache_s
+        return live
+
+    async def _index(self, pod: PodId, epoch: int) -> AsyncIterator[tuple[str, str]]:
+        with translated("presence index"):
+            async for raw in self._r.sscan_iter(self._k.pod_index(pod, epoch),
+                                                count=_SCAN_BATCH):
+                user, conn = split_member(text(raw))
+                yield user, conn
+
+
+def _parse(value: bytes | str) -> tuple[str, int, int]:
+    """``"<encoded pod> <epoch> <since>"`` -> (encoded pod, epoch, since)."""
+    pod, epoch, since = text(value).split(" ")
+    return pod, int(epoch), int(since)
