@@ -1,0 +1,3 @@
+from wsctl.cli import main
+
+main()

@@ -1,0 +1,294 @@
+"""``wsctl``: the operator CLI. Parses options, calls a target, prints; nothing else.
+
+Exit codes (DESIGN §5): 0 success, 1 error, 2 usage error, 3 when what was
+asked did not happen (user offline, not acked in time, not found). Errors are
+one line on stderr (see :mod:`wsctl.output`), never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import sys
+from collections.abc import Awaitable, Callable
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from typing import Annotated, ParamSpec, TypeVar
+
+import typer
+
+from wsctl import documents as doc
+from wsctl import operations, output, tokens
+from wsctl.envelope import build_envelope, parse_seconds, read_payload
+from wsctl.errors import CtlError, UsageProblem
+from wsctl.operations import Outcome
+from wsctl.target import Target, resolve_target
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = "10s"
+
+app = typer.Typer(name="wsctl", add_completion=False, no_args_is_help=True,
+                  pretty_exceptions_enable=False,
+                  help="Operate wsnode: send to users, see who is online, drain pods.",
+                  epilog="Example: wsctl pods ls --node http://127.0.0.1:9765")
+presence_app = typer.Typer(no_args_is_help=True, help="Who is online, and where.")
+pods_app = typer.Typer(no_args_is_help=True, help="The live pods.")
+dlq_app = typer.Typer(no_args_is_help=True, help="Dead-lettered ACK-required messages.")
+app.add_typer(presence_app, name="presence")
+app.add_typer(pods_app, name="pods")
+app.add_typer(dlq_app, name="dlq")
+
+JsonOpt = Annotated[bool, typer.Option(
+    "--json", help="Print one JSON document on stdout (the admin API's).")]
+NodeOpt = Annotated[str | None, typer.Option(
+    "--node", envvar="WSNODE_NODE", metavar="URL", show_default=False,
+    help="Admin URL of one pod, e.g. http://127.0.0.1:9765.")]
+ApiKeyOpt = Annotated[str | None, typer.Option(
+    "--api-key", envvar="WSNODE_API_KEY", metavar="KEY", show_default=False,
+    help="The pods' admin API key (prefer the environment variable).")]
+TimeoutOpt = Annotated[str, typer.Option(
+    "--timeout", metavar="DURATION", help="Give up on an HTTP call after this long.")]
+
+
+def _reporting(command: Callable[P, None]) -> Callable[P, None]:
+    """Turn a :class:`CtlError` into its error line and exit code."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            command(*args, **kwargs)
+        except CtlError as exc:
+            output.print_error(exc.message, exc.hint)
+            raise typer.Exit(exc.exit_code) from None
+
+    return run
+
+
+def _call(node: str | None, api_key: str | None, timeout: str,
+          operation: Callable[[Target], Awaitable[T]]) -> T:
+    """Run ``operation`` on the target the options name, in a fresh event loop
+    that is closed, with the target, before this returns."""
+    target = resolve_target(node, api_key=api_key, timeout=parse_seconds("--timeout", timeout))
+
+    async def run() -> T:
+        async with contextlib.aclosing(target):
+            return await operation(target)
+
+    return asyncio.run(run())
+
+
+def _finish(outcome: Outcome[T], json_out: bool, show: Callable[[T], None]) -> None:
+    """Print the outcome's document (JSON or human), then exit 3 if it fell short."""
+    if json_out:
+        output.print_json(outcome.document)
+    else:
+        show(outcome.document)
+    if outcome.problem is not None:
+        raise outcome.problem
+
+
+# -- send ---------------------------------------------------------------------
+
+def _show_send(report: doc.SendReport) -> None:
+    if not operations.offline(report):
+        output.print_line(output.send_summary(report))
+
+
+@app.command(epilog="Example: wsctl send alice --type notification "
+                    "--payload '{\"text\": \"hi\"}' --ack --wait 5")
+@_reporting
+def send(
+    user: Annotated[str, typer.Argument(help="User id to send to.", show_default=False)],
+    msg_type: Annotated[str, typer.Option("--type", "-t", metavar="TYPE", show_default=False,
+                                          help="Message type, e.g. notification.")],
+    payload: Annotated[str | None, typer.Option(
+        "--payload", "-p", metavar="JSON|@FILE",
+        help="Payload: JSON text, @file to read it from a file, @- from stdin.")] = None,
+    msg_id: Annotated[str | None, typer.Option(
+        "--id", metavar="ID", help="Message id (clients dedup on it).")] = None,
+    ack: Annotated[bool, typer.Option(
+        "--ack", help="Require an ACK: stored, resent until acked. Makes an id if none.")] = False,
+    expires_in: Annotated[str | None, typer.Option(
+        "--expires-in", metavar="DURATION", help="Not delivered after this, e.g. 30s, 5m.")
+    ] = None,
+    wait: Annotated[str | None, typer.Option(
+        "--wait", metavar="SECONDS", help="With --ack: wait this long for the ACK.")] = None,
+    node: NodeOpt = None, api_key: ApiKeyOpt = None, timeout: TimeoutOpt = DEFAULT_TIMEOUT,
+    json_out: JsonOpt = False,
+) -> None:
+    """Send a message to every connection of USER, on any pod.
+
+    Exits 3 when USER is offline (without --ack), or not acked within --wait.
+    """
+    if wait is not None and not ack:
+        raise UsageProblem("--wait needs --ack: only ACK-required messages are acknowledged")
+    wait_seconds = parse_seconds("--wait", wait) if wait is not None else None
+    expires = parse_seconds("--expires-in", expires_in) if expires_in is not None else None
+    envelope = build_envelope(msg_type, payload=read_payload(payload), msg_id=msg_id, ack=ack,
+                              expires_in=expires, now_ms=output.now_ms())
+    outcome = _call(node, api_key, timeout,
+                    lambda t: operations.send(t, user, envelope, wait_seconds))
+    _finish(outcome, json_out, _show_send)
+
+
+# -- presence -----------------------------------------------------------------
+
+@presence_app.command("ls", epilog="Example: wsctl presence ls --pod pod-a")
+@_reporting
+def presence_ls(
+    pod: Annotated[str | None, typer.Option("--pod", metavar="POD",
+                                            help="Only users on this pod.")] = None,
+    node: NodeOpt = None, api_key: ApiKeyOpt = None, timeout: TimeoutOpt = DEFAULT_TIMEOUT,
+    json_out: JsonOpt = False,
+) -> None:
+    """List the users online: user, connections, pods."""
+    document = _call(node, api_key, timeout, lambda t: t.presence(pod))
+    _finish(Outcome(document), json_out,
+            lambda d: output.print_table(output.presence_table(d), "no user online"))
+
+
+def _show_user(document: doc.UserPresence) -> None:
+    if document["connections"]:  # offline: the exit-3 error line says it all
+        output.print_table(output.user_table(document), "")
+
+
+@presence_app.command("get", epilog="Example: wsctl presence get alice --json")
+@_reporting
+def presence_get(
+    user: Annotated[str, typer.Argument(help="User id.", show_default=False)],
+    node: NodeOpt = None, api_key: ApiKeyOpt = None, timeout: TimeoutOpt = DEFAULT_TIMEOUT,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show USER's connections: conn id, pod, connected since. Exits 3 when offline."""
+    outcome = _call(node, api_key, timeout, lambda t: operations.user_presence(t, user))
+
+    _finish(outcome, json_out, _show_user)
+
+
+# -- pods ---------------------------------------------------------------------
+
+@pods_app.command("ls", epilog="Example: wsctl pods ls --node http://127.0.0.1:9765")
+@_reporting
+def pods_ls(
+    node: NodeOpt = None, api_key: ApiKeyOpt = None, timeout: TimeoutOpt = DEFAULT_TIMEOUT,
+    json_out: JsonOpt = False,
+) -> None:
+    """List the live pods: state, connections, users, last heartbeat."""
+    document = _call(node, api_key, timeout, lambda t: t.pods())
+    _finish(Outcome(document), json_out,
+            lambda d: output.print_table(output.pods_table(d), "no live pod"))
+
+
+# -- drain --------------------------------------------------------------------
+
+def _show_drain(started: doc.DrainStarted) -> None:
+    line = f"pod {started['pod']} is draining over {started['overSeconds']:g}s"
+    if started.get("drained"):
+        line = f"pod {started['pod']} is drained: no connection left"
+    output.print_line(line)
+
+
+@app.command(epilog="Example: wsctl drain pod-a --over 10 --wait")
+@_reporting
+def drain(
+    pod: Annotated[str, typer.Argument(help="Pod id to drain.", show_default=False)],
+    over: Annotated[str, typer.Option(
+        "--over", metavar="SECONDS", help="Spread the reconnects over this long.")] = "0",
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="Wait until the pod holds no connection (at most --over + 30s).")
+    ] = False,
+    node: NodeOpt = None, api_key: ApiKeyOpt = None, timeout: TimeoutOpt = DEFAULT_TIMEOUT,
+    json_out: JsonOpt = False,
+) -> None:
+    """Drain POD: its clients are told to reconnect elsewhere; new handshakes get 503.
+
+    Exits 3 when POD is not found, or with --wait when it is not drained in time.
+    """
+    over_seconds = parse_seconds("--over", over, positive=False)
+    outcome = _call(node, api_key, timeout,
+                    lambda t: operations.drain(t, pod, over_seconds, wait))
+    _finish(outcome, json_out, _show_drain)
+
+
+# -- dlq ----------------------------------------------------------------------
+
+@dlq_app.command("ls", epilog="Example: wsctl dlq ls --user alice --limit 20")
+@_reporting
+def dlq_ls(
+    user: Annotated[str | None, typer.Option("--user", metavar="USER",
+                                             help="Only this user's.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, metavar="N",
+                                       help="At most N messages.")] = 100,
+    node: NodeOpt = None, api_key: ApiKeyOpt = None, timeout: TimeoutOpt = DEFAULT_TIMEOUT,
+    json_out: JsonOpt = False,
+) -> None:
+    """List dead-lettered messages: id, user, type, attempts, reason."""
+    document = _call(node, api_key, timeout, lambda t: t.dead_letters(user, limit))
+    _finish(Outcome(document), json_out,
+            lambda d: output.print_table(output.dead_letters_table(d), "no dead letter"))
+
+
+def _show_retry(result: doc.RetryResult) -> None:
+    for report in result["retried"]:
+        output.print_line(f"retried for {report['user']}: {output.send_summary(report)}")
+
+
+@dlq_app.command("retry", epilog="Example: wsctl dlq retry msg-123 --user alice")
+@_reporting
+def dlq_retry(
+    msg_id: Annotated[str, typer.Argument(metavar="ID", help="Message id.",
+                                          show_default=False)],
+    user: Annotated[str | None, typer.Option(
+        "--user", metavar="USER", help="Only this user's dead letter of that id.")] = None,
+    node: NodeOpt = None, api_key: ApiKeyOpt = None, timeout: TimeoutOpt = DEFAULT_TIMEOUT,
+    json_out: JsonOpt = False,
+) -> None:
+    """Send dead letters with id ID again (same id). Exits 3 when there is none."""
+    outcome = _call(node, api_key, timeout, lambda t: operations.retry_dead(t, msg_id, user))
+    _finish(outcome, json_out, _show_retry)
+
+
+# -- local commands -------------------------------------------------------------
+
+@app.command(epilog="Example: TOKEN=$(wsctl token alice --ttl 15m)")
+@_reporting
+def token(
+    user: Annotated[str, typer.Argument(help="User id the token is for.", show_default=False)],
+    ttl: Annotated[str, typer.Option("--ttl", metavar="DURATION",
+                                     help="Lifetime: 90, 30s, 15m, 1h, 1d.")] = "1h",
+    json_out: JsonOpt = False,
+) -> None:
+    """Mint a JWT for USER with WSNODE_JWT_SECRET (dev and tests). No network.
+
+    Prints only the token, so TOKEN=$(wsctl token alice) works.
+    """
+    minted = tokens.mint(user, parse_seconds("--ttl", ttl))
+    if json_out:
+        output.print_json(minted.to_json())
+    else:
+        output.print_line(minted.token)
+
+
+@app.command(epilog="Example: wsctl version --json")
+@_reporting
+def version(json_out: JsonOpt = False) -> None:
+    """Print the version of wsctl."""
+    try:
+        number = package_version("wsnode")
+    except PackageNotFoundError:  # a source tree that was never installed
+        number = "unknown"
+    if json_out:
+        output.print_json({"wsctl": number})
+    else:
+        output.print_line(f"wsctl {number}")
+
+
+def main() -> None:
+    """Console entry point (``wsctl``)."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

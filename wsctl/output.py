@@ -1,0 +1,148 @@
+"""What wsctl prints.
+
+* ``--json``: exactly one JSON document on stdout (:func:`print_json`).
+* humans: one summary line, or a rich table, on stdout.
+* errors: ``wsctl: error: <message>`` on stderr, one line, plus an optional
+  ``hint: <hint>`` line (:func:`print_error`); never a traceback.
+
+Renderers are pure (document in, text or table out) and never interpret rich
+markup in data, so a user id like ``[red]x`` prints as it is.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import datetime
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from wsctl import documents as doc
+
+STATE_STYLES = {"active": "green", "draining": "yellow"}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _console() -> Console:
+    # Built per call so that it writes to whatever sys.stdout is now (tests swap it).
+    return Console(file=sys.stdout, highlight=False)
+
+
+def print_json(document: Any) -> None:
+    """One JSON document, one line, on stdout."""
+    sys.stdout.write(orjson.dumps(document).decode() + "\n")
+    sys.stdout.flush()
+
+
+def print_line(text: str) -> None:
+    """A plain line for humans on stdout (not wrapped, no markup)."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def print_error(message: str, hint: str | None = None) -> None:
+    """``wsctl: error: ...`` (and ``hint: ...``) on stderr, newlines flattened."""
+    lines = [f"wsctl: error: {_one_line(message)}"]
+    if hint:
+        lines.append(f"hint: {_one_line(hint)}")
+    sys.stderr.write("\n".join(lines) + "\n")
+    sys.stderr.flush()
+
+
+def print_table(table: Table, empty: str) -> None:
+    """The table on stdout, or the line ``empty`` when it has no row."""
+    if table.row_count:
+        _console().print(table)
+    else:
+        print_line(empty)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+# -- times --------------------------------------------------------------------
+
+def ago(epoch_ms: int, now: int | None = None) -> str:
+    """``"2s ago"``, ``"5m ago"``, ``"3h ago"``, ``"2d ago"`` (clock skew reads as 0s)."""
+    seconds = max(0, ((now if now is not None else now_ms()) - epoch_ms) // 1000)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def local_time(epoch_ms: int, now: int | None = None) -> str:
+    """``"2024-05-01 12:00:03 (5s ago)"`` in the local time zone."""
+    when = datetime.fromtimestamp(epoch_ms / 1000).astimezone()
+    return f"{when:%Y-%m-%d %H:%M:%S} ({ago(epoch_ms, now)})"
+
+
+# -- send ---------------------------------------------------------------------
+
+def send_summary(report: doc.SendReport) -> str:
+    """One line: where a message went and whether it is stored for ACK."""
+    msg_id = report.get("id")
+    if report.get("duplicate"):
+        return (f"duplicate: id {msg_id} was already sent to {report['user']} "
+                f"(seq {report['seq']}); not stored or delivered again")
+    pods = report["pods"]
+    where = f"delivered to {report['local']} connection(s) on this pod, {len(pods)} other pod(s)"
+    if pods:
+        where += f" ({', '.join(pods)})"
+    failed = report.get("failedPods") or []
+    if failed:
+        where += f"; could not publish to {', '.join(failed)}"
+    if report["stored"]:
+        where += f"; stored for ACK as seq {report['seq']} (id {msg_id})"
+    elif msg_id:
+        where += f" (id {msg_id})"
+    state = report.get("state")
+    return f"{where}; {state}" if state else where
+
+
+# -- tables -------------------------------------------------------------------
+
+def _table(*columns: str) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
+
+
+def presence_table(document: doc.PresenceList) -> Table:
+    table = _table("user", "connections", "pods")
+    for row in document["users"]:
+        table.add_row(Text(row["user"]), str(row["connections"]), Text(", ".join(row["pods"])))
+    return table
+
+
+def user_table(document: doc.UserPresence, now: int | None = None) -> Table:
+    table = _table("conn id", "pod", "connected since")
+    for conn in document["connections"]:
+        table.add_row(Text(conn["connId"]), Text(conn["pod"]), local_time(conn["since"], now))
+    return table
+
+
+def pods_table(document: doc.PodList, now: int | None = None) -> Table:
+    table = _table("pod", "state", "connections", "users", "last heartbeat")
+    for pod in document["pods"]:
+        state = Text(pod["state"], style=STATE_STYLES.get(pod["state"], ""))
+        table.add_row(Text(pod["pod"]), state, str(pod["connections"]), str(pod["users"]),
+                      ago(pod["lastHeartbeat"], now))
+    return table
+
+
+def dead_letters_table(document: doc.DeadLetterList, now: int | None = None) -> Table:
+    table = _table("id", "user", "type", "seq", "attempts", "reason", "dead")
+    for msg in document["messages"]:
+        table.add_row(Text(msg["id"]), Text(msg["user"]), Text(msg["type"]), str(msg["seq"]),
+                      str(msg["attempts"]), msg["reason"], ago(msg["deadAt"], now))
+    return table
