@@ -39,6 +39,8 @@ class Delivery:
 
     ``frame`` is the exact wire frame. ``ack_id``/``due`` are set for
     ACK-required messages: the receiving pod tracks a resend at ``due``.
+    ``hops`` counts re-routes (a pod that no longer holds the user passes it on
+    once, never in a loop).
     """
 
     user: UserId
@@ -46,10 +48,14 @@ class Delivery:
     type: str
     ack_id: MsgId | None = None
     due: int = 0
+    hops: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"u": self.user, "f": self.frame.decode(), "t": self.type,
-                "a": self.ack_id, "d": self.due}
+        out = {"u": self.user, "f": self.frame.decode(), "t": self.type, "a": self.ack_id,
+               "d": self.due}
+        if self.hops:
+            out["h"] = self.hops
+        return out
 
     @classmethod
     def from_json(cls, obj: Any) -> Delivery:

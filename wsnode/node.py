@@ -17,6 +17,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from enum import StrEnum
 from types import TracebackType
 from typing import Any
@@ -25,7 +26,7 @@ import orjson
 from aiohttp import web
 from websockets.asyncio.server import Server, serve
 
-from wsnode.acks import AckStore
+from wsnode.acks import AckStore, StoredMessage
 from wsnode.admin import AdminApi
 from wsnode.auth import Authenticator
 from wsnode.backends import Backends, build_backends
@@ -76,10 +77,11 @@ class Node:
         self.auth = Authenticator(self.settings, insecure=insecure)
         self.backends = backends if backends is not None else build_backends(
             self.settings, self.metrics, self.clock)
+        self.resender = Resender(self.acks, self.metrics, resend=self._redeliver,
+                                 reroute=self._reroute, holds=self.hub.has, clock=self.clock)
         self.sender = Sender(presence=self.presence, bus=self.bus, acks=self.acks,
-                             metrics=self.metrics, pod=self.pod, local=self, clock=self.clock)
-        self.resender = Resender(self.acks, self.metrics, resend=self.sender.redeliver,
-                                 holds=self.hub.has, clock=self.clock)
+                             metrics=self.metrics, pod=self.pod, local=self, clock=self.clock,
+                             on_unrouted=self.resender.track_unrouted)
         self.gateway = Gateway(
             self.settings, pod=self.pod, auth=self.auth, hub=self.hub, router=self.router,
             limiter=self.backends.limiter, acks=self.acks, resender=self.resender,
@@ -172,19 +174,34 @@ class Node:
                 self.resender.track(delivery.user, delivery.ack_id, delivery.due)
         return count
 
+    async def _redeliver(self, msg: StoredMessage) -> None:
+        await self.sender.redeliver(msg)
+
+    async def _reroute(self, delivery: Delivery) -> None:
+        await self.sender.route(delivery, SendReport(delivery.user))
+
     async def _on_deliveries(self, batch: list[Delivery]) -> None:
         for delivery in batch:
-            if not self.deliver_local(delivery) and delivery.ack_id is None:
-                # The user left between the presence lookup and the delivery.
+            if self.deliver_local(delivery):
+                continue
+            # The user left this pod after the sender read presence (or this pod is
+            # draining): pass it on once to wherever the user is now.
+            if delivery.hops == 0:
+                await self._pass_on(delivery, "left_pod")
+            elif delivery.ack_id is None:
                 self.metrics.dropped.labels("left_pod").inc()
 
     async def _on_stranded(self, batch: list[Delivery]) -> None:
         """Deliveries stranded on a dead pod's queue: route them again."""
         for delivery in batch:
-            report = SendReport(delivery.user)
-            await self.sender.route(delivery, report)
-            if not (report.local or report.pods) and delivery.ack_id is None:
-                self.metrics.dropped.labels("pod_died").inc()
+            await self._pass_on(delivery, "pod_died", local=True)
+
+    async def _pass_on(self, delivery: Delivery, reason: str, *, local: bool = False) -> None:
+        moved = replace(delivery, hops=delivery.hops + 1)
+        report = SendReport(delivery.user)
+        await self.sender.route(moved, report, local=local)
+        if not (report.local or report.pods or report.failed_pods) and delivery.ack_id is None:
+            self.metrics.dropped.labels(reason).inc()
 
     async def _on_control(self, command: dict[str, Any]) -> None:
         if command.get("cmd") == "drain":

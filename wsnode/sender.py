@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -93,6 +94,7 @@ class Sender:
         pod: PodId | None = None,
         local: LocalDeliverer | None = None,
         clock: Clock | None = None,
+        on_unrouted: Callable[[Delivery], None] | None = None,
     ) -> None:
         self.presence = presence
         self.bus = bus
@@ -101,6 +103,9 @@ class Sender:
         self.pod = pod
         self.local = local
         self._clock = clock or SystemClock()
+        # Told about ACK-required deliveries a pod could not be given (bus down,
+        # queue gone), so they are routed again without waiting for a reconnect.
+        self._on_unrouted = on_unrouted
 
     async def send_to_user(self, user: UserId, env: Envelope) -> SendReport:
         started = time.perf_counter()
@@ -127,14 +132,18 @@ class Sender:
         await self.route(_ack_delivery(msg), report)
         return report
 
-    async def route(self, delivery: Delivery, report: SendReport) -> None:
-        """Deliver locally and publish once per other pod holding the user."""
-        if self.local is not None:
+    async def route(self, delivery: Delivery, report: SendReport, *,
+                    local: bool = True) -> None:
+        """Deliver locally (unless ``local`` is False) and publish once per other
+        pod holding the user."""
+        if local and self.local is not None:
             report.local = self.local.deliver_local(delivery)
         try:
             where = await self.presence.pods_of([delivery.user])
         except BackendUnavailable:
             self.metrics.backend_errors.labels("presence").inc()
+            if delivery.ack_id is not None and self._on_unrouted is not None:
+                self._on_unrouted(delivery)
             return
         remote = sorted(where.get(delivery.user, set()) - {self.pod} if self.pod else
                         where.get(delivery.user, set()))
@@ -156,9 +165,11 @@ class Sender:
             else:
                 reason = "bus_error"
                 log.error("publish to %s failed", pod, exc_info=outcome)
-            # An ACK-required message stays stored: it is resent or replayed later.
+            # An ACK-required message stays stored: it is routed again or replayed later.
             if delivery.ack_id is None:
                 self.metrics.dropped.labels(reason).inc()
+        if delivery.ack_id is not None and report.failed_pods and self._on_unrouted is not None:
+            self._on_unrouted(delivery)
 
 
 def _ack_delivery(msg: StoredMessage) -> Delivery:
