@@ -98,16 +98,24 @@ def resolve_target(node: str | None, *, api_key: str | None, timeout: float,
     """The target the command line asks for.
 
     ``--node`` wins: one pod over its admin API. Without it, ``WSNODE_REDIS_URL``
-    (and ``WSNODE_AMQP_URL``) would select a cluster target; this build has
-    none yet, so that case fails with exit 1. Neither: exit 1 with a hint.
+    (and ``WSNODE_AMQP_URL`` for sending and draining; from the environment or
+    ``.env``) selects the cluster itself, no pod needed. Neither: exit 1 with a hint.
     """
     env = os.environ if environ is None else environ
     if node:
         from wsctl.target_node import NodeTarget
 
         return NodeTarget(check_node_url(node), api_key=api_key, timeout=timeout)
-    if env.get("WSNODE_REDIS_URL"):
-        # The seam for ClusterTarget(load_settings()): Sender + presence, no pod.
-        raise CtlError("cluster mode (WSNODE_REDIS_URL) is not available in this build of "
-                       "wsctl: pass --node http://HOST:9765 to talk to one pod")
+    from wsnode.errors import SettingsError
+    from wsnode.settings import load_settings
+
+    try:
+        settings = load_settings(redis_url=env.get("WSNODE_REDIS_URL"),
+                                 amqp_url=env.get("WSNODE_AMQP_URL"))
+    except SettingsError as exc:
+        raise UsageProblem(str(exc)) from None
+    if settings.redis_url:
+        from wsctl.target_cluster import ClusterTarget
+
+        return ClusterTarget(settings)
     raise CtlError(NO_TARGET)

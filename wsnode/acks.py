@@ -316,6 +316,9 @@ class MemoryAckStore:
         self._pending_count -= 1
         box.done[msg_id] = (MsgState.DEAD, msg.stored_at + self.policy.ttl_ms, msg.seq)
         dead = DeadLetter(msg, reason, now)
+        # Re-insert rather than overwrite in place: the dict's order is dead_at
+        # order, which dead_letters() (newest first) and _forget() rely on.
+        self._dead.pop((user, msg_id), None)
         self._dead[(user, msg_id)] = dead
         while len(self._dead) > self.policy.max_dead:
             self._dead.popitem(last=False)

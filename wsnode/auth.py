@@ -156,7 +156,9 @@ class Authenticator:
                 algorithms=self._algorithms,
                 audience=self._audience,
                 issuer=self._issuer,
-                options={"verify_aud": self._audience is not None},
+                # verify_sub off: PyJWT >= 2.10 refuses a numeric ``sub``, which the
+                # claim check below accepts (and checks) like a numeric ``user_id``.
+                options={"verify_aud": self._audience is not None, "verify_sub": False},
             )
         except jwt.ExpiredSignatureError as exc:
             raise AuthError(401, "token expired") from exc

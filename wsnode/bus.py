@@ -12,6 +12,10 @@ Contracts:
   Deliveries to one pod from one publisher arrive in publish order.
 * Handlers given to ``start`` are called once per delivered batch; a handler
   that raises does not stop the consumer.
+* ``publish`` and ``control`` work without ``start`` (publish-only, as
+  ``wsctl`` uses the bus): the first call connects.
+* Control commands go to one pod and are never re-routed: a drain for a pod
+  that died is dropped.
 * ``on_stranded`` receives deliveries that were published to a pod that died
   before consuming them; the receiving pod re-routes them after reading
   presence again. Every live pod may receive them (competing consumers).
@@ -96,7 +100,8 @@ class Bus(Protocol):
 
     @property
     def ready(self) -> bool:
-        """True while connected and consuming."""
+        """Connected, consuming, and hearing its own canary (a shared bus); a
+        publish-only bus (no ``start``) is ready while connected."""
         ...
 
     async def start(

@@ -16,8 +16,10 @@ from typing import Any
 import orjson
 
 _SECRETS = [
-    (re.compile(r"((?:access_)?token=)[^&\s\"']+", re.IGNORECASE), r"\1<redacted>"),
-    (re.compile(r"(bearer[,\s]+)[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE), r"\1<redacted>"),
+    # The value stops at a backslash too: in a JSON line, eating the backslash of
+    # an escaped quote (``token=abc\"``) would leave the quote bare and break the line.
+    (re.compile(r"((?:access_)?token=)[^&\s\"'\\]+", re.IGNORECASE), r"\1<redacted>"),
+    (re.compile(r"(bearer[,\s]+)[A-Za-z0-9._~+/=-]{4,}", re.IGNORECASE), r"\1<redacted>"),
     (re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "<jwt>"),
 ]
 # Context fields a log call may pass in ``extra`` and JSON lines carry.
@@ -68,5 +70,11 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Library chatter that would be one line per request or frame stays below INFO.
-    for noisy in ("aiohttp.access", "aio_pika", "aiormq"):
+    for noisy in ("aiohttp.access", "aio_pika"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # aiormq logs a traceback per failed connect; RabbitBus reports outages itself,
+    # once per outage, so these would only flood the log during a broker restart.
+    logging.getLogger("aiormq").setLevel(logging.CRITICAL)
+    # websockets logs each handshake and close at INFO; the gateway logs its own,
+    # with the pod/conn/user fields, so keep the library's to warnings.
+    logging.getLogger("websockets").setLevel(max(logging.WARNING, root.level))

@@ -22,7 +22,6 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Any
 
-import orjson
 from aiohttp import web
 from websockets.asyncio.server import Server, serve
 
@@ -152,16 +151,8 @@ class Node:
         self.readiness()
 
     async def retry_dead(self, msg_id: MsgId, user: UserId | None = None) -> list[SendReport]:
-        """Send dead letters with this id again (as new messages with the same id)."""
-        taken = await self.acks.take_dead(msg_id, user)
-        if not taken:
-            raise NotFound(f"no dead letter with id {msg_id!r}")
-        reports = []
-        for dead in taken:
-            env = Envelope.from_wire(orjson.loads(dead.message.body))
-            env.expires_at = None  # an operator's retry overrides the old deadline
-            reports.append(await self.sender.send_to_user(dead.message.user, env))
-        return reports
+        """Send dead letters with this id again (see :meth:`Sender.retry_dead`)."""
+        return await self.sender.retry_dead(msg_id, user)
 
     # -- delivery ------------------------------------------------------------
 

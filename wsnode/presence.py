@@ -10,7 +10,9 @@ Contracts:
   several pods is exact, and removing one connection leaves the others.
 * A pod counts only while its lease is fresh: ``join`` and ``heartbeat``
   renew it for ``lease_ms``. Readers (``pods_of``, ``users``, ``connections``,
-  ``pods``) never report a pod whose lease expired, even before it is reaped.
+  ``pods``) stop reporting a pod whose lease expired, even before it is reaped:
+  at once for the memory backend, within ``live_cache_ms`` (default 1 s) for
+  the Redis one, which caches the set of live pods per process.
 * ``join`` starts a new epoch of the pod: entries of an earlier life of the
   same pod id are not inherited (they are reaped), and the old life's late
   writes cannot erase the new life's entries.
@@ -158,8 +160,10 @@ class MemoryPresence:
 
     async def remove(self, pod: PodId, user: UserId, conn: ConnId) -> None:
         entry = self._pods.get(pod)
-        if entry is not None:
-            entry.conns.pop(conn, None)
+        if entry is not None and entry.conns.get(conn) == user:
+            # Only this user's entry: dropping another user's conn from the pod
+            # index would orphan it (a later _purge would no longer find it).
+            del entry.conns[conn]
         conns = self._users.get(user)
         if conns is not None and (info := conns.get(conn)) is not None and info.pod == pod:
             del conns[conn]

@@ -25,11 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import orjson
+
 from wsnode.acks import AckStore, StoredMessage
 from wsnode.bus import Bus, Delivery, Unroutable
 from wsnode.clock import Clock, SystemClock
-from wsnode.errors import BackendUnavailable, SendError
-from wsnode.ids import PodId, UserId
+from wsnode.errors import BackendUnavailable, NotFound, SendError
+from wsnode.ids import MsgId, PodId, UserId
 from wsnode.metrics import Metrics
 from wsnode.presence import Presence
 from wsnode.protocol import MAX_ID_LENGTH, RESERVED_TYPES, TYPE_PATTERN, Envelope
@@ -131,6 +133,20 @@ class Sender:
         report = SendReport(msg.user, stored=True, seq=msg.seq)
         await self.route(_ack_delivery(msg), report)
         return report
+
+    async def retry_dead(self, msg_id: MsgId, user: UserId | None = None) -> list[SendReport]:
+        """Send the dead letters with this id (of ``user``, if given) again, as new
+        messages with the same id; an operator's retry drops their old ``expiresAt``.
+        Raises NotFound when there is none."""
+        taken = await self.acks.take_dead(msg_id, user)
+        if not taken:
+            raise NotFound(f"no dead letter with id {msg_id!r}")
+        reports = []
+        for dead in taken:
+            env = Envelope.from_wire(orjson.loads(dead.message.body))
+            env.expires_at = None
+            reports.append(await self.send_to_user(dead.message.user, env))
+        return reports
 
     async def route(self, delivery: Delivery, report: SendReport, *,
                     local: bool = True) -> None:

@@ -116,7 +116,9 @@ class NodeSettings(BaseSettings):
     """Every setting of a pod (DESIGN §7). Field ``x`` is read from ``WSNODE_X``."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True,
+        # WSNODE_REDIS_URL= (as docker-compose writes an unset ${VAR}) means unset.
+        env_ignore_empty=True,
     )
 
     pod_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
@@ -153,6 +155,13 @@ class NodeSettings(BaseSettings):
     drain_over: Duration = 1.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+
+    @field_validator("api_key")
+    @classmethod
+    def _long_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("use at least 16 characters (openssl rand -hex 16)")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

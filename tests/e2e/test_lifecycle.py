@@ -58,7 +58,8 @@ async def test_client_that_stops_reading_is_closed_4408_memory_bounded(
         # The other user on the pod was never affected.
         await other.send({"type": "echo", "payload": "fine"})
         assert (await other.expect("echo"))["payload"] == "fine"
-    dropped = await asyncio.to_thread(metric, pod, 'wsnode_messages_dropped_total{reason="slow_consumer"}')
+    dropped = await asyncio.to_thread(
+        metric, pod, 'wsnode_messages_dropped_total{reason="slow_consumer"}')
     assert dropped >= 1
 
 

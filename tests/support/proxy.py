@@ -1,0 +1,114 @@
+"""A TCP proxy that a test can cut, to simulate a broker outage without one.
+
+The shared RabbitMQ (or Redis) must never be stopped by a test, so outages are
+made here instead: :class:`TcpProxy` listens on a free loopback port and pipes
+every accepted connection to the real server. :meth:`TcpProxy.cut` aborts every
+piped connection (both sides see a reset, as if the network or the broker
+died) and closes the listening socket, so new connections are refused;
+:meth:`TcpProxy.restore` listens again on the same port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from types import TracebackType
+
+_CHUNK = 64 * 1024
+
+
+class TcpProxy:
+    """Asyncio TCP proxy from ``127.0.0.1:<port>`` to ``target_host:target_port``."""
+
+    def __init__(self, target_host: str = "127.0.0.1", target_port: int = 5672) -> None:
+        self.target_host = target_host
+        self.target_port = target_port
+        self.port = 0
+        self.accepted = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def cut_off(self) -> bool:
+        return self._server is None
+
+    def url(self, scheme: str = "amqp", userinfo: str = "guest:guest", path: str = "/") -> str:
+        """A URL that reaches the target through this proxy."""
+        return f"{scheme}://{userinfo}@127.0.0.1:{self.port}{path}"
+
+    async def start(self) -> TcpProxy:
+        """Listen on a free port (the first time) or on the same port again."""
+        if self._server is None:
+            self._server = await asyncio.start_server(
+                self._accept, "127.0.0.1", self.port, reuse_address=True)
+            self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def cut(self) -> None:
+        """Abort every piped connection and refuse new ones until :meth:`restore`."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for writer in list(self._writers):
+            # abort(), not close(): a reset is what a dead peer or network looks like.
+            writer.transport.abort()
+        self._writers.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if server is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await server.wait_closed()
+
+    async def restore(self) -> None:
+        """Accept connections again, on the same port."""
+        await self.start()
+
+    async def close(self) -> None:
+        await self.cut()
+
+    async def __aenter__(self) -> TcpProxy:
+        return await self.start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _accept(self, client_r: asyncio.StreamReader,
+                      client_w: asyncio.StreamWriter) -> None:
+        if self._server is None:
+            client_w.transport.abort()
+            return
+        try:
+            async with asyncio.timeout(5.0):
+                server_r, server_w = await asyncio.open_connection(
+                    self.target_host, self.target_port)
+        except (OSError, TimeoutError):
+            client_w.transport.abort()
+            return
+        self.accepted += 1
+        self._writers.update((client_w, server_w))
+        loop = asyncio.get_running_loop()
+        for reader, writer, other in ((client_r, server_w, client_w),
+                                      (server_r, client_w, server_w)):
+            task = loop.create_task(self._pipe(reader, writer, other))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    other: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(_CHUNK):
+                writer.write(data)
+                await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            # One side is gone: take the other down too, as a real network would.
+            for w in (writer, other):
+                self._writers.discard(w)
+                w.transport.abort()

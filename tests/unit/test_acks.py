@@ -1,0 +1,459 @@
+"""MemoryAckStore: the exact life of an ACK-required message, on a hand-moved clock.
+
+The shared contract (both backends) is in tests/contract/test_acks_contract.py;
+these tests pin the time arithmetic: backoff, attempts, expiry and ttl.
+"""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from wsnode.acks import (
+    AckPolicy,
+    AckStats,
+    ClaimKind,
+    DeadReason,
+    MemoryAckStore,
+    MsgState,
+)
+from wsnode.clock import ManualClock
+from wsnode.ids import MsgId, UserId
+from wsnode.protocol import Envelope
+
+ALICE = UserId("alice")
+BOB = UserId("bob")
+POLICY = AckPolicy(retry_interval_ms=100, max_attempts=3, ttl_ms=60_000,
+                   max_pending_per_user=5, dead_ttl_ms=600_000, max_dead=1000)
+
+
+def env(msg_id: str, **kw: object) -> Envelope:
+    return Envelope(type="note", payload={"n": msg_id}, id=msg_id, requires_ack=True, **kw)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def store(clock: ManualClock) -> MemoryAckStore:
+    return MemoryAckStore(POLICY, clock)
+
+
+# -- policy -------------------------------------------------------------------
+
+
+def test_backoff_doubles_and_caps_at_16x() -> None:
+    policy = AckPolicy(retry_interval_ms=100)
+    assert [policy.backoff_ms(n) for n in range(1, 9)] == [
+        100, 200, 400, 800, 1600, 1600, 1600, 1600]
+
+
+# -- store --------------------------------------------------------------------
+
+
+async def test_seq_increments_per_user_from_one(store: MemoryAckStore) -> None:
+    seqs = [(await store.store(ALICE, env(f"a{i}"))).seq for i in range(3)]
+    assert seqs == [1, 2, 3]
+    assert (await store.store(BOB, env("b0"))).seq == 1
+    assert (await store.store(ALICE, env("a3"))).seq == 4
+
+
+async def test_stored_message_fields(store: MemoryAckStore, clock: ManualClock) -> None:
+    result = await store.store(ALICE, env("m1"))
+    msg = result.message
+    assert msg is not None
+    assert not result.duplicate
+    assert result.state is MsgState.PENDING
+    assert (msg.user, msg.id, msg.seq, msg.type) == (ALICE, "m1", 1, "note")
+    assert msg.stored_at == clock.now_ms()
+    assert msg.attempts == 1
+    assert msg.next_due == clock.now_ms() + 100
+    assert msg.expires_at == clock.now_ms() + 60_000
+
+
+async def test_frame_is_the_envelope_plus_seq(store: MemoryAckStore) -> None:
+    original = Envelope(type="note", payload={"text": "hé ユ", "q": '"}'}, id="m1",
+                        requires_ack=True, expires_at=1_900_000_000_000)
+    msg = (await store.store(ALICE, original)).message
+    assert msg is not None
+    assert orjson.loads(msg.frame()) == {**original.to_wire(), "seq": 1}
+
+
+async def test_frame_marks_requires_ack_even_if_caller_forgot(store: MemoryAckStore) -> None:
+    msg = (await store.store(ALICE, Envelope(type="note", id="m1"))).message
+    assert msg is not None
+    assert orjson.loads(msg.frame())["requiresAck"] is True
+
+
+async def test_to_json_is_serialisable(store: MemoryAckStore) -> None:
+    msg = (await store.store(ALICE, env("m1"))).message
+    assert msg is not None
+    doc = orjson.loads(orjson.dumps(msg.to_json()))
+    assert doc["id"] == "m1"
+    assert doc["seq"] == 1
+    assert doc["envelope"]["seq"] == 1
+
+
+async def test_duplicate_while_pending(store: MemoryAckStore) -> None:
+    first = await store.store(ALICE, env("m1"))
+    again = await store.store(ALICE, env("m1"))
+    assert again.duplicate
+    assert again.seq == first.seq
+    assert again.state is MsgState.PENDING
+    assert again.message == first.message
+    assert [m.id for m in await store.pending(ALICE)] == ["m1"]
+    assert (await store.stats()).pending == 1
+    # the next new message still gets the next seq: the duplicate used none
+    assert (await store.store(ALICE, env("m2"))).seq == 2
+
+
+async def test_duplicate_after_ack(store: MemoryAckStore) -> None:
+    first = await store.store(ALICE, env("m1"))
+    assert await store.settle(ALICE, MsgId("m1")) is MsgState.PENDING
+    again = await store.store(ALICE, env("m1"))
+    assert again.duplicate
+    assert again.seq == first.seq
+    assert again.state is MsgState.ACKED
+    assert await store.pending(ALICE) == []
+    assert (await store.stats()).pending == 0
+
+
+async def test_duplicate_after_dead(store: MemoryAckStore, clock: ManualClock) -> None:
+    first = await store.store(ALICE, env("m1", expires_at=clock.now_ms() + 10))
+    clock.advance(10)
+    assert len(await store.sweep()) == 1
+    again = await store.store(ALICE, env("m1"))
+    assert again.duplicate
+    assert again.seq == first.seq
+    assert again.state is MsgState.DEAD
+    assert await store.pending(ALICE) == []
+
+
+async def test_same_id_for_another_user_is_not_a_duplicate(store: MemoryAckStore) -> None:
+    await store.store(ALICE, env("m1"))
+    result = await store.store(BOB, env("m1"))
+    assert not result.duplicate
+    assert [m.id for m in await store.pending(BOB)] == ["m1"]
+
+
+async def test_idempotency_record_lasts_ttl(store: MemoryAckStore, clock: ManualClock) -> None:
+    await store.store(ALICE, env("m1"))
+    await store.settle(ALICE, MsgId("m1"))
+    clock.advance(59_999)
+    assert (await store.store(ALICE, env("m1"))).duplicate
+    clock.advance(1)
+    fresh = await store.store(ALICE, env("m1"))
+    assert not fresh.duplicate
+    assert fresh.seq == 2
+
+
+# -- pending ------------------------------------------------------------------
+
+
+async def test_pending_in_seq_order_with_since(store: MemoryAckStore, clock: ManualClock) -> None:
+    t0 = clock.now_ms()
+    for i in range(4):
+        await store.store(ALICE, env(f"m{i}"))
+        clock.advance(100)
+    await store.settle(ALICE, MsgId("m1"))
+    assert [m.seq for m in await store.pending(ALICE)] == [1, 3, 4]
+    assert [m.id for m in await store.pending(ALICE, since_ms=t0 + 200)] == ["m2", "m3"]
+    assert [m.id for m in await store.pending(ALICE, since_ms=t0 + 150)] == ["m2", "m3"]
+    assert await store.pending(ALICE, since_ms=t0 + 10_000) == []
+    assert await store.pending(UserId("nobody")) == []
+
+
+async def test_pending_order_survives_resends(store: MemoryAckStore, clock: ManualClock) -> None:
+    for i in range(3):
+        await store.store(ALICE, env(f"m{i}"))
+    clock.advance(100)
+    assert (await store.claim(ALICE, MsgId("m0"))).kind is ClaimKind.RESEND
+    assert [m.id for m in await store.pending(ALICE)] == ["m0", "m1", "m2"]
+
+
+async def test_pending_hides_expired_before_sweep(
+    store: MemoryAckStore, clock: ManualClock
+) -> None:
+    await store.store(ALICE, env("short", expires_at=clock.now_ms() + 50))
+    await store.store(ALICE, env("long"))
+    clock.advance(50)
+    assert [m.id for m in await store.pending(ALICE)] == ["long"]
+
+
+# -- settle / status ----------------------------------------------------------
+
+
+async def test_settle_states(store: MemoryAckStore) -> None:
+    await store.store(ALICE, env("m1"))
+    assert await store.status(ALICE, MsgId("m1")) is MsgState.PENDING
+    assert await store.settle(ALICE, MsgId("m1")) is MsgState.PENDING
+    assert await store.status(ALICE, MsgId("m1")) is MsgState.ACKED
+    assert await store.settle(ALICE, MsgId("m1")) is MsgState.ACKED
+    assert await store.settle(ALICE, MsgId("unknown")) is None
+    assert await store.settle(UserId("nobody"), MsgId("m1")) is None
+    assert await store.settle(BOB, MsgId("m1")) is None  # ids are per user
+    assert await store.status(ALICE, MsgId("unknown")) is None
+
+
+async def test_settle_of_dead_is_dead(store: MemoryAckStore, clock: ManualClock) -> None:
+    await store.store(ALICE, env("m1", expires_at=clock.now_ms() + 1))
+    clock.advance(1)
+    await store.sweep()
+    assert await store.settle(ALICE, MsgId("m1")) is MsgState.DEAD
+    assert await store.status(ALICE, MsgId("m1")) is MsgState.DEAD
+    assert len(await store.dead_letters()) == 1  # the ack did not resurrect or drop it
+
+
+# -- claim --------------------------------------------------------------------
+
+
+async def test_claim_schedule(store: MemoryAckStore, clock: ManualClock) -> None:
+    t0 = clock.now_ms()
+    await store.store(ALICE, env("m1"))
+    m1 = MsgId("m1")
+
+    clock.advance(99)
+    wait = await store.claim(ALICE, m1)
+    assert wait.kind is ClaimKind.WAIT
+    assert wait.message is not None
+    assert wait.message.next_due == t0 + 100
+
+    clock.advance(1)
+    first = await store.claim(ALICE, m1)
+    assert first.kind is ClaimKind.RESEND
+    assert first.message is not None
+    assert first.message.attempts == 2
+    assert first.message.next_due == t0 + 100 + 200
+
+    # exactly one claimant per attempt: a second claim right after must wait
+    assert (await store.claim(ALICE, m1)).kind is ClaimKind.WAIT
+
+    clock.advance(200)
+    second = await store.claim(ALICE, m1)
+    assert second.kind is ClaimKind.RESEND
+    assert second.message is not None
+    assert second.message.attempts == 3
+    assert second.message.next_due == t0 + 300 + 400
+    assert second.message.seq == 1  # a resend keeps its seq and id
+
+    clock.advance(399)
+    assert (await store.claim(ALICE, m1)).kind is ClaimKind.WAIT
+    clock.advance(1)
+    dead = await store.claim(ALICE, m1)
+    assert dead.kind is ClaimKind.DEAD
+    assert dead.dead is not None
+    assert dead.dead.reason is DeadReason.MAX_ATTEMPTS
+    assert dead.dead.dead_at == clock.now_ms()
+    assert dead.dead.message.attempts == 3
+    assert await store.pending(ALICE) == []
+    assert await store.status(ALICE, m1) is MsgState.DEAD
+    assert [d.message.id for d in await store.dead_letters()] == ["m1"]
+    assert (await store.claim(ALICE, m1)).kind is ClaimKind.GONE
+
+
+async def test_backoff_is_capped_at_16x(clock: ManualClock) -> None:
+    store = MemoryAckStore(AckPolicy(retry_interval_ms=10, max_attempts=10), clock)
+    await store.store(ALICE, env("m1"))
+    waits = []
+    due = clock.now_ms() + 10
+    for _ in range(8):
+        clock.advance(due - clock.now_ms())
+        claim = await store.claim(ALICE, MsgId("m1"))
+        assert claim.kind is ClaimKind.RESEND
+        assert claim.message is not None
+        waits.append(claim.message.next_due - clock.now_ms())
+        due = claim.message.next_due
+    assert waits == [20, 40, 80, 160, 160, 160, 160, 160]
+
+
+async def test_claim_after_settle_is_gone(store: MemoryAckStore, clock: ManualClock) -> None:
+    await store.store(ALICE, env("m1"))
+    await store.settle(ALICE, MsgId("m1"))
+    clock.advance(100)
+    assert (await store.claim(ALICE, MsgId("m1"))).kind is ClaimKind.GONE
+    assert (await store.claim(ALICE, MsgId("never"))).kind is ClaimKind.GONE
+    assert (await store.claim(UserId("nobody"), MsgId("m1"))).kind is ClaimKind.GONE
+
+
+async def test_claim_of_expired_dead_letters_it(
+    store: MemoryAckStore, clock: ManualClock
+) -> None:
+    await store.store(ALICE, env("m1", expires_at=clock.now_ms() + 150))
+    clock.advance(150)
+    claim = await store.claim(ALICE, MsgId("m1"))
+    assert claim.kind is ClaimKind.DEAD
+    assert claim.dead is not None
+    assert claim.dead.reason is DeadReason.EXPIRED
+    assert await store.sweep() == []  # not dead-lettered twice
+
+
+# -- sweep: expiry and ttl ----------------------------------------------------
+
+
+async def test_sweep_dead_letters_expired(store: MemoryAckStore, clock: ManualClock) -> None:
+    await store.store(ALICE, env("m1", expires_at=clock.now_ms() + 500))
+    await store.store(ALICE, env("m2"))
+    clock.advance(499)
+    assert await store.sweep() == []
+    clock.advance(1)
+    dead = await store.sweep()
+    assert [(d.message.id, d.reason) for d in dead] == [("m1", DeadReason.EXPIRED)]
+    assert [m.id for m in await store.pending(ALICE)] == ["m2"]
+    assert await store.status(ALICE, MsgId("m1")) is MsgState.DEAD
+
+
+async def test_expires_at_later_than_ttl_is_bounded_by_ttl(
+    store: MemoryAckStore, clock: ManualClock
+) -> None:
+    await store.store(ALICE, env("m1", expires_at=clock.now_ms() + 10 * 60_000))
+    clock.advance(60_000)
+    dead = await store.sweep()
+    assert [(d.message.id, d.reason) for d in dead] == [("m1", DeadReason.TTL)]
+
+
+async def test_sweep_dead_letters_after_ttl(store: MemoryAckStore, clock: ManualClock) -> None:
+    await store.store(ALICE, env("m1"))
+    clock.advance(59_999)
+    assert await store.sweep() == []
+    clock.advance(1)
+    dead = await store.sweep()
+    assert [(d.message.id, d.reason) for d in dead] == [("m1", DeadReason.TTL)]
+    assert (await store.stats()).pending == 0
+
+
+async def test_sweep_ignores_settled(store: MemoryAckStore, clock: ManualClock) -> None:
+    await store.store(ALICE, env("m1", expires_at=clock.now_ms() + 10))
+    await store.settle(ALICE, MsgId("m1"))
+    clock.advance(10)
+    assert await store.sweep() == []
+    assert await store.dead_letters() == []
+
+
+async def test_sweep_limit(store: MemoryAckStore, clock: ManualClock) -> None:
+    for user in ("u1", "u2", "u3"):
+        await store.store(UserId(user), env("m", expires_at=clock.now_ms() + 1))
+    clock.advance(1)
+    assert len(await store.sweep(limit=2)) == 2
+    assert len(await store.sweep(limit=2)) == 1
+    assert (await store.stats()).dead == 3
+
+
+# -- overflow -----------------------------------------------------------------
+
+
+async def test_overflow_dead_letters_the_oldest(store: MemoryAckStore) -> None:
+    for i in range(5):
+        await store.store(ALICE, env(f"m{i}"))
+    result = await store.store(ALICE, env("m5"))
+    assert not result.duplicate
+    assert result.seq == 6
+    assert [m.id for m in await store.pending(ALICE)] == ["m1", "m2", "m3", "m4", "m5"]
+    dead = await store.dead_letters(ALICE)
+    assert [(d.message.id, d.reason) for d in dead] == [("m0", DeadReason.OVERFLOW)]
+    assert await store.status(ALICE, MsgId("m0")) is MsgState.DEAD
+    assert await store.stats() == AckStats(pending=5, dead=1)
+
+
+async def test_overflow_is_per_user(store: MemoryAckStore) -> None:
+    for i in range(5):
+        await store.store(ALICE, env(f"a{i}"))
+        await store.store(BOB, env(f"b{i}"))
+    assert await store.dead_letters() == []
+    assert (await store.stats()).pending == 10
+
+
+# -- dead letters -------------------------------------------------------------
+
+
+async def _kill(store: MemoryAckStore, clock: ManualClock, user: UserId, msg_id: str) -> None:
+    await store.store(user, env(msg_id, expires_at=clock.now_ms() + 1))
+    clock.advance(1)
+    assert len(await store.sweep()) == 1
+
+
+async def test_dead_letters_newest_first_and_by_user(
+    store: MemoryAckStore, clock: ManualClock
+) -> None:
+    await _kill(store, clock, ALICE, "a1")
+    await _kill(store, clock, BOB, "b1")
+    await _kill(store, clock, ALICE, "a2")
+    assert [d.message.id for d in await store.dead_letters()] == ["a2", "b1", "a1"]
+    assert [d.message.id for d in await store.dead_letters(ALICE)] == ["a2", "a1"]
+    assert [d.message.id for d in await store.dead_letters(BOB)] == ["b1"]
+    assert [d.message.id for d in await store.dead_letters(limit=1)] == ["a2"]
+    assert await store.dead_letters(UserId("nobody")) == []
+    doc = orjson.loads(orjson.dumps((await store.dead_letters(BOB))[0].to_json()))
+    assert (doc["id"], doc["user"], doc["reason"]) == ("b1", "bob", "expired")
+
+
+async def test_an_id_that_dies_again_is_the_newest_dead_letter(
+    store: MemoryAckStore, clock: ManualClock
+) -> None:
+    await _kill(store, clock, ALICE, "m1")
+    await _kill(store, clock, BOB, "b1")
+    clock.advance(POLICY.ttl_ms)  # alice's idempotency record of m1 is over
+    await _kill(store, clock, ALICE, "m1")
+    dead = await store.dead_letters()
+    assert [(d.message.id, d.message.seq) for d in dead] == [("m1", 2), ("b1", 1)]
+    # and the dead-letter store still ages out b1 on time
+    clock.advance(POLICY.dead_ttl_ms - POLICY.ttl_ms - 1)
+    await store.sweep()
+    assert [d.message.id for d in await store.dead_letters()] == ["m1"]
+
+
+async def test_take_dead_removes_and_forgets(store: MemoryAckStore, clock: ManualClock) -> None:
+    await _kill(store, clock, ALICE, "m1")
+    taken = await store.take_dead(MsgId("m1"))
+    assert [(d.message.id, d.message.user) for d in taken] == [("m1", ALICE)]
+    assert await store.dead_letters() == []
+    assert await store.take_dead(MsgId("m1")) == []
+    again = await store.store(ALICE, env("m1"))
+    assert not again.duplicate
+    assert again.seq == 2
+    assert [m.id for m in await store.pending(ALICE)] == ["m1"]
+
+
+async def test_take_dead_by_user(store: MemoryAckStore, clock: ManualClock) -> None:
+    await _kill(store, clock, ALICE, "m1")
+    await _kill(store, clock, BOB, "m1")
+    taken = await store.take_dead(MsgId("m1"), BOB)
+    assert [d.message.user for d in taken] == [BOB]
+    assert [d.message.user for d in await store.dead_letters()] == [ALICE]
+    assert (await store.store(ALICE, env("m1"))).duplicate  # alice's record is kept
+    assert not (await store.store(BOB, env("m1"))).duplicate
+
+
+async def test_max_dead_bounds_the_dead_letter_store(clock: ManualClock) -> None:
+    store = MemoryAckStore(AckPolicy(max_dead=2), clock)
+    for i in range(3):
+        await _kill(store, clock, ALICE, f"m{i}")
+    assert [d.message.id for d in await store.dead_letters()] == ["m2", "m1"]
+    assert (await store.stats()).dead == 2
+
+
+async def test_dead_letters_expire_after_dead_ttl(
+    store: MemoryAckStore, clock: ManualClock
+) -> None:
+    await _kill(store, clock, ALICE, "m1")
+    clock.advance(POLICY.dead_ttl_ms - 1)
+    await store.sweep()
+    assert len(await store.dead_letters()) == 1
+    clock.advance(1)
+    await store.sweep()
+    assert await store.dead_letters() == []
+
+
+async def test_stats(store: MemoryAckStore, clock: ManualClock) -> None:
+    stats = await store.stats()
+    assert (stats.pending, stats.dead) == (0, 0)
+    await store.store(ALICE, env("m1"))
+    await store.store(ALICE, env("m2"))
+    await store.store(BOB, env("m1"))
+    await store.store(BOB, env("m1"))  # duplicate: not counted
+    assert (await store.stats()).pending == 3
+    await store.settle(ALICE, MsgId("m1"))
+    await _kill(store, clock, BOB, "m9")
+    stats = await store.stats()
+    assert (stats.pending, stats.dead) == (2, 1)

@@ -1,0 +1,135 @@
+"""ClusterTarget: a :class:`~wsctl.target.Target` that needs no pod.
+
+Reads presence, pods, message states and dead letters straight from Redis
+(``WSNODE_REDIS_URL``), and sends and drains through RabbitMQ
+(``WSNODE_AMQP_URL``) with the same :class:`~wsnode.sender.Sender` the pods
+use: a message is stored first when it needs an ACK, then published once per
+pod that holds the user. Backend errors are translated here, at the boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import cast
+
+from wsctl import documents as doc
+from wsctl.errors import ApiError, CtlError, NotFound, Unreachable
+from wsnode import redis_conn
+from wsnode.acks_redis import RedisAckStore
+from wsnode.backends import ack_policy
+from wsnode.bus import Bus, MemoryBus, Unroutable
+from wsnode.errors import BackendUnavailable, SendError
+from wsnode.errors import NotFound as NodeNotFound
+from wsnode.ids import MsgId, PodId, UserId
+from wsnode.keys import AmqpNames, RedisKeys
+from wsnode.metrics import Metrics
+from wsnode.presence_redis import RedisPresence
+from wsnode.protocol import Envelope
+from wsnode.sender import Sender
+from wsnode.settings import NodeSettings
+
+NO_BUS = ("WSNODE_AMQP_URL is not set: sending and draining need the bus "
+          "(or pass --node http://HOST:9765 to go through one pod)")
+
+
+@contextlib.asynccontextmanager
+async def _translated(where: str) -> AsyncIterator[None]:
+    try:
+        yield
+    except BackendUnavailable as exc:
+        raise Unreachable(f"cannot reach the cluster ({where}): {exc}",
+                          "check WSNODE_REDIS_URL / WSNODE_AMQP_URL, or pass --node") from exc
+    except SendError as exc:
+        raise ApiError(str(exc), status=400, code="bad_request") from exc
+    except NodeNotFound as exc:
+        raise NotFound(str(exc)) from exc
+
+
+class ClusterTarget:
+    """The whole cluster, through Redis and RabbitMQ."""
+
+    def __init__(self, settings: NodeSettings) -> None:
+        assert settings.redis_url is not None
+        self._settings = settings
+        self._redis = redis_conn.connect(settings.redis_url, max_connections=8)
+        keys = RedisKeys(settings.key_prefix)
+        self._presence = RedisPresence(self._redis, keys,
+                                       lease_ms=int(settings.lease_seconds * 1000),
+                                       live_cache_ms=0)
+        self._acks = RedisAckStore(self._redis, keys, ack_policy(settings))
+        self._bus: Bus | None = None
+        if settings.amqp_url is not None:
+            from wsnode.bus_rabbitmq import RabbitBus
+
+            self._bus = RabbitBus(settings.amqp_url, AmqpNames(settings.key_prefix))
+        self._sender = Sender(presence=self._presence, bus=self._bus or MemoryBus(),
+                              acks=self._acks, metrics=Metrics())
+
+    @property
+    def name(self) -> str:
+        return redis_conn.safe_url(self._settings.redis_url or "")
+
+    async def aclose(self) -> None:
+        if self._bus is not None:
+            bus, self._bus = self._bus, None
+            await bus.stop()
+        await self._redis.aclose()
+
+    def _need_bus(self) -> Bus:
+        if self._bus is None:
+            raise CtlError(NO_BUS)
+        return self._bus
+
+    async def send(self, user: str, envelope: Envelope) -> doc.SendReport:
+        self._need_bus()
+        async with _translated("send"):
+            report = await self._sender.send_to_user(UserId(user), envelope)
+        return cast(doc.SendReport, report.to_json())
+
+    async def message_status(self, user: str, msg_id: str) -> doc.MessageStatus:
+        async with _translated("message status"):
+            state = await self._acks.status(UserId(user), MsgId(msg_id))
+        if state is None:
+            raise NotFound(f"no message {msg_id!r} for user {user!r}")
+        return {"user": user, "id": msg_id, "state": state.value}
+
+    async def presence(self, pod: str | None = None) -> doc.PresenceList:
+        async with _translated("presence"):
+            users = await self._presence.users(PodId(pod) if pod else None)
+        return cast(doc.PresenceList, {"users": [u.to_json() for u in users]})
+
+    async def user_presence(self, user: str) -> doc.UserPresence:
+        async with _translated("presence"):
+            conns = await self._presence.connections(UserId(user))
+        return cast(doc.UserPresence,
+                    {"user": user, "connections": [c.to_json() for c in conns]})
+
+    async def pods(self) -> doc.PodList:
+        async with _translated("pods"):
+            pods = await self._presence.pods()
+        return cast(doc.PodList, {"pods": [p.to_json() for p in pods]})
+
+    async def drain(self, pod: str, over: float) -> doc.DrainStarted:
+        bus = self._need_bus()
+        async with _translated("drain"):
+            if all(p.pod != pod for p in await self._presence.pods()):
+                raise NotFound(f"pod {pod} not found")
+            try:
+                await bus.control(PodId(pod), {"cmd": "drain", "over": over})
+            except Unroutable as exc:
+                raise NotFound(f"pod {pod} has no queue: {exc}") from exc
+        return {"pod": pod, "state": "draining", "overSeconds": over}
+
+    async def dead_letters(self, user: str | None = None,
+                           limit: int = 100) -> doc.DeadLetterList:
+        async with _translated("dlq"):
+            rows = await self._acks.dead_letters(UserId(user) if user else None, limit)
+        return cast(doc.DeadLetterList, {"messages": [d.to_json() for d in rows]})
+
+    async def retry_dead(self, msg_id: str, user: str | None = None) -> doc.RetryResult:
+        self._need_bus()
+        async with _translated("dlq retry"):
+            reports = await self._sender.retry_dead(MsgId(msg_id),
+                                                    UserId(user) if user else None)
+        return cast(doc.RetryResult, {"retried": [r.to_json() for r in reports]})

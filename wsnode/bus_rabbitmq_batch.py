@@ -1,0 +1,168 @@
+"""Per-pod publish batching for :class:`~wsnode.bus_rabbitmq.RabbitBus` (no I/O).
+
+A node publishes one delivery at a time, often from many tasks in the same
+event-loop tick (a chat room fan-out, a resend sweep). One broker message per
+delivery would spend most of the broker's and the client's time on per-message
+overhead, so :class:`PublishBatcher` collects deliveries per destination pod
+and hands them to an injected ``send`` coroutine as one list:
+
+* on the next loop tick (``loop.call_soon``), so a lone publish waits for
+  nothing but the tick it is already in;
+* at once when a pod's buffer reaches ``max_deliveries`` or ``max_bytes``.
+
+Each broker message is sent by its own task, so many are in flight at once
+(publisher confirms are awaited concurrently, not one after another). Tasks are
+created in flush order and the send path takes the channel's FIFO write lock
+before its first suspension, so one pod's broker messages leave in the order
+their deliveries were added: per-pod order from one publisher is preserved.
+
+Every ``add`` returns the futures of the broker messages that carry its
+deliveries; the caller awaits them (shielded: a cancelled caller must not
+cancel a message that carries other callers' deliveries). Each future is
+settled within ``deadline`` seconds of its flush, whatever ``send`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from wsnode.bus import Delivery
+from wsnode.errors import BackendUnavailable
+from wsnode.ids import PodId
+
+SendBatch = Callable[[PodId, list[Delivery]], Awaitable[None]]
+
+# JSON framing of one delivery in encode_batch, beyond its frame, user and type.
+_ITEM_OVERHEAD = 48
+
+
+def estimate_size(delivery: Delivery) -> int:
+    """Approximate encoded size of ``delivery`` inside a batch body (a cap
+    guide, not exact: escaping of the frame's quotes can add more)."""
+    return (len(delivery.frame) + len(delivery.user) + len(delivery.type)
+            + len(delivery.ack_id or "") + _ITEM_OVERHEAD)
+
+
+@dataclass(slots=True)
+class _Buffer:
+    future: asyncio.Future[None]
+    deliveries: list[Delivery] = field(default_factory=list)
+    size: int = 0
+
+
+def _consume_exception(future: asyncio.Future[None]) -> None:
+    # Every waiter may have been cancelled; the outcome is still "retrieved" so
+    # asyncio does not log "exception was never retrieved" for it.
+    if not future.cancelled():
+        future.exception()
+
+
+class PublishBatcher:
+    """Collects deliveries per pod and sends each pod's buffer as one message."""
+
+    def __init__(self, send: SendBatch, *, max_deliveries: int = 512,
+                 max_bytes: int = 512 * 1024, deadline: float = 6.0) -> None:
+        if max_deliveries < 1 or max_bytes < 1 or deadline <= 0:
+            raise ValueError("batch limits and deadline must be positive")
+        self._send = send
+        self.deadline = deadline
+        """Seconds after which a send still unsettled fails with BackendUnavailable
+        (a guard: ``send`` is expected to time out by itself before that)."""
+        self.max_deliveries = max_deliveries
+        self.max_bytes = max_bytes
+        self._buffers: dict[PodId, _Buffer] = {}
+        self._tick: asyncio.Handle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.messages = 0
+        """Broker messages handed to ``send`` so far."""
+        self.deliveries = 0
+        """Deliveries handed to ``send`` so far."""
+
+    @property
+    def in_flight(self) -> int:
+        """Broker messages sent and not yet settled."""
+        return len(self._tasks)
+
+    def add(self, pod: PodId, deliveries: Sequence[Delivery]) -> list[asyncio.Future[None]]:
+        """Queue ``deliveries`` for ``pod``, in order; return the futures of the
+        broker messages that will carry them (one per message, in order)."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[None]] = []
+        for delivery in deliveries:
+            size = estimate_size(delivery)
+            buf = self._buffers.get(pod)
+            if buf is not None and buf.size + size > self.max_bytes:
+                self._flush(pod)  # keep every message under the byte cap
+                buf = None
+            if buf is None:
+                buf = self._buffers[pod] = _Buffer(loop.create_future())
+                buf.future.add_done_callback(_consume_exception)
+            buf.deliveries.append(delivery)
+            buf.size += size
+            if not futures or futures[-1] is not buf.future:
+                futures.append(buf.future)
+            if len(buf.deliveries) >= self.max_deliveries or buf.size >= self.max_bytes:
+                self._flush(pod)
+        if self._buffers and self._tick is None:
+            self._tick = loop.call_soon(self._flush_all)
+        return futures
+
+    def flush(self) -> None:
+        """Send every buffer now (used on stop)."""
+        if self._tick is not None:
+            self._tick.cancel()
+        self._flush_all()
+
+    async def settle(self, grace: float) -> None:
+        """Flush, wait up to ``grace`` seconds for in-flight messages, cancel
+        the rest (their callers get BackendUnavailable)."""
+        self.flush()
+        if not self._tasks:
+            return
+        _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
+
+    def _flush_all(self) -> None:
+        self._tick = None
+        for pod in list(self._buffers):
+            self._flush(pod)
+
+    def _flush(self, pod: PodId) -> None:
+        buf = self._buffers.pop(pod, None)
+        if buf is None or not buf.deliveries:
+            return
+        self.messages += 1
+        self.deliveries += len(buf.deliveries)
+        task = asyncio.get_running_loop().create_task(self._run(pod, buf))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, pod: PodId, buf: _Buffer) -> None:
+        try:
+            # One timer per broker message rather than one per waiting caller.
+            async with asyncio.timeout(self.deadline):
+                await self._send(pod, buf.deliveries)
+        except TimeoutError:
+            if not buf.future.done():
+                buf.future.set_exception(BackendUnavailable(
+                    f"publish to pod {pod!r} not settled in {self.deadline}s (outcome unknown)"))
+        except asyncio.CancelledError:
+            if not buf.future.done():
+                buf.future.set_exception(BackendUnavailable("publish cancelled: bus stopping"))
+            task = asyncio.current_task()
+            # Re-raise only a cancellation aimed at this task (stop); a library
+            # that cancels an inner future on channel close is an outcome.
+            if task is not None and task.cancelling():
+                raise
+        except Exception as exc:
+            if not buf.future.done():
+                buf.future.set_exception(exc)
+        else:
+            with contextlib.suppress(asyncio.InvalidStateError):
+                buf.future.set_result(None)
