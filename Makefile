@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+SRC    := wsnode wsctl tests $(wildcard bench loadtests)
 STAMP  := $(VENV)/.installed
 
 .PHONY: run test lint unit fmt services clean
@@ -19,7 +20,7 @@ services:
 	@scripts/ensure-services.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check wsnode wsctl tests bench loadtests
+	$(BIN)/ruff check $(SRC)
 	$(BIN)/mypy
 
 test: $(STAMP) services lint
@@ -29,7 +30,7 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
 fmt: $(STAMP)
-	$(BIN)/ruff check --fix wsnode wsctl tests bench loadtests
+	$(BIN)/ruff check --fix $(SRC)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
