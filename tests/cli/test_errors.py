@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gc
 import socket
+import uuid
 import warnings
 from collections.abc import Iterator
 
+import orjson
 import pytest
 
 from tests.cli.conftest import Wsctl
@@ -71,12 +73,27 @@ def test_no_target_exits_1_with_a_hint(wsctl: Wsctl) -> None:
                          "WSNODE_REDIS_URL and WSNODE_AMQP_URL to reach a cluster")
 
 
-def test_cluster_mode_is_not_in_this_build(wsctl: Wsctl) -> None:
-    result = wsctl.run("presence", "ls", env={"WSNODE_REDIS_URL": "redis://127.0.0.1:6379/0",
-                                              "WSNODE_AMQP_URL": "amqp://127.0.0.1/"})
+def test_cluster_mode_reads_redis_without_a_pod(wsctl: Wsctl) -> None:
+    prefix = f"wsctl{uuid.uuid4().hex[:8]}"
+    result = wsctl.run("pods", "ls", "--json", env={
+        "WSNODE_REDIS_URL": "redis://127.0.0.1:6379/0", "WSNODE_KEY_PREFIX": prefix})
+    assert result.exit_code == 0, result.stderr
+    assert orjson.loads(result.stdout) == {"pods": []}
+
+
+def test_cluster_mode_with_redis_down_is_one_line(wsctl: Wsctl) -> None:
+    result = wsctl.run("presence", "ls", env={"WSNODE_REDIS_URL": "redis://127.0.0.1:1/0"})
     assert result.exit_code == 1
-    assert "cluster mode" in result.stderr
-    assert "--node" in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("wsctl: error: cannot reach the cluster")
+    assert "Traceback" not in result.stderr
+
+
+def test_cluster_send_needs_the_bus(wsctl: Wsctl) -> None:
+    result = wsctl.run("send", "alice", "--type", "n",
+                       env={"WSNODE_REDIS_URL": "redis://127.0.0.1:6379/0"})
+    assert result.exit_code == 1
+    assert "WSNODE_AMQP_URL is not set" in result.stderr
 
 
 def test_node_must_be_an_http_url(wsctl: Wsctl) -> None:

@@ -13,6 +13,7 @@ from wsctl import operations, output
 from wsctl.envelope import build_envelope, parse_seconds, read_payload
 from wsctl.errors import CtlError, NotDone, NotFound, UsageProblem
 from wsctl.target import NO_TARGET, Target, check_node_url, resolve_target
+from wsctl.target_cluster import ClusterTarget
 from wsctl.target_node import NodeTarget
 from wsnode.protocol import Envelope
 
@@ -85,8 +86,10 @@ def test_resolve_target() -> None:
     with pytest.raises(CtlError, match=r"^no target: ") as exc:
         resolve_target(None, api_key=None, timeout=1, environ={})
     assert exc.value.message == NO_TARGET
-    with pytest.raises(CtlError, match="cluster mode"):
-        resolve_target(None, api_key=None, timeout=1, environ={"WSNODE_REDIS_URL": "redis://"})
+    cluster = resolve_target(None, api_key=None, timeout=1,
+                             environ={"WSNODE_REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert isinstance(cluster, ClusterTarget)
+    assert cluster.name == "redis://127.0.0.1:1/0"
     for bad in ("localhost:9765", "ws://h:1", "http://", "http://u:p@h:1", "http://h:99999"):
         with pytest.raises(UsageProblem):
             check_node_url(bad)
