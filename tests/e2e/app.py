@@ -33,3 +33,13 @@ def setup(node: Node) -> None:
                 return
             if i % 64 == 0:
                 await asyncio.sleep(0)  # let the writer run, as real traffic would
+
+    @node.on("burst")
+    async def burst(conn: Conn, env: Envelope) -> None:
+        """Send ``n`` messages to user ``to`` from this pod, ACK-required unless
+        ``ack`` is false, with ids ``<prefix><i>``."""
+        p = env.payload
+        for i in range(int(p["n"])):
+            await node.send_to_user(p["to"], Envelope(
+                type="burst", id=f"{p['prefix']}{i}", requires_ack=bool(p.get("ack", True)),
+                payload={"i": i}))

@@ -140,7 +140,7 @@ async def broker() -> AsyncIterator[Broker]:
     try:
         connection = await aio_pika.connect(AMQP_URL, timeout=3)
     except (OSError, aio_pika.exceptions.AMQPError, TimeoutError) as exc:
-        pytest.skip(f"RabbitMQ not reachable at {AMQP_URL}: {exc}")
+        pytest.fail(f"RabbitMQ not reachable at {AMQP_URL} (make services starts it): {exc}")
     broker = Broker(connection, f"t{uuid.uuid4().hex[:8]}")
     try:
         yield broker

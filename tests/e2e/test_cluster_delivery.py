@@ -1,0 +1,292 @@
+"""Issue 4 must-shows: three real pods, the real Redis and RabbitMQ, real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aio_pika
+import orjson
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.conftest import PodFactory
+from tests.support.client import Client
+from tests.support.cluster import AMQP_URL, ClusterSlice
+from tests.support.pods import PodProcess
+from tests.support.proxy import TcpProxy
+from wsnode.keys import AmqpNames
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[ClusterSlice]:
+    slice_ = ClusterSlice()
+    yield slice_
+    await slice_.cleanup()
+
+
+def start_pods(pod_factory: PodFactory, cluster: ClusterSlice, names: list[str],
+               **env: str) -> list[PodProcess]:
+    pods = []
+    for name in names:
+        cluster.pods.add(name)
+        pods.append(pod_factory(name, env=cluster.env(**env), args=["--app", "tests.e2e.app"]))
+    return pods
+
+
+def wsctl(cluster: ClusterSlice, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """wsctl in cluster mode: Redis and RabbitMQ, no --node."""
+    from tests.support.pods import base_env
+
+    return subprocess.run([sys.executable, "-m", "wsctl", *args],
+                          env=base_env(**cluster.env(**env)), capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+async def until(probe: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    async def loop() -> None:
+        while not await probe():
+            await asyncio.sleep(0.05)
+    try:
+        await asyncio.wait_for(loop(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"not within {timeout}s: {what}") from None
+
+
+async def api(pod: PodProcess, method: str, path: str, body: Any = None) -> Any:
+    status, answer = await asyncio.to_thread(pod.api, method, path, body)
+    assert status < 300, (status, answer)
+    return answer
+
+
+async def test_every_path_reaches_every_connection_once(
+        pod_factory: PodFactory, cluster: ClusterSlice) -> None:
+    a, b, c = start_pods(pod_factory, cluster, ["pod-a", "pod-b", "pod-c"],
+                         WSNODE_ACK_RETRY_INTERVAL="30s")
+    token = a.token("zoe")
+    on_a = await Client.open(a.ws_url, token)
+    on_c = await Client.open(c.ws_url, token)
+    sender = await Client.open(b.ws_url, b.token("sender"))
+    devices = (on_a, on_c)
+
+    async def both_get(typ: str, check: Callable[[dict[str, Any]], bool]) -> None:
+        for device in devices:
+            frame = await device.expect(typ)
+            assert check(frame), frame
+            if frame.get("requiresAck"):
+                await device.ack(frame["id"])
+
+    # at most once: wsctl (no pod), POST /v1/send on B, a handler on B
+    slow_retry = {"WSNODE_ACK_RETRY_INTERVAL": "30s"}  # the storing side sets the schedule
+    done = await asyncio.to_thread(wsctl, cluster, "send", "zoe", "--type", "note",
+                                   "--payload", '{"via": "wsctl"}', "--json", **slow_retry)
+    assert done.returncode == 0, done.stderr
+    assert sorted(orjson.loads(done.stdout)["pods"]) == ["pod-a", "pod-c"]
+    await both_get("note", lambda f: f["payload"] == {"via": "wsctl"})
+    report = await api(b, "POST", "/v1/send",
+                       {"user": "zoe", "envelope": {"type": "note", "payload": {"via": "api"}}})
+    assert report["local"] == 0 and sorted(report["pods"]) == ["pod-a", "pod-c"]
+    await both_get("note", lambda f: f["payload"] == {"via": "api"})
+    await sender.send({"type": "chat_message", "payload": {"to": "zoe", "text": "hi"}})
+    await both_get("chat_message", lambda f: f["payload"]["from"] == "sender")
+
+    # ACK path: the same three ways
+    waiting = asyncio.create_task(asyncio.to_thread(
+        wsctl, cluster, "send", "zoe", "--type", "alert", "--ack", "--id", "w-1", "--wait", "10",
+        **slow_retry))
+    await both_get("alert", lambda f: f["id"] == "w-1" and f["seq"] == 1)
+    done = await waiting
+    assert done.returncode == 0, done.stderr  # --wait saw the ack
+    report = await api(b, "POST", "/v1/send", {"user": "zoe", "envelope": {
+        "type": "alert", "id": "api-1", "requiresAck": True}})
+    assert report["stored"] is True and report["seq"] == 2
+    await both_get("alert", lambda f: f["id"] == "api-1" and f["seq"] == 2)
+    await sender.send({"type": "burst", "payload": {"to": "zoe", "n": 1, "prefix": "h-"}})
+    await both_get("burst", lambda f: f["id"] == "h-0" and f["seq"] == 3)
+    for device in devices:
+        await device.nothing_within(0.5)  # once per connection, nothing more
+
+
+async def test_thousand_acked_messages_survive_a_broker_cut(
+        pod_factory: PodFactory, cluster: ClusterSlice) -> None:
+    proxy = await TcpProxy().start()
+    try:
+        a, b = start_pods(pod_factory, cluster, ["pod-a", "pod-b"],
+                          WSNODE_AMQP_URL=proxy.url(), WSNODE_RATE_LIMIT="0")
+        receiver = await Client.open(a.ws_url, a.token("rx"))
+        sender = await Client.open(b.ws_url, b.token("tx"))
+        seen: dict[str, int] = {}
+        got_all = asyncio.Event()
+
+        async def receive() -> None:
+            while len(seen) < 1000:
+                frame = await receiver.recv(timeout=60)
+                if frame["type"] != "burst":
+                    continue
+                seen[frame["id"]] = seen.get(frame["id"], 0) + 1
+                await receiver.ack(frame["id"])
+            got_all.set()
+
+        reader = asyncio.create_task(receive())
+        await sender.send({"type": "burst", "payload": {"to": "rx", "n": 1000, "prefix": "k"}})
+        await until(lambda: asyncio.sleep(0, result=len(seen) >= 50), 20, "first deliveries")
+        await proxy.cut()
+        await asyncio.sleep(2.0)  # an outage of two seconds, mid-stream
+        await proxy.restore()
+        await asyncio.wait_for(got_all.wait(), 90)
+        await reader
+        assert set(seen) == {f"k{i}" for i in range(1000)}
+        # Duplicates can only be resends: the same id, so the client could dedup.
+        assert all(count >= 1 for count in seen.values())
+
+        async def settled() -> bool:
+            _, text = await asyncio.to_thread(a.api, "GET", "/metrics", None, None)
+            return 'wsnode_acks_pending 0.0' in str(text)
+        await until(settled, 10, "every message settled in the store")
+    finally:
+        await proxy.cut()
+
+
+async def test_sigkill_mid_stream_loses_no_acked_message(
+        pod_factory: PodFactory, cluster: ClusterSlice) -> None:
+    a, b, c = start_pods(pod_factory, cluster, ["pod-a", "pod-b", "pod-c"],
+                         WSNODE_RATE_LIMIT="0")
+    users = [f"v{i}" for i in range(4)]
+    clients = {u: await Client.open(a.ws_url, a.token(u)) for u in users}
+    seen: dict[str, set[str]] = {u: set() for u in users}
+    total = 200
+
+    async def send_all() -> None:
+        for i in range(total):
+            user = users[i % len(users)]
+            await api(c, "POST", "/v1/send", {"user": user, "envelope": {
+                "type": "m", "id": f"{user}-{i}", "requiresAck": True, "payload": i}})
+
+    async def follow(user: str) -> None:
+        client = clients[user]
+        want = {f"{user}-{i}" for i in range(total) if users[i % len(users)] == user}
+        while seen[user] != want:
+            try:
+                frame = await client.recv(timeout=30)
+            except ConnectionClosed:
+                client = await Client.open(b.ws_url, b.token(user))  # reconnect to B
+                frames = client.replay
+            else:
+                frames = [frame]
+            for f in frames:
+                if f["type"] == "m":
+                    seen[user].add(f["id"])
+                    await client.ack(f["id"])
+
+    followers = [asyncio.create_task(follow(u)) for u in users]
+    sending = asyncio.create_task(send_all())
+    await until(lambda: asyncio.sleep(0, result=sum(map(len, seen.values())) >= 40), 20,
+                "messages flowing")
+    a.kill()
+    await sending
+    await asyncio.wait_for(asyncio.gather(*followers), 60)
+    assert all(len(seen[u]) == total // len(users) for u in users)
+
+
+async def test_wsctl_drain_moves_clients_over_time_without_loss(
+        pod_factory: PodFactory, cluster: ClusterSlice) -> None:
+    a, b, c = start_pods(pod_factory, cluster, ["pod-a", "pod-b", "pod-c"],
+                         WSNODE_RATE_LIMIT="0")
+    loop = asyncio.get_running_loop()
+    users = [f"d{i}" for i in range(10)]
+    reconnect_at: dict[str, float] = {}
+    seen: dict[str, set[str]] = {u: set() for u in users}
+    per_user = 30
+
+    async def follow(user: str) -> None:
+        client = await Client.open(a.ws_url, a.token(user))
+        want = {f"{user}-{i}" for i in range(per_user)}
+        while seen[user] != want:
+            try:
+                frame = await client.recv(timeout=30)
+            except ConnectionClosed:
+                assert client.ws.close_code == 1012
+                target = random.choice([b, c])
+                client = await Client.open(target.ws_url, target.token(user))
+                frames = client.replay
+            else:
+                frames = [frame]
+                if frame["type"] == "reconnect":
+                    reconnect_at[user] = loop.time()
+            for f in frames:
+                if f["type"] == "m":
+                    seen[user].add(f["id"])
+                    await client.ack(f["id"])
+        await client.close()
+
+    followers = [asyncio.create_task(follow(u)) for u in users]
+
+    async def all_on_a() -> bool:
+        return len((await api(b, "GET", "/v1/presence?pod=pod-a"))["users"]) == len(users)
+    await until(all_on_a, 10, "every user on pod-a")
+
+    async def send_all() -> None:
+        # Paced over ~6 s, so that messages keep coming during the whole drain.
+        for i in range(per_user):
+            for user in users:
+                await api(b, "POST", "/v1/send", {"user": user, "envelope": {
+                    "type": "m", "id": f"{user}-{i}", "requiresAck": True}})
+            await asyncio.sleep(0.2)
+    sending = asyncio.create_task(send_all())
+    started = loop.time()
+    done = await asyncio.to_thread(wsctl, cluster, "drain", "pod-a", "--over", "5")
+    assert done.returncode == 0, done.stderr
+
+    async def refuses() -> bool:
+        try:
+            async with connect(a.ws_url, additional_headers={
+                    "Authorization": f"Bearer {a.token('late')}"}):
+                return False
+        except InvalidStatus as exc:
+            return exc.response.status_code == 503
+    await until(refuses, 5, "pod-a answers 503")
+    await sending
+    await asyncio.wait_for(asyncio.gather(*followers), 60)
+    spread = max(reconnect_at.values()) - min(reconnect_at.values())
+    assert len(reconnect_at) == len(users)
+    assert 3.0 <= spread <= 6.0, spread
+    assert min(reconnect_at.values()) - started < 2.0
+    assert all(len(seen[u]) == per_user for u in users)
+
+
+async def test_pod_whose_consumer_dies_turns_not_ready(
+        pod_factory: PodFactory, cluster: ClusterSlice) -> None:
+    (a,) = start_pods(pod_factory, cluster, ["pod-a"])
+
+    async def ready() -> bool:
+        status, _ = await asyncio.to_thread(a.api, "GET", "/readyz", None, None)
+        return status == 200
+    await until(ready, 10, "pod-a ready")
+    names = AmqpNames(cluster.prefix)
+    loop = asyncio.get_running_loop()
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        # Take the pod's queue away and squat its name with an exclusive queue: the
+        # broker cancels the pod's consumer, and the pod cannot consume again.
+        await channel.queue_delete(names.pod_queue("pod-a"))
+        await channel.declare_queue(names.pod_queue("pod-a"), exclusive=True)
+        cut_at = loop.time()
+
+        async def not_ready() -> bool:
+            return not await ready()
+        await until(not_ready, 1.0, "not ready within one canary interval (0.5 s) + probe")
+        assert loop.time() - cut_at < 1.0
+        status, body = await asyncio.to_thread(a.api, "GET", "/readyz", None, None)
+        assert status == 503 and body["checks"]["bus"] is False
+    finally:
+        with contextlib.suppress(Exception):
+            await connection.close()
+    await until(ready, 15, "pod-a ready again once its queue is free")
+
