@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import PodFactory
 from tests.support.client import Client
-from tests.support.pods import PodProcess
+from tests.support.pods import PodProcess, base_env
 from tests.support.redis_server import RedisServer
 from wsnode.keys import RedisKeys
 
@@ -67,18 +70,24 @@ async def test_three_connections_on_two_pods(
         pod_factory: PodFactory, prefix: str, shared_redis: Any) -> None:
     a = pod_factory("pod-a", env=cluster_env(prefix))
     b = pod_factory("pod-b", env=cluster_env(prefix))
-    token = a.token("multi")
+    user = "multi user:ユ"  # a space, a colon and non-ASCII survive every key and member
+    token = a.token(user)
     c1 = await Client.open(a.ws_url, token)
     c2 = await Client.open(a.ws_url, token)
     c3 = await Client.open(b.ws_url, token)
-    got = await api(b, "GET", "/v1/presence/multi")
+    # wsctl reads Redis directly: no pod is asked.
+    done = await asyncio.to_thread(subprocess.run, [
+        sys.executable, "-m", "wsctl", "presence", "get", user, "--json"],
+        env=base_env(**cluster_env(prefix)), capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    got = orjson.loads(done.stdout)
     assert sorted((c["connId"], c["pod"]) for c in got["connections"]) == sorted(
         [(c1.conn_id, "pod-a"), (c2.conn_id, "pod-a"), (c3.conn_id, "pod-b")])
     await c3.close()
 
     async def only_on_a() -> bool:
         users = (await api(a, "GET", "/v1/presence"))["users"]
-        return users == [{"user": "multi", "connections": 2, "pods": ["pod-a"]}]
+        return users == [{"user": user, "connections": 2, "pods": ["pod-a"]}]
     await eventually(only_on_a, 5, "user on pod-a only")
     await c1.close()
     await c2.close()
@@ -88,6 +97,10 @@ async def test_three_connections_on_two_pods(
     await eventually(offline, 5, "user offline")
     pods = (await api(a, "GET", "/v1/pods"))["pods"]
     assert [p["pod"] for p in pods] == ["pod-a", "pod-b"]
+    done = await asyncio.to_thread(subprocess.run, [
+        sys.executable, "-m", "wsctl", "presence", "get", user],
+        env=base_env(**cluster_env(prefix)), capture_output=True, text=True, timeout=30)
+    assert done.returncode == 3 and "offline" in done.stderr
 
 
 async def test_sigkilled_pod_stops_counting_within_a_lease(
