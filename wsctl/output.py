@@ -94,7 +94,8 @@ def send_summary(report: doc.SendReport) -> str:
         return (f"duplicate: id {msg_id} was already sent to {report['user']} "
                 f"(seq {report['seq']}); not stored or delivered again")
     pods = report["pods"]
-    where = f"delivered to {report['local']} connection(s) on this pod, {len(pods)} other pod(s)"
+    where = (f"delivered to {report['local']} connection(s) directly, "
+             f"published to {len(pods)} pod(s)")
     if pods:
         where += f" ({', '.join(pods)})"
     failed = report.get("failedPods") or []

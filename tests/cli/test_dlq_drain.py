@@ -65,7 +65,7 @@ async def test_dlq_ls_and_retry_a_dead_lettered_message(pod_factory: PodFactory,
         result = await wsctl.arun("dlq", "retry", "d-1", pod=pod)
         assert result.exit_code == 0, result.output
         assert result.stdout.startswith(
-            "retried for alice: delivered to 1 connection(s) on this pod, 0 other pod(s); "
+            "retried for alice: delivered to 1 connection(s) directly, published to 0 pod(s); "
             "stored for ACK as seq")
         frame = await alice.expect("invoice")
         assert frame["id"] == "d-1"

@@ -32,7 +32,7 @@ async def test_send_reaches_every_connection_of_an_online_user(pod: PodProcess,
         result = await wsctl.arun("send", "alice", "--type", "notification", pod=pod)
         assert result.exit_code == 0, result.output
         assert result.stdout.strip() == \
-            "delivered to 2 connection(s) on this pod, 0 other pod(s)"
+            "delivered to 2 connection(s) directly, published to 0 pod(s)"
         for client in (phone, laptop):
             assert (await client.expect("notification"))["payload"] is None
 
@@ -91,8 +91,9 @@ async def test_send_ack_wait_exits_3_when_nobody_acks(pod_factory: PodFactory,
     assert 0.8 <= elapsed < 5
     assert result.stderr.splitlines()[0] == "wsctl: error: not acked within 0.8s"
     # The generated id is shown, and it is the one the client got.
-    assert result.stdout.strip() == ("delivered to 1 connection(s) on this pod, 0 other pod(s); "
-                                     f"stored for ACK as seq 1 (id {frame['id']}); pending")
+    assert result.stdout.strip() == (
+        "delivered to 1 connection(s) directly, published to 0 pod(s); "
+        f"stored for ACK as seq 1 (id {frame['id']}); pending")
     assert len(frame["id"]) == 32
 
 

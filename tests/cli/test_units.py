@@ -62,8 +62,9 @@ def test_ago_and_summary() -> None:
     assert output.ago(5_000, now=0) == "0s ago"
     report: doc.SendReport = {"user": "u", "local": 2, "pods": [], "stored": True, "seq": 4,
                               "id": "m-1"}
-    assert output.send_summary(report) == ("delivered to 2 connection(s) on this pod, "
-                                           "0 other pod(s); stored for ACK as seq 4 (id m-1)")
+    assert output.send_summary(report) == (
+        "delivered to 2 connection(s) directly, published to 0 pod(s); "
+        "stored for ACK as seq 4 (id m-1)")
 
 
 def test_print_error_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -33,11 +33,8 @@ async def cluster() -> AsyncIterator[ClusterSlice]:
 
 def start_pods(pod_factory: PodFactory, cluster: ClusterSlice, names: list[str],
                **env: str) -> list[PodProcess]:
-    pods = []
-    for name in names:
-        cluster.pods.add(name)
-        pods.append(pod_factory(name, env=cluster.env(**env), args=["--app", "tests.e2e.app"]))
-    return pods
+    return [cluster.adopt(pod_factory(name, env=cluster.env(**env),
+                                      args=["--app", "tests.e2e.app"])) for name in names]
 
 
 def wsctl(cluster: ClusterSlice, *args: str, **env: str) -> subprocess.CompletedProcess[str]:

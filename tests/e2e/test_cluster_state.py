@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,33 +15,38 @@ import redis.asyncio as aioredis
 
 from tests.conftest import PodFactory
 from tests.support.client import Client
+from tests.support.cluster import REDIS_URL, ClusterSlice
 from tests.support.pods import PodProcess, base_env
 from tests.support.redis_server import RedisServer
 from wsnode.keys import RedisKeys
 
-SHARED_REDIS = "redis://127.0.0.1:6379/0"
 T = TypeVar("T")
 
 
-def cluster_env(prefix: str, redis_url: str = SHARED_REDIS, **extra: str) -> dict[str, str]:
+@pytest.fixture
+async def cluster() -> AsyncIterator[ClusterSlice]:
+    slice_ = ClusterSlice()
+    yield slice_
+    await slice_.cleanup()
+
+
+@pytest.fixture
+def prefix(cluster: ClusterSlice) -> str:
+    return cluster.prefix
+
+
+@pytest.fixture
+async def shared_redis() -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(REDIS_URL)
+    yield client
+    await client.aclose()
+
+
+def cluster_env(prefix: str, redis_url: str = REDIS_URL, **extra: str) -> dict[str, str]:
+    """Redis only: these tests are about state shared in Redis, not the bus."""
     return {"WSNODE_REDIS_URL": redis_url, "WSNODE_KEY_PREFIX": prefix,
             "WSNODE_HEARTBEAT_INTERVAL": "500ms", "WSNODE_ACK_RETRY_INTERVAL": "300ms",
             "WSNODE_ACK_MAX_ATTEMPTS": "5", **extra}
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"wse2e{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-async def shared_redis(prefix: str) -> Any:
-    client = aioredis.from_url(SHARED_REDIS)
-    yield client
-    keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
 
 
 async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float,
@@ -67,9 +71,9 @@ async def api(pod: PodProcess, method: str, path: str, body: Any = None) -> Any:
 
 
 async def test_three_connections_on_two_pods(
-        pod_factory: PodFactory, prefix: str, shared_redis: Any) -> None:
-    a = pod_factory("pod-a", env=cluster_env(prefix))
-    b = pod_factory("pod-b", env=cluster_env(prefix))
+        pod_factory: PodFactory, cluster: ClusterSlice, prefix: str, shared_redis: Any) -> None:
+    a = cluster.adopt(pod_factory("pod-a", env=cluster_env(prefix)))
+    b = cluster.adopt(pod_factory("pod-b", env=cluster_env(prefix)))
     user = "multi user:ユ"  # a space, a colon and non-ASCII survive every key and member
     token = a.token(user)
     c1 = await Client.open(a.ws_url, token)
@@ -104,9 +108,9 @@ async def test_three_connections_on_two_pods(
 
 
 async def test_sigkilled_pod_stops_counting_within_a_lease(
-        pod_factory: PodFactory, prefix: str, shared_redis: Any) -> None:
-    a = pod_factory("pod-a", env=cluster_env(prefix))
-    b = pod_factory("pod-b", env=cluster_env(prefix))
+        pod_factory: PodFactory, cluster: ClusterSlice, prefix: str, shared_redis: Any) -> None:
+    a = cluster.adopt(pod_factory("pod-a", env=cluster_env(prefix)))
+    b = cluster.adopt(pod_factory("pod-b", env=cluster_env(prefix)))
     token = a.token("victim")
     await Client.open(a.ws_url, token)
     on_b = await Client.open(b.ws_url, token)
@@ -136,10 +140,10 @@ async def test_sigkilled_pod_stops_counting_within_a_lease(
 
 
 async def test_rate_limit_is_shared_across_pods(
-        pod_factory: PodFactory, prefix: str, shared_redis: Any) -> None:
+        pod_factory: PodFactory, cluster: ClusterSlice, prefix: str, shared_redis: Any) -> None:
     env = cluster_env(prefix, WSNODE_RATE_LIMIT="10/60s")
-    a = pod_factory("pod-a", env=env, args=["--app", "tests.e2e.app"])
-    b = pod_factory("pod-b", env=env, args=["--app", "tests.e2e.app"])
+    a = cluster.adopt(pod_factory("pod-a", env=env, args=["--app", "tests.e2e.app"]))
+    b = cluster.adopt(pod_factory("pod-b", env=env, args=["--app", "tests.e2e.app"]))
     token = a.token("spammer")
     on_a = await Client.open(a.ws_url, token)
     on_b = await Client.open(b.ws_url, token)
@@ -154,9 +158,9 @@ async def test_rate_limit_is_shared_across_pods(
 
 
 async def test_acked_messages_follow_the_user_to_any_pod(
-        pod_factory: PodFactory, prefix: str, shared_redis: Any) -> None:
-    a = pod_factory("pod-a", env=cluster_env(prefix))
-    b = pod_factory("pod-b", env=cluster_env(prefix))
+        pod_factory: PodFactory, cluster: ClusterSlice, prefix: str, shared_redis: Any) -> None:
+    a = cluster.adopt(pod_factory("pod-a", env=cluster_env(prefix)))
+    b = cluster.adopt(pod_factory("pod-b", env=cluster_env(prefix)))
     for i in range(1, 4):
         report = await api(a, "POST", "/v1/send", {"user": "roamer", "envelope": {
             "type": "note", "id": f"n{i}", "requiresAck": True, "payload": i}})
@@ -177,12 +181,12 @@ async def test_acked_messages_follow_the_user_to_any_pod(
 
 
 async def test_redis_restart_with_aof_loses_nothing(
-        pod_factory: PodFactory, prefix: str, tmp_path: Path) -> None:
+        pod_factory: PodFactory, cluster: ClusterSlice, prefix: str, tmp_path: Path) -> None:
     server = RedisServer(tmp_path).start()
     try:
         env = cluster_env(prefix, server.url)
-        a = pod_factory("pod-a", env=env, args=["--app", "tests.e2e.app"])
-        b = pod_factory("pod-b", env=env, args=["--app", "tests.e2e.app"])
+        a = cluster.adopt(pod_factory("pod-a", env=env, args=["--app", "tests.e2e.app"]))
+        b = cluster.adopt(pod_factory("pod-b", env=env, args=["--app", "tests.e2e.app"]))
         online = [await Client.open(a.ws_url, a.token(f"u{i}")) for i in range(3)]
         online.append(await Client.open(b.ws_url, b.token("u3")))
         for i in range(20):

@@ -10,6 +10,7 @@ import uuid
 import aio_pika
 import redis.asyncio as aioredis
 
+from tests.support.pods import PodProcess
 from wsnode.keys import AmqpNames
 
 REDIS_URL = os.environ.get("WSNODE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -20,6 +21,13 @@ class ClusterSlice:
     def __init__(self) -> None:
         self.prefix = f"wse2e{uuid.uuid4().hex[:8]}"
         self.pods: set[str] = set()
+        self.processes: list[PodProcess] = []
+
+    def adopt(self, pod: PodProcess) -> PodProcess:
+        """Kill ``pod`` before cleaning up: a live pod would re-declare what we delete."""
+        self.pods.add(pod.pod_id)
+        self.processes.append(pod)
+        return pod
 
     def env(self, *, redis_url: str = REDIS_URL, amqp_url: str | None = AMQP_URL,
             **extra: str) -> dict[str, str]:
@@ -33,6 +41,8 @@ class ClusterSlice:
         return env
 
     async def cleanup(self) -> None:
+        for pod in self.processes:
+            pod.kill()
         client = aioredis.from_url(REDIS_URL)
         keys = [k async for k in client.scan_iter(match=f"{self.prefix}:*", count=1000)]
         if keys:
