@@ -7,7 +7,7 @@ import contextlib
 import random
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aio_pika
@@ -21,6 +21,7 @@ from tests.support.client import Client
 from tests.support.cluster import AMQP_URL, ClusterSlice
 from tests.support.pods import PodProcess
 from tests.support.proxy import TcpProxy
+from tests.support.waits import api, eventually
 from wsnode.keys import AmqpNames
 
 
@@ -44,22 +45,6 @@ def wsctl(cluster: ClusterSlice, *args: str, **env: str) -> subprocess.Completed
     return subprocess.run([sys.executable, "-m", "wsctl", *args],
                           env=base_env(**cluster.env(**env)), capture_output=True, text=True,
                           timeout=60, check=False)
-
-
-async def until(probe: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    async def loop() -> None:
-        while not await probe():
-            await asyncio.sleep(0.05)
-    try:
-        await asyncio.wait_for(loop(), timeout)
-    except TimeoutError:
-        raise AssertionError(f"not within {timeout}s: {what}") from None
-
-
-async def api(pod: PodProcess, method: str, path: str, body: Any = None) -> Any:
-    status, answer = await asyncio.to_thread(pod.api, method, path, body)
-    assert status < 300, (status, answer)
-    return answer
 
 
 async def test_every_path_reaches_every_connection_once(
@@ -132,7 +117,7 @@ async def test_thousand_acked_messages_survive_a_broker_cut(
 
         reader = asyncio.create_task(receive())
         await sender.send({"type": "burst", "payload": {"to": "rx", "n": 1000, "prefix": "k"}})
-        await until(lambda: asyncio.sleep(0, result=len(seen) >= 50), 20, "first deliveries")
+        await eventually(lambda: asyncio.sleep(0, result=len(seen) >= 50), 20, "first deliveries")
         await proxy.cut()
         await asyncio.sleep(2.0)  # an outage of two seconds, mid-stream
         await proxy.restore()
@@ -145,7 +130,7 @@ async def test_thousand_acked_messages_survive_a_broker_cut(
         async def settled() -> bool:
             _, text = await asyncio.to_thread(a.api, "GET", "/metrics", None, None)
             return 'wsnode_acks_pending 0.0' in str(text)
-        await until(settled, 10, "every message settled in the store")
+        await eventually(settled, 10, "every message settled in the store")
     finally:
         await proxy.cut()
 
@@ -183,7 +168,7 @@ async def test_sigkill_mid_stream_loses_no_acked_message(
 
     followers = [asyncio.create_task(follow(u)) for u in users]
     sending = asyncio.create_task(send_all())
-    await until(lambda: asyncio.sleep(0, result=sum(map(len, seen.values())) >= 40), 20,
+    await eventually(lambda: asyncio.sleep(0, result=sum(map(len, seen.values())) >= 40), 20,
                 "messages flowing")
     a.kill()
     await sending
@@ -226,7 +211,7 @@ async def test_wsctl_drain_moves_clients_over_time_without_loss(
 
     async def all_on_a() -> bool:
         return len((await api(b, "GET", "/v1/presence?pod=pod-a"))["users"]) == len(users)
-    await until(all_on_a, 10, "every user on pod-a")
+    await eventually(all_on_a, 10, "every user on pod-a")
 
     async def send_all() -> None:
         # Paced over ~6 s, so that messages keep coming during the whole drain.
@@ -247,7 +232,7 @@ async def test_wsctl_drain_moves_clients_over_time_without_loss(
                 return False
         except InvalidStatus as exc:
             return exc.response.status_code == 503
-    await until(refuses, 5, "pod-a answers 503")
+    await eventually(refuses, 5, "pod-a answers 503")
     await sending
     await asyncio.wait_for(asyncio.gather(*followers), 60)
     spread = max(reconnect_at.values()) - min(reconnect_at.values())
@@ -264,7 +249,7 @@ async def test_pod_whose_consumer_dies_turns_not_ready(
     async def ready() -> bool:
         status, _ = await asyncio.to_thread(a.api, "GET", "/readyz", None, None)
         return status == 200
-    await until(ready, 10, "pod-a ready")
+    await eventually(ready, 10, "pod-a ready")
     names = AmqpNames(cluster.prefix)
     loop = asyncio.get_running_loop()
     connection = await aio_pika.connect(AMQP_URL)
@@ -278,14 +263,14 @@ async def test_pod_whose_consumer_dies_turns_not_ready(
 
         async def not_ready() -> bool:
             return not await ready()
-        await until(not_ready, 1.0, "not ready within one canary interval (0.5 s) + probe")
+        await eventually(not_ready, 1.0, "not ready within one canary interval (0.5 s) + probe")
         assert loop.time() - cut_at < 1.0
         status, body = await asyncio.to_thread(a.api, "GET", "/readyz", None, None)
         assert status == 503 and body["checks"]["bus"] is False
     finally:
         with contextlib.suppress(Exception):
             await connection.close()
-    await until(ready, 15, "pod-a ready again once its queue is free")
+    await eventually(ready, 15, "pod-a ready again once its queue is free")
 
 
 
@@ -303,7 +288,7 @@ async def test_wsctl_dlq_ls_and_retry_without_a_pod(
         done = await asyncio.to_thread(wsctl, cluster, "dlq", "ls", "--json", **fast)
         assert done.returncode == 0, done.stderr
         return [m["id"] for m in orjson.loads(done.stdout)["messages"]] == ["lost-1"]
-    await until(dead, 10, "message in the dead-letter store")
+    await eventually(dead, 10, "message in the dead-letter store")
     done = await asyncio.to_thread(wsctl, cluster, "dlq", "retry", "lost-1", "--json", **fast)
     assert done.returncode == 0, done.stderr
     retried = orjson.loads(done.stdout)["retried"]

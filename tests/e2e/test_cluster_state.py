@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,6 +18,7 @@ from tests.support.client import Client
 from tests.support.cluster import REDIS_URL, ClusterSlice
 from tests.support.pods import PodProcess, base_env
 from tests.support.redis_server import RedisServer
+from tests.support.waits import api, eventually
 from wsnode.keys import RedisKeys
 
 T = TypeVar("T")
@@ -47,27 +48,6 @@ def cluster_env(prefix: str, redis_url: str = REDIS_URL, **extra: str) -> dict[s
     return {"WSNODE_REDIS_URL": redis_url, "WSNODE_KEY_PREFIX": prefix,
             "WSNODE_HEARTBEAT_INTERVAL": "500ms", "WSNODE_ACK_RETRY_INTERVAL": "300ms",
             "WSNODE_ACK_MAX_ATTEMPTS": "5", **extra}
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float,
-                     what: str) -> T:
-    """Poll ``probe`` until it returns something truthy, within ``timeout`` seconds."""
-    async def loop() -> T:
-        while True:
-            got = await probe()
-            if got:
-                return got
-            await asyncio.sleep(0.05)
-    try:
-        return await asyncio.wait_for(loop(), timeout)
-    except TimeoutError:
-        raise AssertionError(f"not within {timeout}s: {what}") from None
-
-
-async def api(pod: PodProcess, method: str, path: str, body: Any = None) -> Any:
-    status, answer = await asyncio.to_thread(pod.api, method, path, body)
-    assert status < 300, (status, answer)
-    return answer
 
 
 async def test_three_connections_on_two_pods(
