@@ -31,6 +31,9 @@ class Backends:
     limiter: RateLimiter
     acks: AckStore
     bus: Bus
+    # False when no other pod can be reached (no shared bus): sends skip the
+    # presence lookup, which could only name this pod.
+    remote: bool = True
     # Called in order on close (connection pools and the like).
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -55,6 +58,7 @@ def memory_backends(settings: NodeSettings, clock: Clock | None = None) -> Backe
         limiter=MemoryLimiter(rate, clock) if rate is not None else NoLimiter(),
         acks=MemoryAckStore(ack_policy(settings), clock),
         bus=MemoryBus(),
+        remote=False,
     )
 
 
@@ -93,5 +97,6 @@ def build_backends(settings: NodeSettings, metrics: Metrics,
         limiter=limiter,
         acks=RedisAckStore(client, keys, ack_policy(settings)),
         bus=bus,
+        remote=settings.amqp_url is not None,
         closers=[client.aclose],
     )

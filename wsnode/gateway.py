@@ -177,7 +177,7 @@ class Gateway:
         try:
             env = parse_client_frame(data)
             if env.type in RESERVED_TYPES:
-                self._metrics.messages_in.labels(env.type).inc()
+                self._metrics.count_in(env.type)
                 await self._on_reserved(conn, env)
                 return
             await self._on_message(conn, env)
@@ -200,7 +200,7 @@ class Gateway:
 
     async def _on_message(self, conn: Conn, env: Envelope) -> None:
         handler = self._router.get(env.type)
-        self._metrics.messages_in.labels(env.type if handler else "other").inc()
+        self._metrics.count_in(env.type if handler else "other")
         decision = await self._limiter.hit(conn.user)
         if not decision.allowed:
             self._metrics.rate_limited.inc()
@@ -251,7 +251,7 @@ class Gateway:
 
     def _overflowed(self, conn: Conn) -> None:
         self._metrics.slow_consumers.inc()
-        self._metrics.dropped.labels("slow_consumer").inc()
+        self._metrics.count_dropped("slow_consumer")
 
 
 def _peer(ws: ServerConnection) -> str:

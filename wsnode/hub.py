@@ -19,6 +19,7 @@ from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from wsnode.ids import ConnId, PodId, UserId
 from wsnode.protocol import CloseCode, Envelope, close_reason
@@ -99,10 +100,27 @@ class Conn:
         if self._queued and self._queued + size > self.max_queue_bytes:
             self._overflow()
             return False
+        if self._writer is None and not self._queue and self._write_now(frame):
+            return True
         self._queue.append(frame)
         self._queued += size
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write())
+        return True
+
+    def _write_now(self, frame: bytes) -> bool:
+        """Write straight to the socket when nothing is queued and the transport
+        is not applying backpressure; False means "queue it instead".
+
+        This is what ``ServerConnection.send`` does minus its ``await drain()``,
+        which only waits while the transport is paused: skipping the task and
+        the await is most of the cost of a small frame.
+        """
+        ws = self.ws
+        if ws.protocol.state is not State.OPEN or ws.paused or ws.send_in_progress is not None:
+            return False
+        ws.protocol.send_text(frame)
+        ws.send_data()
         return True
 
     async def _write(self) -> None:
@@ -188,7 +206,12 @@ class Hub:
         conns = self._users.get(user)
         if not conns:
             return 0
-        return sum(1 for conn in list(conns.values()) if conn.push(frame))
+        taken = 0
+        # A copy: a push that overflows closes that connection, which edits the dict.
+        for conn in tuple(conns.values()):
+            if conn.push(frame):
+                taken += 1
+        return taken
 
     def conns_of(self, user: UserId) -> list[Conn]:
         return list(self._users.get(user, {}).values())

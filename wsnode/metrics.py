@@ -50,7 +50,9 @@ class Metrics:
             "wsnode_acks_dead_lettered_total", "Messages moved to the dead-letter store",
             ["reason"], registry=r)
         self.send_latency = Histogram(
-            "wsnode_send_latency_seconds", "Time for send_to_user to store and route a message",
+            "wsnode_send_latency_seconds",
+            "Time for send_to_user to store and route a message (sends that touch the ACK "
+            "store or the bus; purely local at-most-once sends are not timed)",
             buckets=LATENCY_BUCKETS, registry=r)
         self.slow_consumers = Counter(
             "wsnode_slow_consumers_total", "Connections closed 4408 (send queue overflow)",
@@ -62,6 +64,33 @@ class Metrics:
             registry=r)
         self.ready = Gauge("wsnode_ready", "1 when /readyz answers 200", registry=r)
         self.draining = Gauge("wsnode_draining", "1 while the pod drains", registry=r)
+        # Labelled children by type: labels() costs more than the increment itself.
+        # Bounded: client types are registered handler types (or "other"), and
+        # server types are chosen by the application's code.
+        self._in: dict[str, Counter] = {}
+        self._out: dict[str, Counter] = {}
+        self._dropped: dict[str, Counter] = {}
+
+    def count_in(self, msg_type: str) -> None:
+        """``messages_in{type}`` += 1, with the labelled child cached (hot path)."""
+        child = self._in.get(msg_type)
+        if child is None:
+            child = self._in[msg_type] = self.messages_in.labels(msg_type)
+        child.inc()
+
+    def count_out(self, msg_type: str, n: int) -> None:
+        """``messages_out{type}`` += n, with the labelled child cached (hot path)."""
+        child = self._out.get(msg_type)
+        if child is None:
+            child = self._out[msg_type] = self.messages_out.labels(msg_type)
+        child.inc(n)
+
+    def count_dropped(self, reason: str, n: int = 1) -> None:
+        """``messages_dropped{reason}`` += n, with the labelled child cached."""
+        child = self._dropped.get(reason)
+        if child is None:
+            child = self._dropped[reason] = self.dropped.labels(reason)
+        child.inc(n)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""

@@ -80,7 +80,8 @@ class Node:
                                  reroute=self._reroute, holds=self.hub.has, clock=self.clock)
         self.sender = Sender(presence=self.presence, bus=self.bus, acks=self.acks,
                              metrics=self.metrics, pod=self.pod, local=self, clock=self.clock,
-                             on_unrouted=self.resender.track_unrouted)
+                             on_unrouted=self.resender.track_unrouted,
+                             remote=self.backends.remote)
         self.gateway = Gateway(
             self.settings, pod=self.pod, auth=self.auth, hub=self.hub, router=self.router,
             limiter=self.backends.limiter, acks=self.acks, resender=self.resender,
@@ -160,7 +161,7 @@ class Node:
         """Queue a delivery on this pod's connections of its user."""
         count = self.hub.deliver(delivery.user, delivery.frame)
         if count:
-            self.metrics.messages_out.labels(delivery.type).inc(count)
+            self.metrics.count_out(delivery.type, count)
             if delivery.ack_id is not None:
                 self.resender.track(delivery.user, delivery.ack_id, delivery.due)
         return count
@@ -180,7 +181,7 @@ class Node:
             if delivery.hops == 0:
                 await self._pass_on(delivery, "left_pod")
             elif delivery.ack_id is None:
-                self.metrics.dropped.labels("left_pod").inc()
+                self.metrics.count_dropped("left_pod")
 
     async def _on_stranded(self, batch: list[Delivery]) -> None:
         """Deliveries stranded on a dead pod's queue: route them again."""
@@ -192,7 +193,7 @@ class Node:
         report = SendReport(delivery.user)
         await self.sender.route(moved, report, local=local)
         if not (report.local or report.pods or report.failed_pods) and delivery.ack_id is None:
-            self.metrics.dropped.labels(reason).inc()
+            self.metrics.count_dropped(reason)
 
     async def _on_control(self, command: dict[str, Any]) -> None:
         if command.get("cmd") == "drain":
