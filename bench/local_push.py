@@ -20,7 +20,7 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from wsload import latency_of, now, open_conns, percentiles  # noqa: E402
+from wsload import latency_of, now, open_conns, percentiles
 
 HERE = Path(__file__).resolve().parent
 
