@@ -34,7 +34,7 @@ from wsnode.acks import (
 from wsnode.ids import MsgId, UserId
 from wsnode.keys import RedisKeys, encode_id, member, split_member
 from wsnode.protocol import Envelope
-from wsnode.redis_conn import Redis, script, text, translated
+from wsnode.redis_conn import Coalescer, Redis, script, text, translated
 
 
 class RedisAckStore:
@@ -43,6 +43,7 @@ class RedisAckStore:
         self._r = client
         self._k = keys
         self._script = script(client, "acks")
+        self._batch = Coalescer(client)
 
     def _msg_prefix(self, user: UserId) -> str:
         return self._k.user_msg(user, "")
@@ -54,13 +55,15 @@ class RedisAckStore:
         # The body is encoded without seq; the frame gets seq spliced in per delivery.
         body = Envelope(type=env.type, payload=env.payload, id=env.id, requires_ack=True,
                         expires_at=env.expires_at).encode()
+        keys = [k.user_msg(user, env.id), k.user_seq(user), k.user_pending(user),
+                k.user_dlq(user)]
+        args: list[str | int | bytes] = ["store", enc, env.type, body, p.ttl_ms, p.retry_interval_ms,
+                "" if env.expires_at is None else env.expires_at, p.max_pending_per_user,
+                p.dead_ttl_ms, self._msg_prefix(user)]
         with translated("ack store"):
-            reply = await self._script(
-                keys=[k.user_msg(user, env.id), k.user_seq(user), k.user_pending(user),
-                      k.user_dlq(user)],
-                args=["store", enc, env.type, body, p.ttl_ms, p.retry_interval_ms,
-                      "" if env.expires_at is None else env.expires_at, p.max_pending_per_user,
-                      p.dead_ttl_ms, self._msg_prefix(user)])
+            # One store per ACK-required message: coalesced with this tick's others.
+            reply = await self._batch.run(
+                lambda pipe: self._script(keys=keys, args=args, client=pipe))
             if int(reply[0]) == 1:
                 state = MsgState(text(reply[2]))
                 existing = None
@@ -69,26 +72,24 @@ class RedisAckStore:
                 return StoreResult(int(reply[1]), existing, duplicate=True, state=state)
             seq, now, expires, due, overflow = (int(reply[1]), int(reply[2]), int(reply[3]),
                                                 int(reply[4]), text(reply[5]))
-            async with self._r.pipeline(transaction=False) as pipe:
-                pipe.zadd(k.ack_expiry, {member(user, enc): expires})
-                if overflow:
-                    pipe.zrem(k.ack_expiry, member(user, overflow))
-                    pipe.zadd(k.dlq, {member(user, overflow): now})
-                await pipe.execute()
+            entry = {member(user, enc): expires}
+            await self._batch.run(lambda pipe: pipe.zadd(k.ack_expiry, entry))
             if overflow:
-                await self._trim_dlq()
+                await self._index_dead(user, overflow, now)
         msg = StoredMessage(user=user, id=MsgId(env.id), seq=seq, type=env.type, body=body,
                             stored_at=now, expires_at=expires, attempts=1, next_due=due)
         return StoreResult(seq, msg)
 
     async def settle(self, user: UserId, msg_id: MsgId) -> MsgState | None:
         enc = encode_id(msg_id)
+        keys = [self._k.user_msg(user, msg_id), self._k.user_pending(user)]
+        args: list[str | int] = ["settle", enc, self.policy.ttl_ms]
         with translated("ack settle"):
-            before = text(await self._script(
-                keys=[self._k.user_msg(user, msg_id), self._k.user_pending(user)],
-                args=["settle", enc, self.policy.ttl_ms]))
+            before = text(await self._batch.run(
+                lambda pipe: self._script(keys=keys, args=args, client=pipe)))
             if before == MsgState.PENDING:
-                await self._r.zrem(self._k.ack_expiry, member(user, enc))
+                entry = member(user, enc)
+                await self._batch.run(lambda pipe: pipe.zrem(self._k.ack_expiry, entry))
         return MsgState(before) if before else None
 
     async def pending(self, user: UserId, since_ms: int | None = None) -> list[StoredMessage]:

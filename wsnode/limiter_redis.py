@@ -16,7 +16,7 @@ from wsnode.errors import BackendUnavailable
 from wsnode.ids import UserId
 from wsnode.keys import RedisKeys
 from wsnode.limiter import ALLOW, Decision
-from wsnode.redis_conn import Redis, script, translated
+from wsnode.redis_conn import Coalescer, Redis, script, translated
 from wsnode.settings import Rate
 
 log = logging.getLogger("wsnode.limiter")
@@ -28,6 +28,7 @@ class RedisLimiter:
         self.rate = rate
         self._k = keys
         self._script = script(client, "limiter")
+        self._batch = Coalescer(client)
         self._period_ms = rate.period * 1000
         self._on_fail_open = on_fail_open
         self._failing = False
@@ -35,8 +36,10 @@ class RedisLimiter:
     async def hit(self, user: UserId) -> Decision:
         try:
             with translated("rate limit"):
-                allowed, retry = await self._script(
-                    keys=[self._k.user_rate(user)], args=[self.rate.count, self._period_ms])
+                key, args = self._k.user_rate(user), [self.rate.count, self._period_ms]
+                # One script call per client message: coalesced with this tick's others.
+                allowed, retry = await self._batch.run(
+                    lambda pipe: self._script(keys=[key], args=args, client=pipe))
         except BackendUnavailable as exc:
             if not self._failing:
                 self._failing = True

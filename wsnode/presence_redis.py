@@ -13,6 +13,7 @@ removes (index first on add, entry first on remove).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
@@ -21,7 +22,7 @@ from urllib.parse import unquote
 from wsnode.ids import ConnId, PodId, UserId
 from wsnode.keys import RedisKeys, encode_id, member, split_member
 from wsnode.presence import ConnInfo, PodInfo, PodState, UserPresence
-from wsnode.redis_conn import Redis, script, text, translated
+from wsnode.redis_conn import Coalescer, Redis, script, text, translated
 
 _SCAN_BATCH = 500
 
@@ -40,6 +41,8 @@ class RedisPresence:
         self._live: dict[str, int] = {}  # encoded pod -> epoch of its live life
         self._live_until = 0.0
         self._live_cache_s = live_cache_ms / 1000
+        self._live_refresh: asyncio.Future[dict[str, int]] | None = None
+        self._batch = Coalescer(client)
 
     # -- writes (a pod's own) ---------------------------------------------
 
@@ -110,10 +113,15 @@ class RedisPresence:
             return {}
         live = await self._live_lives()
         with translated("presence lookup"):
-            async with self._r.pipeline(transaction=False) as pipe:
-                for user in users:
-                    pipe.hvals(self._k.user_conns(user))
-                rows = await pipe.execute()
+            if len(users) == 1:
+                # One lookup per message: coalesced with the others of this tick.
+                key = self._k.user_conns(users[0])
+                rows = [await self._batch.run(lambda pipe: pipe.hvals(key))]
+            else:
+                async with self._r.pipeline(transaction=False) as pipe:
+                    for user in users:
+                        pipe.hvals(self._k.user_conns(user))
+                    rows = await pipe.execute()
         out: dict[UserId, set[PodId]] = {}
         for user, values in zip(users, rows, strict=True):
             pods = {PodId(unquote(p)) for p, e, _ in map(_parse, values) if live.get(p) == e}
@@ -204,10 +212,21 @@ class RedisPresence:
             await self._r.srem(self._k.lives, member(pod, epoch))
 
     async def _live_lives(self) -> dict[str, int]:
-        """Encoded pod -> epoch of its live life, cached for ``live_cache_ms``."""
-        now = time.monotonic()
-        if now < self._live_until:
+        """Encoded pod -> epoch of its live life, cached for ``live_cache_ms``; one
+        refresh at a time, however many lookups wait for it."""
+        if time.monotonic() < self._live_until:
             return self._live
+        if self._live_refresh is None:
+            self._live_refresh = asyncio.ensure_future(self._read_lives())
+        refresh = self._live_refresh
+        try:
+            return await asyncio.shield(refresh)
+        finally:
+            if refresh.done() and self._live_refresh is refresh:
+                self._live_refresh = None
+
+    async def _read_lives(self) -> dict[str, int]:
+        now = time.monotonic()
         with translated("presence lives"):
             lives = [split_member(text(m)) for m in await self._r.smembers(self._k.lives)]
             async with self._r.pipeline(transaction=False) as pipe:

@@ -4,8 +4,9 @@ A client frame ``{"type": "chat_message", "payload": {"to": "bob", ...}}`` is
 delivered to every connection of user ``bob`` as ``{"type": "chat_message",
 "payload": {<the same payload>, "from": "<sender's user id>"}}``. Every field of
 the sender's payload passes through unchanged (the load tests put a send
-timestamp there). With ``requiresAck`` the sender gets an ``ack`` frame once the
-message has been routed.
+timestamp there). A frame with ``requiresAck`` and an ``id`` is delivered
+ACK-required with that id (stored, resent until bob acks, at least once), and
+the sender gets an ``ack`` frame once it is stored and routed.
 """
 
 from __future__ import annotations
@@ -26,5 +27,6 @@ def setup(node: Node) -> None:
                 or not payload["to"]:
             raise ProtocolError(ErrorCode.BAD_ENVELOPE,
                                 "chat_message needs payload.to (a user id)", env.id)
-        await node.send_to_user(payload["to"], Envelope(type=CHAT,
-                                                        payload={**payload, "from": conn.user}))
+        await node.send_to_user(payload["to"], Envelope(
+            type=CHAT, payload={**payload, "from": conn.user}, id=env.id,
+            requires_ack=env.requires_ack))
