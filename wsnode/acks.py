@@ -162,7 +162,13 @@ class AckStore(Protocol):
         ACKED for a repeat ack, DEAD, or None when the id is unknown)."""
         ...
 
-    async def pending(self, user: UserId, since_ms: int | None = None) -> list[StoredMessage]: ...
+    async def pending(
+        self, user: UserId, since_ms: int | None = None, *, after_seq: int = 0,
+        limit: int | None = None,
+    ) -> list[StoredMessage]:
+        """The user's unexpired pending messages with ``seq > after_seq`` (stored
+        at or after ``since_ms``), in seq order, at most ``limit`` of them."""
+        ...
 
     async def claim(self, user: UserId, msg_id: MsgId) -> Claim: ...
 
@@ -237,15 +243,22 @@ class MemoryAckStore:
         done = box.done.get(msg_id)
         return done[0] if done else None
 
-    async def pending(self, user: UserId, since_ms: int | None = None) -> list[StoredMessage]:
+    async def pending(
+        self, user: UserId, since_ms: int | None = None, *, after_seq: int = 0,
+        limit: int | None = None,
+    ) -> list[StoredMessage]:
         box = self._users.get(user)
         if box is None:
             return []
         now = self._clock.now_ms()
-        return [
-            m for m in box.pending.values()
-            if m.expires_at > now and (since_ms is None or m.stored_at >= since_ms)
-        ]
+        out = []
+        for m in box.pending.values():  # insertion order is seq order
+            if m.seq > after_seq and m.expires_at > now and \
+                    (since_ms is None or m.stored_at >= since_ms):
+                out.append(m)
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
 
     async def claim(self, user: UserId, msg_id: MsgId) -> Claim:
         box = self._users.get(user)

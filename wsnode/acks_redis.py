@@ -57,9 +57,10 @@ class RedisAckStore:
                         expires_at=env.expires_at).encode()
         keys = [k.user_msg(user, env.id), k.user_seq(user), k.user_pending(user),
                 k.user_dlq(user)]
-        args: list[str | int | bytes] = ["store", enc, env.type, body, p.ttl_ms, p.retry_interval_ms,
-                "" if env.expires_at is None else env.expires_at, p.max_pending_per_user,
-                p.dead_ttl_ms, self._msg_prefix(user)]
+        args: list[str | int | bytes] = [
+            "store", enc, env.type, body, p.ttl_ms, p.retry_interval_ms,
+            "" if env.expires_at is None else env.expires_at, p.max_pending_per_user,
+            p.dead_ttl_ms, self._msg_prefix(user)]
         with translated("ack store"):
             # One store per ACK-required message: coalesced with this tick's others.
             reply = await self._batch.run(
@@ -92,11 +93,15 @@ class RedisAckStore:
                 await self._batch.run(lambda pipe: pipe.zrem(self._k.ack_expiry, entry))
         return MsgState(before) if before else None
 
-    async def pending(self, user: UserId, since_ms: int | None = None) -> list[StoredMessage]:
+    async def pending(
+        self, user: UserId, since_ms: int | None = None, *, after_seq: int = 0,
+        limit: int | None = None,
+    ) -> list[StoredMessage]:
         with translated("ack pending"):
             rows = await self._script(
                 keys=[self._k.user_pending(user)],
-                args=["pending", self._msg_prefix(user), "" if since_ms is None else since_ms])
+                args=["pending", self._msg_prefix(user), "" if since_ms is None else since_ms,
+                      after_seq, limit or 0])
         return [_message(user, text(enc), f) for enc, f in rows]
 
     async def claim(self, user: UserId, msg_id: MsgId) -> Claim:

@@ -23,6 +23,7 @@ Contracts:
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -45,8 +46,9 @@ class Delivery:
 
     ``frame`` is the exact wire frame. ``ack_id``/``due`` are set for
     ACK-required messages: the receiving pod tracks a resend at ``due``.
-    ``hops`` counts re-routes (a pod that no longer holds the user passes it on
-    once, never in a loop).
+    ``hops`` counts re-routes: a pod that no longer holds the user passes it on
+    once, never in a loop. ``reached`` names the pods the sender already
+    delivered it to, so a pass-on never gives a device a second copy.
     """
 
     user: UserId
@@ -55,42 +57,78 @@ class Delivery:
     ack_id: MsgId | None = None
     due: int = 0
     hops: int = 0
+    reached: tuple[PodId, ...] = ()
 
-    def to_json(self) -> dict[str, Any]:
-        out = {"u": self.user, "f": self.frame.decode(), "t": self.type, "a": self.ack_id,
-               "d": self.due}
+    def header(self) -> bytes:
+        """Everything but the frame, as compact JSON."""
+        out: dict[str, Any] = {"u": self.user, "t": self.type}
+        if self.ack_id is not None:
+            out["a"], out["d"] = self.ack_id, self.due
         if self.hops:
             out["h"] = self.hops
-        return out
+        if self.reached:
+            out["r"] = self.reached
+        return orjson.dumps(out)
 
     @classmethod
-    def from_json(cls, obj: Any) -> Delivery:
-        """Inverse of :meth:`to_json`; raises ValueError on a malformed item."""
+    def from_parts(cls, header: bytes, frame: bytes) -> Delivery:
+        """Inverse of :meth:`header` plus the frame; ValueError when malformed."""
+        try:
+            obj = orjson.loads(header)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"delivery header is not JSON: {exc.msg}") from exc
         if not isinstance(obj, dict):
-            raise ValueError("delivery is not an object")
-        user, frame, typ = obj.get("u"), obj.get("f"), obj.get("t")
-        ack, due = obj.get("a"), obj.get("d", 0)
-        if not (isinstance(user, str) and isinstance(frame, str) and isinstance(typ, str)):
-            raise ValueError("delivery lacks user, frame or type")
-        if (ack is not None and not isinstance(ack, str)) or not isinstance(due, int):
-            raise ValueError("delivery has a bad ack id or due time")
-        return cls(UserId(user), frame.encode(), typ, MsgId(ack) if ack else None, due)
+            raise ValueError("delivery header is not an object")
+        user, typ, ack = obj.get("u"), obj.get("t"), obj.get("a")
+        due, hops, reached = obj.get("d", 0), obj.get("h", 0), obj.get("r", [])
+        if not (isinstance(user, str) and user and isinstance(typ, str)):
+            raise ValueError("delivery lacks its user or type")
+        if ack is not None and not (isinstance(ack, str) and ack):
+            raise ValueError("delivery has a bad ack id")
+        if not (isinstance(due, int) and isinstance(hops, int) and isinstance(reached, list)
+                and all(isinstance(p, str) for p in reached)):
+            raise ValueError("delivery has a bad due time, hop count or pod list")
+        return cls(UserId(user), frame, typ, MsgId(ack) if ack else None, due, hops,
+                   tuple(PodId(p) for p in reached))
+
+
+# A batch body: MAGIC, then per delivery two big-endian u32 lengths, the header
+# and the frame. Frames travel as the exact bytes clients get: no JSON escaping
+# on the way in and no unescaping on the way out.
+MAGIC = b"WSB1"
+_LENGTHS = struct.Struct(">II")
 
 
 def encode_batch(deliveries: Sequence[Delivery]) -> bytes:
     """One broker message body for many deliveries to the same pod."""
-    return orjson.dumps({"v": 1, "d": [d.to_json() for d in deliveries]})
+    parts = [MAGIC]
+    for d in deliveries:
+        header = d.header()
+        parts += (_LENGTHS.pack(len(header), len(d.frame)), header, d.frame)
+    return b"".join(parts)
 
 
 def decode_batch(body: bytes) -> list[Delivery]:
     """Inverse of :func:`encode_batch`; raises ValueError on anything malformed."""
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"body is not JSON: {exc.msg}") from exc
-    if not isinstance(obj, dict) or not isinstance(obj.get("d"), list):
-        raise ValueError("body has no delivery list")
-    return [Delivery.from_json(item) for item in obj["d"]]
+    if not body.startswith(MAGIC):
+        raise ValueError("body is not a delivery batch")
+    out: list[Delivery] = []
+    view, pos, end = memoryview(body), len(MAGIC), len(body)
+    while pos < end:
+        if end - pos < _LENGTHS.size:
+            raise ValueError("truncated delivery batch")
+        head_len, frame_len = _LENGTHS.unpack_from(body, pos)
+        pos += _LENGTHS.size
+        if end - pos < head_len + frame_len:
+            raise ValueError("truncated delivery batch")
+        header = bytes(view[pos:pos + head_len])
+        pos += head_len
+        frame = bytes(view[pos:pos + frame_len])
+        pos += frame_len
+        out.append(Delivery.from_parts(header, frame))
+    if not out:
+        raise ValueError("empty delivery batch")
+    return out
 
 
 DeliveryHandler = Callable[[list[Delivery]], Awaitable[None]]

@@ -13,7 +13,7 @@ A pod queue is durable with ``x-expires`` (it disappears some time after its
 pod stops consuming) and ``x-message-ttl`` < ``x-expires`` (so a dead pod's
 messages are dead-lettered to the stranded queue, and re-routed by a live pod,
 before the broker deletes the queue). Message ``type`` says what a body is:
-``deliver`` (``encode_batch`` JSON), ``control`` (a JSON command) or ``canary``.
+``deliver`` (an ``encode_batch`` body), ``control`` (a JSON command) or ``canary``.
 
 Contracts beyond the Protocol's:
 
@@ -88,7 +88,8 @@ from wsnode.keys import AmqpNames
 log = logging.getLogger("wsnode.bus")
 
 DELIVER, CONTROL, CANARY = "deliver", "control", "canary"
-_JSON = "application/json"
+_CONTENT_TYPES = {"deliver": "application/x-wsnode-batch", "control": "application/json",
+                  "canary": "text/plain"}
 _CLOSE_TIMEOUT = 2.0
 
 
@@ -497,7 +498,8 @@ class RabbitBus:
                        persistent: bool = False, confirm_within: float | None = None) -> None:
         mode = aio_pika.DeliveryMode.PERSISTENT if persistent else \
             aio_pika.DeliveryMode.NOT_PERSISTENT
-        message = aio_pika.Message(body, type=kind, content_type=_JSON, delivery_mode=mode)
+        message = aio_pika.Message(body, type=kind, content_type=_CONTENT_TYPES[kind],
+                                   delivery_mode=mode)
         timeout = confirm_within or self._publish_timeout
         try:
             await session.exchange.publish(message, routing_key=pod, mandatory=True,

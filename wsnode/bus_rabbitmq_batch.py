@@ -35,15 +35,14 @@ from wsnode.ids import PodId
 
 SendBatch = Callable[[PodId, list[Delivery]], Awaitable[None]]
 
-# JSON framing of one delivery in encode_batch, beyond its frame, user and type.
+# Lengths and JSON framing of one delivery in encode_batch, beyond its fields.
 _ITEM_OVERHEAD = 48
 
 
 def estimate_size(delivery: Delivery) -> int:
-    """Approximate encoded size of ``delivery`` inside a batch body (a cap
-    guide, not exact: escaping of the frame's quotes can add more)."""
+    """Approximate encoded size of ``delivery`` inside a batch body (a cap guide)."""
     return (len(delivery.frame) + len(delivery.user) + len(delivery.type)
-            + len(delivery.ack_id or "") + _ITEM_OVERHEAD)
+            + len(delivery.ack_id or "") + 16 * len(delivery.reached) + _ITEM_OVERHEAD)
 
 
 @dataclass(slots=True)

@@ -34,6 +34,7 @@ from wsnode.limiter import RateLimiter
 from wsnode.metrics import Metrics
 from wsnode.protocol import (
     RESERVED_TYPES,
+    UNCOUNTED_TYPES,
     CloseCode,
     Envelope,
     ErrorCode,
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
     from wsnode.settings import NodeSettings
 
 log = logging.getLogger("wsnode.gateway")
+
+_REPLAY_PAGE = 200
 
 ConnHook = Callable[[Conn], Awaitable[None]]
 
@@ -143,17 +146,21 @@ class Gateway:
             close_timeout=min(5.0, self._settings.drain_timeout),
             on_overflow=self._overflowed,
         )
+        # The welcome goes out before the hub knows the connection, so nothing
+        # routed can precede it; routed messages are then held until the replay
+        # is out (they may neither overtake it nor repeat what it carries).
+        conn.push(control_frame(Reserved.WELCOME, {
+            "connId": conn.id, "podId": self._pod, "userId": conn.user,
+            "heartbeatMs": self._welcome_heartbeat_ms,
+        }))
+        conn.hold()
         self._hub.add(conn)
         expiry: asyncio.TimerHandle | None = None
         log.info("connection open", extra={"conn": conn.id, "user": conn.user,
                                            "peer": _peer(ws)})
         try:
             await self._on_open(conn)
-            conn.push(control_frame(Reserved.WELCOME, {
-                "connId": conn.id, "podId": self._pod, "userId": conn.user,
-                "heartbeatMs": self._welcome_heartbeat_ms,
-            }))
-            await self._replay(conn, None)
+            conn.release(await self._replay_on_connect(conn))
             if identity.expires_at is not None:
                 expiry = asyncio.get_running_loop().call_later(
                     max(0.0, identity.expires_at - time.time()),
@@ -176,9 +183,9 @@ class Gateway:
         """Handle one client frame; every failure becomes an error frame."""
         try:
             env = parse_client_frame(data)
-            if env.type in RESERVED_TYPES:
+            if env.type in UNCOUNTED_TYPES:
                 self._metrics.count_in(env.type)
-                await self._on_reserved(conn, env)
+                await self._on_uncounted(conn, env)
                 return
             await self._on_message(conn, env)
         except ProtocolError as exc:
@@ -186,17 +193,21 @@ class Gateway:
         except BackendUnavailable:
             self._metrics.backend_errors.labels("gateway").inc()
             self._error(conn, ErrorCode.INTERNAL, "a backend is unavailable; retry shortly")
+        except ConnectionClosed:
+            raise
+        except Exception:
+            # A bug of ours must not cost the client its connection.
+            log.exception("internal error on a client frame",
+                          extra={"conn": conn.id, "user": conn.user})
+            self._error(conn, ErrorCode.INTERNAL, "internal error")
 
-    async def _on_reserved(self, conn: Conn, env: Envelope) -> None:
+    async def _on_uncounted(self, conn: Conn, env: Envelope) -> None:
         if env.type == Reserved.ACK:
             await self._settle(conn, env)
         elif env.type == Reserved.PING:
             conn.push(control_frame(Reserved.PONG, env.payload))
-        elif env.type == Reserved.RESTORE:
-            await self._replay(conn, restore_since(env))
         else:
-            raise ProtocolError(ErrorCode.UNKNOWN_TYPE,
-                                f"'{env.type}' is sent by the server only", env.id)
+            await self._replay(conn, restore_since(env))
 
     async def _on_message(self, conn: Conn, env: Envelope) -> None:
         handler = self._router.get(env.type)
@@ -208,8 +219,9 @@ class Gateway:
                         retryAfterMs=decision.retry_after_ms)
             return
         if handler is None:
-            raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"no handler for type '{env.type}'",
-                                env.id)
+            reason = ("is sent by the server only" if env.type in RESERVED_TYPES
+                      else "has no handler")
+            raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"type '{env.type}' {reason}", env.id)
         try:
             await handler(conn, env)
         except ProtocolError:
@@ -235,14 +247,41 @@ class Gateway:
         # A repeat ack (resend crossed the first ack) or a late ack of a dead
         # letter is harmless and needs no answer.
 
-    async def _replay(self, conn: Conn, since: int | None) -> None:
-        pending = await self._acks.pending(conn.user, since)
+    async def _replay_on_connect(self, conn: Conn) -> set[str]:
+        try:
+            return await self._replay(conn, None)
+        except BackendUnavailable:
+            self._metrics.backend_errors.labels("gateway").inc()
+            self._error(conn, ErrorCode.INTERNAL,
+                        "pending messages could not be read now: send restore to retry")
+            return set()
+
+    async def _replay(self, conn: Conn, since: int | None) -> set[str]:
+        """Push the user's pending messages in seq order, a page at a time and
+        never faster than the client reads (a backlog larger than the send queue
+        must not close the connection), then the ``restore`` end frame. Returns
+        the ids replayed."""
         floor = self._clock.now_ms() + int(self._settings.ack_retry_interval * 1000)
-        for msg in pending:
-            conn.push(msg.frame())
-            # Not before a full interval from now: the client just got it.
-            self._resender.track(conn.user, msg.id, max(msg.next_due, floor))
-        conn.push(control_frame(Reserved.RESTORE, {"replayed": len(pending)}))
+        high_water = conn.max_queue_bytes // 2
+        replayed: set[str] = set()
+        after = 0
+        while True:
+            page = await self._acks.pending(conn.user, since, after_seq=after,
+                                            limit=_REPLAY_PAGE)
+            for msg in page:
+                frame = msg.frame()
+                if conn.queued_bytes and conn.queued_bytes + len(frame) > high_water:
+                    await conn.flushed()
+                if not conn.push(frame):
+                    return replayed  # closing
+                replayed.add(msg.id)
+                # Not before a full interval from now: the client just got it.
+                self._resender.track(conn.user, msg.id, max(msg.next_due, floor))
+            if len(page) < _REPLAY_PAGE:
+                break
+            after = page[-1].seq
+        conn.push(control_frame(Reserved.RESTORE, {"replayed": len(replayed)}))
+        return replayed
 
     def _error(self, conn: Conn, code: str, message: str, msg_id: str | None = None,
                **extra: object) -> None:

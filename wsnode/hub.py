@@ -36,6 +36,8 @@ class Conn:
 
     __slots__ = (
         "_closer",
+        "_held",
+        "_held_bytes",
         "_on_overflow",
         "_queue",
         "_queued",
@@ -78,6 +80,9 @@ class Conn:
         self._queued = 0
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
+        # Routed messages held back while the connection replays (see hold()).
+        self._held: list[tuple[bytes, str | None]] | None = None
+        self._held_bytes = 0
 
     def __repr__(self) -> str:
         return f"Conn(id={self.id!r}, user={self.user!r})"
@@ -89,6 +94,40 @@ class Conn:
     async def send(self, env: Envelope) -> bool:
         """Queue ``env`` for this connection only (no ACK tracking)."""
         return self.push(env.encode())
+
+    def deliver(self, frame: bytes, ack_id: str | None = None) -> bool:
+        """A routed message (through the hub): held back while the connection
+        replays, so it can neither overtake the replay nor repeat a message the
+        replay carries. False if it will not be sent."""
+        if self._held is None:
+            return self.push(frame)
+        if self.closing:
+            return False
+        self._held.append((frame, ack_id))
+        self._held_bytes += len(frame)
+        if self._held_bytes > self.max_queue_bytes:
+            self._overflow()
+            return False
+        return True
+
+    def hold(self) -> None:
+        """Hold routed messages back until :meth:`release`."""
+        self._held, self._held_bytes = [], 0
+
+    def release(self, replayed: set[str]) -> None:
+        """Send what was held, minus the ACK-required ids the replay already sent."""
+        held, self._held, self._held_bytes = self._held or [], None, 0
+        for frame, ack_id in held:
+            if ack_id is None or ack_id not in replayed:
+                self.push(frame)
+
+    async def flushed(self) -> None:
+        """Until every queued frame is written to the socket (or the connection
+        is done): a producer of many frames waits here instead of overflowing."""
+        writer = self._writer
+        if writer is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(writer)
 
     def push(self, frame: bytes) -> bool:
         """Queue one encoded text frame. False if it will not be sent."""
@@ -141,11 +180,15 @@ class Conn:
     def _overflow(self) -> None:
         log.warning("closing slow consumer: send queue over %d bytes", self.max_queue_bytes,
                     extra={"conn": self.id, "user": self.user})
+        # Closing from now on: every later push is refused, not queued again.
+        self.closing = True
         self._drop_queue()
+        self._held, self._held_bytes = None, 0
         if self._writer is not None:
             # The writer is parked in drain() behind a full socket: stop it so the
             # close frame is the next thing written.
             self._writer.cancel()
+            self._writer = None
         if self._on_overflow is not None:
             self._on_overflow(self)
         self.close_soon(CloseCode.SLOW_CONSUMER, "slow consumer: send queue overflow")
@@ -201,23 +244,32 @@ class Hub:
         del self._users[conn.user]
         return True
 
-    def deliver(self, user: UserId, frame: bytes) -> int:
-        """Queue ``frame`` on every connection of ``user``; how many took it."""
+    def deliver(self, user: UserId, frame: bytes, ack_id: str | None = None) -> tuple[int, int]:
+        """Queue ``frame`` on every connection of ``user``: ``(taken, refused)``,
+        refused by connections that are closing (drained, or too slow)."""
         conns = self._users.get(user)
         if not conns:
-            return 0
+            return 0, 0
         taken = 0
         # A copy: a push that overflows closes that connection, which edits the dict.
         for conn in tuple(conns.values()):
-            if conn.push(frame):
+            if conn.deliver(frame, ack_id):
                 taken += 1
-        return taken
+        return taken, len(conns) - taken
 
     def conns_of(self, user: UserId) -> list[Conn]:
         return list(self._users.get(user, {}).values())
 
     def has(self, user: UserId) -> bool:
         return user in self._users
+
+    def backed_up(self, user: UserId) -> bool:
+        """True when every connection of ``user`` here still has frames queued
+        (it is reading slower than it is sent to)."""
+        conns = self._users.get(user)
+        if not conns:
+            return False
+        return all(c.queued_bytes for c in conns.values())
 
     def get(self, conn_id: ConnId) -> Conn | None:
         return self._conns.get(conn_id)

@@ -77,7 +77,8 @@ class Node:
         self.backends = backends if backends is not None else build_backends(
             self.settings, self.metrics, self.clock)
         self.resender = Resender(self.acks, self.metrics, resend=self._redeliver,
-                                 reroute=self._reroute, holds=self.hub.has, clock=self.clock)
+                                 reroute=self._reroute, holds=self.hub.has,
+                                 busy=self.hub.backed_up, clock=self.clock)
         self.sender = Sender(presence=self.presence, bus=self.bus, acks=self.acks,
                              metrics=self.metrics, pod=self.pod, local=self, clock=self.clock,
                              on_unrouted=self.resender.track_unrouted,
@@ -159,7 +160,9 @@ class Node:
 
     def deliver_local(self, delivery: Delivery) -> int:
         """Queue a delivery on this pod's connections of its user."""
-        count = self.hub.deliver(delivery.user, delivery.frame)
+        count, refused = self.hub.deliver(delivery.user, delivery.frame, delivery.ack_id)
+        if refused and delivery.ack_id is None:
+            self.metrics.count_dropped("conn_closing", refused)
         if count:
             self.metrics.count_out(delivery.type, count)
             if delivery.ack_id is not None:
@@ -170,7 +173,8 @@ class Node:
         await self.sender.redeliver(msg)
 
     async def _reroute(self, delivery: Delivery) -> None:
-        await self.sender.route(delivery, SendReport(delivery.user))
+        await self.sender.route(delivery, SendReport(delivery.user),
+                                local=self.pod not in delivery.reached)
 
     async def _on_deliveries(self, batch: list[Delivery]) -> None:
         for delivery in batch:
@@ -364,13 +368,15 @@ class Node:
         while not self._left:
             state = PodState.DRAINING if self.state is NodeState.DRAINING else PodState.ACTIVE
             try:
-                renewed = await self.presence.heartbeat(self.pod, state)
-                if not renewed or self._presence_dirty:
-                    self._presence_dirty = False
-                    await self.presence.add_many(
-                        self.pod, [(c.user, c.id, c.since) for c in self.hub])
-                    log.info("presence re-announced (%d connections)", len(self.hub),
-                             extra={"pod": self.pod})
+                if self._presence_dirty:
+                    # Writes were lost while the store was unreachable (an add, or a
+                    # remove, which would leave a phantom connection): start a new
+                    # life, announce exactly the connections held now, and let the
+                    # reaper purge the old life.
+                    await self.presence.join(self.pod, state)
+                    await self._announce()
+                elif not await self.presence.heartbeat(self.pod, state):
+                    await self._announce()
                 await self.presence.reap()
                 if not self._presence_ok:
                     log.info("presence store reachable again", extra={"pod": self.pod})
@@ -384,6 +390,12 @@ class Node:
                 # Full jitter, so pods do not return to a restarted Redis in step.
                 await asyncio.sleep(random.uniform(0, backoff))
                 backoff = min(interval, backoff * 2)
+
+    async def _announce(self) -> None:
+        self._presence_dirty = False
+        await self.presence.add_many(self.pod, [(c.user, c.id, c.since) for c in self.hub])
+        log.info("presence re-announced (%d connections)", len(self.hub),
+                 extra={"pod": self.pod})
 
     async def _start_bus(self) -> bool:
         try:

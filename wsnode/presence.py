@@ -12,7 +12,9 @@ Contracts:
   renew it for ``lease_ms``. Readers (``pods_of``, ``users``, ``connections``,
   ``pods``) stop reporting a pod whose lease expired, even before it is reaped:
   at once for the memory backend, within ``live_cache_ms`` (default 1 s) for
-  the Redis one, which caches the set of live pods per process.
+  the Redis one, which caches the set of live pods per process. A pod that
+  joined is seen at once by every reader: an entry naming a
+  life the cache does not know makes the reader look again.
 * ``join`` starts a new epoch of the pod: entries of an earlier life of the
   same pod id are not inherited (they are reaped), and the old life's late
   writes cannot erase the new life's entries.

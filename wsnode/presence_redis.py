@@ -42,6 +42,8 @@ class RedisPresence:
         self._live_until = 0.0
         self._live_cache_s = live_cache_ms / 1000
         self._live_refresh: asyncio.Future[dict[str, int]] | None = None
+        self._dead_lives: set[tuple[str, int]] = set()
+        self._asked: dict[tuple[str, int], float] = {}
         self._batch = Coalescer(client)
 
     # -- writes (a pod's own) ---------------------------------------------
@@ -54,7 +56,8 @@ class RedisPresence:
             self._epochs[pod] = int(epoch)
             await self._r.sadd(self._k.lives, member(pod, int(epoch)))
         self._live_until = 0.0
-        await self.reap()  # an earlier life of this pod, if it crashed, goes now
+        # An earlier life of this pod no longer counts (its epoch is not the
+        # lease's); the next reap() purges it, after the caller re-announced.
 
     async def heartbeat(self, pod: PodId, state: PodState) -> bool:
         epoch = self._epochs.get(pod)
@@ -122,9 +125,13 @@ class RedisPresence:
                     for user in users:
                         pipe.hvals(self._k.user_conns(user))
                     rows = await pipe.execute()
+        entries = [list(map(_parse, values)) for values in rows]
+        unknown = {(p, e) for row in entries for p, e, _ in row if live.get(p) != e}
+        if unknown:
+            live = await self._fresher_lives(live, unknown)
         out: dict[UserId, set[PodId]] = {}
-        for user, values in zip(users, rows, strict=True):
-            pods = {PodId(unquote(p)) for p, e, _ in map(_parse, values) if live.get(p) == e}
+        for user, row in zip(users, entries, strict=True):
+            pods = {PodId(unquote(p)) for p, e, _ in row if live.get(p) == e}
             if pods:
                 out[user] = pods
         return out
@@ -132,12 +139,15 @@ class RedisPresence:
     async def connections(self, user: UserId) -> list[ConnInfo]:
         live = await self._live_lives()
         with translated("presence lookup"):
-            entries = await self._r.hgetall(self._k.user_conns(user))
+            raw = await self._r.hgetall(self._k.user_conns(user))
+        entries = [(text(conn), *_parse(value)) for conn, value in raw.items()]
+        unknown = {(p, e) for _, p, e, _ in entries if live.get(p) != e}
+        if unknown:
+            live = await self._fresher_lives(live, unknown)
         out = []
-        for conn, value in entries.items():
-            pod, epoch, since = _parse(value)
+        for conn, pod, epoch, since in entries:
             if live.get(pod) == epoch:
-                out.append(ConnInfo(ConnId(text(conn)), PodId(unquote(pod)), since))
+                out.append(ConnInfo(ConnId(conn), PodId(unquote(pod)), since))
         return sorted(out, key=lambda c: (c.since, c.conn))
 
     async def users(self, pod: PodId | None = None) -> list[UserPresence]:
@@ -225,6 +235,27 @@ class RedisPresence:
             if refresh.done() and self._live_refresh is refresh:
                 self._live_refresh = None
 
+    async def _fresher_lives(self, seen: dict[str, int],
+                             unknown: set[tuple[str, int]]) -> dict[str, int]:
+        """The live set again, when entries name lives the cache does not hold as
+        live: a pod that joined (or rejoined) since the cache was read must not
+        look offline for the rest of ``live_cache_ms``. Lives the last read saw
+        dead (entries not reaped yet) do not ask again."""
+        now = time.monotonic()
+        if len(self._asked) > 1000 or any(now - t > self._live_cache_s
+                                          for t in self._asked.values()):
+            self._asked = {life: t for life, t in self._asked.items()
+                           if now - t <= self._live_cache_s}
+        # Once per unknown life per cache period: entries of a life that is not
+        # even listed (a pod between a reap and its re-listing) must not make
+        # every lookup read again.
+        fresh = unknown - self._dead_lives - self._asked.keys()
+        if not fresh:
+            return seen
+        self._asked.update(dict.fromkeys(fresh, now))
+        self._live_until = 0.0
+        return await self._live_lives()
+
     async def _read_lives(self) -> dict[str, int]:
         now = time.monotonic()
         with translated("presence lives"):
@@ -234,10 +265,14 @@ class RedisPresence:
                     pipe.get(self._k.pod_lease(pod))
                 leases = await pipe.execute()
         live: dict[str, int] = {}
+        dead: set[tuple[str, int]] = set()
         for (pod, epoch), lease in zip(lives, leases, strict=True):
             if lease is not None and text(lease) == epoch:
                 live[encode_id(pod)] = int(epoch)
+            else:
+                dead.add((encode_id(pod), int(epoch)))
         self._live, self._live_until = live, now + self._live_cache_s
+        self._dead_lives = dead
         return live
 
     async def _index(self, pod: PodId, epoch: int) -> AsyncIterator[tuple[str, str]]:

@@ -33,7 +33,9 @@ from wsnode.metrics import Metrics
 log = logging.getLogger("wsnode.resend")
 
 _BATCH = 256
+_CONCURRENCY = 256
 _BACKEND_RETRY_MS = 1000
+_BUSY_RETRY_MS = 1000
 _REROUTE_FIRST_MS = 250
 _REROUTE_MAX_MS = 10_000
 
@@ -55,6 +57,7 @@ class Resender:
         resend: Callable[[StoredMessage], Awaitable[object]],
         reroute: Callable[[Delivery], Awaitable[object]],
         holds: Callable[[UserId], bool],
+        busy: Callable[[UserId], bool] = lambda user: False,
         clock: Clock | None = None,
     ) -> None:
         self._acks = acks
@@ -62,6 +65,7 @@ class Resender:
         self._resend = resend
         self._reroute = reroute
         self._holds = holds
+        self._busy = busy
         self._clock = clock or SystemClock()
         self._heap: list[tuple[int, _Kind, UserId, MsgId]] = []
         self._due: dict[_Key, int] = {}
@@ -85,18 +89,41 @@ class Resender:
         return len(self._due)
 
     async def run(self) -> None:
-        """Fire timers forever (cancel to stop)."""
-        while True:
-            batch = self._pop_due()
-            if batch:
-                await asyncio.gather(*(self._fire(key) for key in batch))
-                continue
-            self._wake.clear()
-            delay = None
-            if self._heap:
-                delay = max(0.0, (self._heap[0][0] - self._clock.now_ms()) / 1000)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+        """Fire timers forever (cancel to stop). Each due timer runs in a task of
+        its own, at most ``_CONCURRENCY`` at once, so one slow backend call (a
+        confirm that takes seconds) never holds back the others."""
+        slots = asyncio.Semaphore(_CONCURRENCY)
+        running: set[asyncio.Task[None]] = set()
+
+        async def fire(key: _Key) -> None:
+            try:
+                await self._fire(key)
+            finally:
+                slots.release()
+
+        try:
+            while True:
+                batch = self._pop_due()
+                for key in batch:
+                    await slots.acquire()
+                    task = asyncio.get_running_loop().create_task(fire(key))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                if batch:
+                    continue
+                await self._sleep()
+        finally:
+            for task in running:
+                task.cancel()
+
+    async def _sleep(self) -> None:
+        """Until the earliest timer is due, or an earlier one is scheduled."""
+        self._wake.clear()
+        delay = None
+        if self._heap:
+            delay = max(0.0, (self._heap[0][0] - self._clock.now_ms()) / 1000)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), delay)
 
     def _schedule(self, key: _Key, due_ms: int) -> None:
         if self._due.get(key) == due_ms:
@@ -130,6 +157,8 @@ class Resender:
             self._schedule(key, self._clock.now_ms() + _BACKEND_RETRY_MS)
         except Exception:
             log.exception("resend of %s failed; it stays stored", msg_id, extra={"user": user})
+            if kind is _Kind.REROUTE:
+                self._unrouted.pop((user, msg_id), None)
 
     async def _fire_reroute(self, user: UserId, msg_id: MsgId) -> None:
         entry = self._unrouted.get((user, msg_id))
@@ -147,6 +176,12 @@ class Resender:
     async def _fire_claim(self, user: UserId, msg_id: MsgId) -> None:
         if not self._holds(user):
             return  # the user left this pod; whoever holds them now tracks it
+        if self._busy(user):
+            # The client has not read what it was sent yet: a resend would only
+            # pile onto its send queue (and close it for slowness). Ask later,
+            # without spending an attempt.
+            self.track(user, msg_id, self._clock.now_ms() + _BUSY_RETRY_MS)
+            return
         claim = await self._acks.claim(user, msg_id)
         if claim.kind is ClaimKind.RESEND and claim.message is not None:
             self._metrics.acks_resent.inc()

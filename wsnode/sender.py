@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import orjson
@@ -106,8 +106,8 @@ class Sender:
         self.pod = pod
         self.local = local
         self._clock = clock or SystemClock()
-        # Told about ACK-required deliveries a pod could not be given (bus down,
-        # queue gone), so they are routed again without waiting for a reconnect.
+        # Told about ACK-required deliveries a publish failed for (bus down, queue
+        # gone), so they are routed again without waiting for a reconnect.
         self._on_unrouted = on_unrouted
         self._remote = remote
 
@@ -155,26 +155,41 @@ class Sender:
     async def route(self, delivery: Delivery, report: SendReport, *,
                     local: bool = True) -> None:
         """Deliver locally (unless ``local`` is False) and publish once per other
-        pod holding the user."""
+        pod holding the user, skipping the pods ``delivery.reached`` names."""
         if local and self.local is not None:
             report.local = self.local.deliver_local(delivery)
-        if not self._remote:
-            return
+        if self._remote:
+            await self._publish(delivery, report)
+        if delivery.ack_id is not None and report.failed_pods and self._on_unrouted:
+            # Routed again later to the pods it did not reach (never again to those
+            # it did, this one included when its own connections got it). A
+            # message that reached nobody needs no retry: it was stored before
+            # presence was read, so a connection that presence did not show yet
+            # reads it in its replay.
+            here = (self.pod,) if report.local and self.pod else ()
+            done = tuple(sorted({*delivery.reached, *report.pods, *here}))
+            self._on_unrouted(replace(delivery, reached=done))
+
+    async def _publish(self, delivery: Delivery, report: SendReport) -> None:
         try:
             where = await self.presence.pods_of([delivery.user])
         except BackendUnavailable:
             self.metrics.backend_errors.labels("presence").inc()
-            if delivery.ack_id is not None and self._on_unrouted is not None:
-                self._on_unrouted(delivery)
+            report.failed_pods.append(PodId("?"))  # unknown: treat as a failed publish
             return
-        remote = sorted(where.get(delivery.user, set()) - {self.pod} if self.pod else
-                        where.get(delivery.user, set()))
+        pods = where.get(delivery.user)
+        if not pods:
+            return
+        skip = {*delivery.reached, *((self.pod,) if self.pod else ())}
+        remote = sorted(pods - skip)
         if not remote:
             return
-        results = await asyncio.gather(
-            *(self.bus.publish(pod, [delivery]) for pod in remote), return_exceptions=True
-        )
-        for pod, outcome in zip(remote, results, strict=True):
+        out = replace(delivery, reached=tuple(sorted(skip.union(remote))))
+        if len(remote) == 1:
+            outcomes: list[BaseException | None] = [await self._publish_one(remote[0], out)]
+        else:
+            outcomes = list(await asyncio.gather(*(self._publish_one(p, out) for p in remote)))
+        for pod, outcome in zip(remote, outcomes, strict=True):
             if outcome is None:
                 report.pods.append(pod)
                 continue
@@ -190,8 +205,13 @@ class Sender:
             # An ACK-required message stays stored: it is routed again or replayed later.
             if delivery.ack_id is None:
                 self.metrics.count_dropped(reason)
-        if delivery.ack_id is not None and report.failed_pods and self._on_unrouted is not None:
-            self._on_unrouted(delivery)
+
+    async def _publish_one(self, pod: PodId, delivery: Delivery) -> BaseException | None:
+        try:
+            await self.bus.publish(pod, [delivery])
+        except Exception as exc:  # reported per pod by the caller
+            return exc
+        return None
 
 
 def _ack_delivery(msg: StoredMessage) -> Delivery:

@@ -113,14 +113,25 @@ elseif op == 'take_dead' then
   return {out, extra[1], extra[2]}
 
 elseif op == 'pending' then
-  -- KEYS: pending. ARGV: op, msg_prefix, since|''. Pending, unexpired, in seq order.
+  -- KEYS: pending. ARGV: op, msg_prefix, since|'', after_seq, limit (0: all).
+  -- Pending, unexpired, seq > after_seq, in seq order: one page of a replay.
   local now = now_ms()
   local since = tonumber(ARGV[3] ~= '' and ARGV[3] or '0')
+  local limit = tonumber(ARGV[5])
   local out = {}
-  for _, encid in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-    local f = fields(ARGV[2] .. encid)
-    if f[1] and tonumber(f[5]) > now and tonumber(f[4]) >= since then
-      table.insert(out, {encid, f})
+  local after = '(' .. ARGV[4]
+  while true do
+    -- Read a little more than asked: expired entries are skipped, not returned.
+    local ids = redis.call('ZRANGEBYSCORE', KEYS[1], after, '+inf', 'WITHSCORES', 'LIMIT', 0,
+                           limit > 0 and limit or 1000)
+    if #ids == 0 then break end
+    for i = 1, #ids, 2 do
+      local f = fields(ARGV[2] .. ids[i])
+      if f[1] and tonumber(f[5]) > now and tonumber(f[4]) >= since then
+        table.insert(out, {ids[i], f})
+        if limit > 0 and #out >= limit then return out end
+      end
+      after = '(' .. ids[i + 1]
     end
   end
   return out
