@@ -5,7 +5,7 @@ Life of a message (DESIGN §3)::
     store() ──> PENDING ──settle()──> ACKED (tombstone until ack_ttl)
                   │  claim() when due: RESEND (attempts+1) ... until max attempts
                   └──> DEAD (expired, ttl passed, attempts exhausted, overflow)
-                          └── dead-letter store: dead_letters(), take_dead()
+                          └── dead-letter store: dead_letters(); revive() -> PENDING
 
 Contracts shared by every backend (the contract tests in ``tests/contract``
 hold both to them):
@@ -152,6 +152,16 @@ def new_message(
     )
 
 
+def without_expiry(body: bytes) -> bytes:
+    """``body`` (an encoded envelope) without ``expiresAt``: an operator's retry of
+    a dead letter overrides its old deadline."""
+    obj = orjson.loads(body)
+    if isinstance(obj, dict) and "expiresAt" in obj:
+        del obj["expiresAt"]
+        return orjson.dumps(obj)
+    return body
+
+
 class AckStore(Protocol):
     """Durable record of ACK-required messages (see the module contract)."""
 
@@ -182,9 +192,10 @@ class AckStore(Protocol):
         self, user: UserId | None = None, limit: int = 100
     ) -> list[DeadLetter]: ...
 
-    async def take_dead(self, msg_id: MsgId, user: UserId | None = None) -> list[DeadLetter]:
-        """Remove and return the dead letters with this id (of ``user`` when given),
-        forgetting their idempotency record so they can be sent again."""
+    async def revive(self, msg_id: MsgId, user: UserId | None = None) -> list[StoredMessage]:
+        """Make the dead letters with this id (of ``user`` when given) pending
+        again, atomically per message: a new seq, attempts 1, stored now, no
+        ``expiresAt``. The caller then routes them. Empty when there is none."""
         ...
 
     async def stats(self) -> AckStats: ...
@@ -310,14 +321,23 @@ class MemoryAckStore:
         rows = [d for (u, _), d in reversed(self._dead.items()) if user is None or u == user]
         return rows[:limit]
 
-    async def take_dead(self, msg_id: MsgId, user: UserId | None = None) -> list[DeadLetter]:
+    async def revive(self, msg_id: MsgId, user: UserId | None = None) -> list[StoredMessage]:
         keys = [k for k in self._dead if k[1] == msg_id and (user is None or k[0] == user)]
-        taken = [self._dead.pop(k) for k in keys]
-        for dead in taken:
-            box = self._users.get(dead.message.user)
-            if box is not None:
-                box.done.pop(msg_id, None)
-        return taken
+        now = self._clock.now_ms()
+        out = []
+        for key in keys:
+            old = self._dead.pop(key).message
+            box = self._users.setdefault(old.user, _UserBox())
+            box.done.pop(msg_id, None)
+            box.seq += 1
+            msg = replace(old, seq=box.seq, body=without_expiry(old.body), stored_at=now,
+                          expires_at=now + self.policy.ttl_ms, attempts=1,
+                          next_due=now + self.policy.backoff_ms(1))
+            box.pending[msg_id] = msg
+            self._pending_count += 1
+            heapq.heappush(self._expiry, (msg.expires_at, msg.user, msg_id))
+            out.append(msg)
+        return out
 
     async def stats(self) -> AckStats:
         return AckStats(pending=self._pending_count, dead=len(self._dead))
@@ -348,6 +368,15 @@ class MemoryAckStore:
         if now < self._next_forget:
             return
         self._next_forget = now + 60_000
-        for box in self._users.values():
+        for user, box in list(self._users.items()):
             for msg_id in [i for i, (_, until, _) in box.done.items() if until <= now]:
                 del box.done[msg_id]
+            if not box.pending and not box.done:
+                # Nothing left to remember; like the Redis counter, seq restarts
+                # after a long silence.
+                del self._users[user]
+        if len(self._expiry) > 2 * self._pending_count + 1024:
+            # Settled messages leave their entries behind (lazy deletion): rebuild.
+            self._expiry = [(m.expires_at, u, i) for u, b in self._users.items()
+                            for i, m in b.pending.items()]
+            heapq.heapify(self._expiry)

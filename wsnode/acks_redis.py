@@ -30,6 +30,7 @@ from wsnode.acks import (
     MsgState,
     StoredMessage,
     StoreResult,
+    without_expiry,
 )
 from wsnode.ids import MsgId, UserId
 from wsnode.keys import RedisKeys, encode_id, member, split_member
@@ -130,6 +131,9 @@ class RedisAckStore:
         p = self.policy
         with translated("ack sweep"):
             now = await self._now_ms()
+            # Index entries of dead letters past their retention (their records
+            # are gone by TTL) would otherwise stay and be counted in stats().
+            await self._r.zremrangebyscore(self._k.dlq, "-inf", now - p.dead_ttl_ms)
             due = await self._r.zrangebyscore(self._k.ack_expiry, "-inf", now, start=0,
                                               num=limit)
             out = []
@@ -175,9 +179,9 @@ class RedisAckStore:
                                   int(row[b"dead_at"])))
         return out
 
-    async def take_dead(self, msg_id: MsgId, user: UserId | None = None) -> list[DeadLetter]:
-        enc = encode_id(msg_id)
-        with translated("dlq take"):
+    async def revive(self, msg_id: MsgId, user: UserId | None = None) -> list[StoredMessage]:
+        enc, p = encode_id(msg_id), self.policy
+        with translated("dlq revive"):
             if user is not None:
                 users = [user]
             else:
@@ -188,12 +192,22 @@ class RedisAckStore:
                     users.append(UserId(split_member(text(name))[0]))
             out = []
             for u in users:
-                reply = await self._script(keys=[self._msg_prefix(u) + enc, self._k.user_dlq(u)],
-                                           args=["take_dead", enc])
-                await self._r.zrem(self._k.dlq, member(u, enc))
-                if reply:
-                    out.append(DeadLetter(_message(u, enc, reply[0]),
-                                          DeadReason(text(reply[2])), int(reply[1])))
+                key = self._msg_prefix(u) + enc
+                body = await self._r.hget(key, "body")
+                if not isinstance(body, bytes):
+                    continue
+                reply = await self._script(
+                    keys=[key, self._k.user_seq(u), self._k.user_pending(u), self._k.user_dlq(u)],
+                    args=["revive", enc, without_expiry(body), p.ttl_ms, p.retry_interval_ms,
+                          p.dead_ttl_ms])
+                if not reply:
+                    continue  # no longer dead (revived or expired meanwhile)
+                msg = _message(u, enc, reply)
+                async with self._r.pipeline(transaction=False) as pipe:
+                    pipe.zrem(self._k.dlq, member(u, enc))
+                    pipe.zadd(self._k.ack_expiry, {member(u, enc): msg.expires_at})
+                    await pipe.execute()
+                out.append(msg)
         return out
 
     async def stats(self) -> AckStats:

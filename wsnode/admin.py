@@ -160,7 +160,9 @@ class AdminApi:
         try:
             limit = int(request.query.get("limit", "100"))
         except ValueError:
-            return _error(400, "bad_request", "'limit' must be an integer")
+            limit = 0
+        if not 1 <= limit <= 1000:
+            return _error(400, "bad_request", "'limit' must be an integer from 1 to 1000")
         rows = await self.node.acks.dead_letters(UserId(user) if user else None, limit)
         return _json({"messages": [d.to_json() for d in rows]})
 

@@ -1,10 +1,10 @@
 """Handshake authentication: JWT verification and the origin allowlist.
 
 Contract: :meth:`Authenticator.authenticate` returns an :class:`Identity` or
-raises :class:`~wsnode.errors.AuthError` with status 401 (no/bad token) or 403
-(origin refused). Algorithms are pinned from settings, never read from the
-token, so ``alg: none`` and HS/RS key confusion are refused. Error messages
-never contain the token.
+raises :class:`~wsnode.errors.AuthError` with status 401 (no/bad/expired token,
+or one without ``exp``) or 403 (origin refused). Algorithms are pinned from
+settings, never read from the token, so ``alg: none`` and HS/RS key confusion
+are refused. Error messages never contain the token.
 """
 
 from __future__ import annotations
@@ -158,7 +158,10 @@ class Authenticator:
                 issuer=self._issuer,
                 # verify_sub off: PyJWT >= 2.10 refuses a numeric ``sub``, which the
                 # claim check below accepts (and checks) like a numeric ``user_id``.
-                options={"verify_aud": self._audience is not None, "verify_sub": False},
+                # exp is required: a token without one would open connections
+                # forever. sub is checked below (PyJWT refuses numeric ones).
+                options={"verify_aud": self._audience is not None, "verify_sub": False,
+                         "require": ["exp"]},
             )
         except jwt.ExpiredSignatureError as exc:
             raise AuthError(401, "token expired") from exc

@@ -160,7 +160,8 @@ class Gateway:
                                            "peer": _peer(ws)})
         try:
             await self._on_open(conn)
-            conn.release(await self._replay_on_connect(conn))
+            conn.release(await self._replay_on_connect(conn),
+                         echo_s=min(1.0, self._settings.ack_retry_interval / 2))
             if identity.expires_at is not None:
                 expiry = asyncio.get_running_loop().call_later(
                     max(0.0, identity.expires_at - time.time()),

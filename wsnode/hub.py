@@ -41,6 +41,7 @@ class Conn:
         "_on_overflow",
         "_queue",
         "_queued",
+        "_replayed",
         "_writer",
         "claims",
         "close_timeout",
@@ -83,6 +84,9 @@ class Conn:
         # Routed messages held back while the connection replays (see hold()).
         self._held: list[tuple[bytes, str | None]] | None = None
         self._held_bytes = 0
+        # Ids the replay just sent: a send whose store the replay already read can
+        # still be on its way here, just after the release.
+        self._replayed: set[str] = set()
 
     def __repr__(self) -> str:
         return f"Conn(id={self.id!r}, user={self.user!r})"
@@ -99,6 +103,8 @@ class Conn:
         """A routed message (through the hub): held back while the connection
         replays, so it can neither overtake the replay nor repeat a message the
         replay carries. False if it will not be sent."""
+        if ack_id is not None and ack_id in self._replayed:
+            return True  # the replay carried it a moment ago
         if self._held is None:
             return self.push(frame)
         if self.closing:
@@ -114,12 +120,20 @@ class Conn:
         """Hold routed messages back until :meth:`release`."""
         self._held, self._held_bytes = [], 0
 
-    def release(self, replayed: set[str]) -> None:
-        """Send what was held, minus the ACK-required ids the replay already sent."""
+    def release(self, replayed: set[str], echo_s: float = 1.0) -> None:
+        """Send what was held, minus the ACK-required ids the replay already sent;
+        for ``echo_s`` more (less than a resend interval), drop deliveries of
+        those ids: they are sends that were in flight during the replay."""
         held, self._held, self._held_bytes = self._held or [], None, 0
         for frame, ack_id in held:
             if ack_id is None or ack_id not in replayed:
                 self.push(frame)
+        if replayed:
+            self._replayed = replayed
+            asyncio.get_running_loop().call_later(echo_s, self._forget_replayed)
+
+    def _forget_replayed(self) -> None:
+        self._replayed = set()
 
     async def flushed(self) -> None:
         """Until every queued frame is written to the socket (or the connection

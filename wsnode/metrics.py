@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+MAX_TYPES = 200
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -79,10 +80,15 @@ class Metrics:
         child.inc()
 
     def count_out(self, msg_type: str, n: int) -> None:
-        """``messages_out{type}`` += n, with the labelled child cached (hot path)."""
+        """``messages_out{type}`` += n, with the labelled child cached (hot path).
+        Types are chosen by whoever sends (``POST /v1/send`` included), so past
+        ``MAX_TYPES`` distinct ones the rest count as ``other``."""
         child = self._out.get(msg_type)
         if child is None:
-            child = self._out[msg_type] = self.messages_out.labels(msg_type)
+            if len(self._out) < MAX_TYPES:
+                child = self._out[msg_type] = self.messages_out.labels(msg_type)
+            else:
+                child = self.messages_out.labels("other")
         child.inc(n)
 
     def count_dropped(self, reason: str, n: int = 1) -> None:

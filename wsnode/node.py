@@ -219,8 +219,17 @@ class Node:
         await self.close()
 
     async def start(self) -> None:
+        """Open backends and start serving. If any step fails, what was started
+        is stopped again before the error propagates (no half-started pod)."""
         if self.state is not NodeState.NEW:
             return
+        try:
+            await self._start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _start(self) -> None:
         s = self.settings
         try:
             await self.presence.join(self.pod)
@@ -296,6 +305,13 @@ class Node:
             if wait > 0:
                 await asyncio.sleep(wait)
             closers.append(loop.create_task(self._send_away(conn)))
+        # A handshake that was past its 503 check when the drain began opens a
+        # connection after the snapshot above: send those away too.
+        while late := [c for c in self.hub if not c.closing]:
+            if loop.time() >= deadline:
+                break
+            closers += [loop.create_task(self._send_away(c)) for c in late]
+            await asyncio.sleep(0.05)
         if closers:
             await asyncio.wait(closers, timeout=max(0.1, deadline - loop.time()))
         with contextlib.suppress(BackendUnavailable):
@@ -319,7 +335,9 @@ class Node:
         if self._ws_server is not None:
             self._ws_server.close(close_connections=True)
             try:
-                async with asyncio.timeout(self.settings.drain_timeout):
+                # Bounded apart from the drain: clients still here get 1001 and
+                # each has close_timeout (5 s at most) to answer.
+                async with asyncio.timeout(min(self.settings.drain_timeout, 10.0)):
                     await self._ws_server.wait_closed()
             except TimeoutError:
                 log.warning("connections did not close in time")

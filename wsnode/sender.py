@@ -25,8 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-import orjson
-
 from wsnode.acks import AckStore, StoredMessage
 from wsnode.bus import Bus, Delivery, Unroutable
 from wsnode.clock import Clock, SystemClock
@@ -139,17 +137,17 @@ class Sender:
         return report
 
     async def retry_dead(self, msg_id: MsgId, user: UserId | None = None) -> list[SendReport]:
-        """Send the dead letters with this id (of ``user``, if given) again, as new
-        messages with the same id; an operator's retry drops their old ``expiresAt``.
-        Raises NotFound when there is none."""
-        taken = await self.acks.take_dead(msg_id, user)
-        if not taken:
+        """Make the dead letters with this id (of ``user``, if given) pending again
+        and route them: new seq, first attempt, no ``expiresAt`` (an operator's
+        retry overrides the old deadline). Raises NotFound when there is none."""
+        revived = await self.acks.revive(msg_id, user)
+        if not revived:
             raise NotFound(f"no dead letter with id {msg_id!r}")
         reports = []
-        for dead in taken:
-            env = Envelope.from_wire(orjson.loads(dead.message.body))
-            env.expires_at = None
-            reports.append(await self.send_to_user(dead.message.user, env))
+        for msg in revived:
+            report = SendReport(msg.user, stored=True, seq=msg.seq)
+            await self.route(_ack_delivery(msg), report)
+            reports.append(report)
         return reports
 
     async def route(self, delivery: Delivery, report: SendReport, *,

@@ -302,33 +302,44 @@ async def test_dead_letters_newest_first_by_user(acks: AckStore) -> None:
     assert (doc["id"], doc["user"], doc["reason"]) == ("b1", "bob", "overflow")
 
 
-async def test_take_dead_removes_and_forgets(acks: AckStore) -> None:
-    await _overflow(acks, ALICE, "m1")
-    taken = await acks.take_dead(MsgId("m1"))
-    assert [(d.message.id, d.message.user, d.message.seq) for d in taken] == [("m1", ALICE, 1)]
+async def test_revive_makes_a_dead_letter_pending_as_a_new_message(acks: AckStore) -> None:
+    await _overflow(acks, ALICE, "m2")
+    revived = await acks.revive(MsgId("m2"))
+    assert [(m.id, m.user, m.seq, m.attempts) for m in revived] == [("m2", ALICE, 5, 1)]
     assert await acks.dead_letters() == []
-    assert await acks.take_dead(MsgId("m1")) == []
-    again = await acks.store(ALICE, env("m1"))
-    assert not again.duplicate
-    assert again.seq == 5  # seqs are never reused
-    assert await ids(acks, ALICE) == ["m1"]
+    assert await acks.revive(MsgId("m2")) == []
+    assert await acks.status(ALICE, MsgId("m2")) == MsgState.PENDING
+    assert await ids(acks, ALICE) == ["m2"]
+    assert (await acks.store(ALICE, env("m2"))).duplicate  # pending again: idempotent
+    frame = orjson.loads(revived[0].frame())
+    assert frame["id"] == "m2" and frame["seq"] == revived[0].seq
+    assert "expiresAt" not in frame
 
 
-async def test_take_dead_of_one_user(acks: AckStore) -> None:
+async def test_revive_drops_an_old_expiry(acks: AckStore) -> None:
+    await acks.store(BOB, env("late", expires_at=9_999_999_999_999))
+    for i in range(3):
+        await acks.store(BOB, env(f"f{i}"))
+    revived = await acks.revive(MsgId("late"))
+    assert [m.id for m in revived] == ["late"]
+    assert "expiresAt" not in orjson.loads(revived[0].frame())
+
+
+async def test_revive_of_one_user(acks: AckStore) -> None:
     await _overflow(acks, ALICE, "m1")
     await _overflow(acks, BOB, "m1")
-    taken = await acks.take_dead(MsgId("m1"), BOB)
-    assert [d.message.user for d in taken] == [BOB]
+    revived = await acks.revive(MsgId("m1"), BOB)
+    assert [m.user for m in revived] == [BOB]
     assert [d.message.user for d in await acks.dead_letters()] == [ALICE]
-    assert (await acks.store(ALICE, env("m1"))).duplicate  # alice's record is kept
-    assert not (await acks.store(BOB, env("m1"))).duplicate
+    assert await acks.status(ALICE, MsgId("m1")) == MsgState.DEAD
+    assert await acks.status(BOB, MsgId("m1")) == MsgState.PENDING
 
 
-async def test_take_dead_of_every_user(acks: AckStore) -> None:
+async def test_revive_of_every_user(acks: AckStore) -> None:
     await _overflow(acks, ALICE, "m1")
     await _overflow(acks, BOB, "m1")
-    taken = await acks.take_dead(MsgId("m1"))
-    assert sorted(d.message.user for d in taken) == [ALICE, BOB]
+    revived = await acks.revive(MsgId("m1"))
+    assert sorted(m.user for m in revived) == [ALICE, BOB]
     assert await acks.dead_letters() == []
 
 

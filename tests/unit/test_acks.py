@@ -403,26 +403,28 @@ async def test_an_id_that_dies_again_is_the_newest_dead_letter(
     assert [d.message.id for d in await store.dead_letters()] == ["m1"]
 
 
-async def test_take_dead_removes_and_forgets(store: MemoryAckStore, clock: ManualClock) -> None:
+async def test_revive_is_a_new_first_attempt(store: MemoryAckStore, clock: ManualClock) -> None:
     await _kill(store, clock, ALICE, "m1")
-    taken = await store.take_dead(MsgId("m1"))
-    assert [(d.message.id, d.message.user) for d in taken] == [("m1", ALICE)]
+    clock.advance(1000)
+    revived = await store.revive(MsgId("m1"))
+    assert [(m.id, m.user, m.seq, m.attempts) for m in revived] == [("m1", ALICE, 2, 1)]
+    msg = revived[0]
+    assert msg.stored_at == clock.now_ms()
+    assert msg.expires_at == clock.now_ms() + POLICY.ttl_ms  # the old expiresAt is gone
+    assert msg.next_due == clock.now_ms() + POLICY.retry_interval_ms
     assert await store.dead_letters() == []
-    assert await store.take_dead(MsgId("m1")) == []
-    again = await store.store(ALICE, env("m1"))
-    assert not again.duplicate
-    assert again.seq == 2
+    assert await store.revive(MsgId("m1")) == []
     assert [m.id for m in await store.pending(ALICE)] == ["m1"]
+    assert (await store.stats()).pending == 1
 
 
-async def test_take_dead_by_user(store: MemoryAckStore, clock: ManualClock) -> None:
+async def test_revive_by_user(store: MemoryAckStore, clock: ManualClock) -> None:
     await _kill(store, clock, ALICE, "m1")
     await _kill(store, clock, BOB, "m1")
-    taken = await store.take_dead(MsgId("m1"), BOB)
-    assert [d.message.user for d in taken] == [BOB]
+    revived = await store.revive(MsgId("m1"), BOB)
+    assert [m.user for m in revived] == [BOB]
     assert [d.message.user for d in await store.dead_letters()] == [ALICE]
     assert (await store.store(ALICE, env("m1"))).duplicate  # alice's record is kept
-    assert not (await store.store(BOB, env("m1"))).duplicate
 
 
 async def test_max_dead_bounds_the_dead_letter_store(clock: ManualClock) -> None:

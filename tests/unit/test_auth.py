@@ -119,18 +119,21 @@ def test_sub_beats_user_id() -> None:
 
 def test_custom_user_claim() -> None:
     auth = hs_auth(user_claim="uid")
-    assert auth.verify(sign({"uid": "carol", "sub": "other"})).user == "carol"
-    refused(auth, sign({"sub": "alice", "user_id": "alice"}))  # no fallback for custom claims
+    assert auth.verify(sign(claims(uid="carol", sub="other"))).user == "carol"
+    refused(auth, sign(claims(user_id="alice")))  # no fallback for custom claims
 
 
 def test_numeric_user_id_becomes_a_string() -> None:
-    assert hs_auth().verify(sign({"sub": 42})).user == "42"
-    assert hs_auth().verify(sign({"user_id": 7})).user == "7"
+    exp = int(time.time()) + 60
+    assert hs_auth().verify(sign({"sub": 42, "exp": exp})).user == "42"
+    assert hs_auth().verify(sign({"user_id": 7, "exp": exp})).user == "7"
 
 
 @pytest.mark.parametrize("user", [None, "", True, ["a"], "u" * 257])
 def test_unusable_user_claim(user: Any) -> None:
-    err = refused(hs_auth(), sign({"sub": user} if user is not None else {"x": 1}))
+    exp = int(time.time()) + 60
+    err = refused(hs_auth(), sign({"sub": user, "exp": exp} if user is not None
+                                  else {"x": 1, "exp": exp}))
     assert "sub" in err.reason
 
 
@@ -337,3 +340,8 @@ def test_star_allows_every_origin() -> None:
     auth = hs_auth(allowed_origins=["*"])
     for origin in ("https://anything.example", "http://localhost:3000", "null"):
         auth.check_origin({"Origin": origin, "Host": "pod:8765"})
+
+
+def test_token_without_exp_is_refused() -> None:
+    err = refused(hs_auth(), sign({"sub": "mallory"}))
+    assert "exp" in err.reason

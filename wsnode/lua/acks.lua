@@ -24,6 +24,7 @@ local function kill(key, encid, pending, dlq, reason, now, dead_ttl)
   redis.call('ZREM', pending, encid)
   redis.call('ZADD', dlq, now, encid)
   redis.call('ZREMRANGEBYSCORE', dlq, '-inf', now - dead_ttl)
+  redis.call('PEXPIRE', dlq, dead_ttl)
 end
 
 local function expiry_reason(key, ttl)
@@ -64,6 +65,8 @@ elseif op == 'settle' then
   if not f[1] then return '' end
   if f[1] == 'pending' then
     redis.call('HSET', KEYS[1], 'state', 'acked')
+    -- What stays is the idempotency record (state, seq); the body is done with.
+    redis.call('HDEL', KEYS[1], 'body', 'type')
     redis.call('ZREM', KEYS[2], ARGV[2])
     -- Keep the id for the rest of the idempotency window (ack_ttl from storing).
     redis.call('PEXPIREAT', KEYS[1], math.max(tonumber(f[2]) + tonumber(ARGV[3]), now_ms() + 1000))
@@ -103,14 +106,22 @@ elseif op == 'expire' then
   kill(KEYS[1], ARGV[2], KEYS[2], KEYS[3], reason, now, tonumber(ARGV[4]))
   return {'dead', reason, now, fields(KEYS[1])}
 
-elseif op == 'take_dead' then
-  -- KEYS: msg, dlq. ARGV: op, encid. Removes a dead letter and its record.
+elseif op == 'revive' then
+  -- KEYS: msg, seq, pending, dlq. ARGV: op, encid, body, ttl, retry, dead_ttl.
+  -- A dead letter becomes pending again in one step, as a new message (new seq,
+  -- first attempt, stored now): an operator's retry never loses it in between.
   if redis.call('HGET', KEYS[1], 'state') ~= 'dead' then return {} end
-  local out = fields(KEYS[1])
-  local extra = redis.call('HMGET', KEYS[1], 'dead_at', 'reason')
-  redis.call('DEL', KEYS[1])
-  redis.call('ZREM', KEYS[2], ARGV[2])
-  return {out, extra[1], extra[2]}
+  local now = now_ms()
+  local ttl, retry = tonumber(ARGV[4]), tonumber(ARGV[5])
+  local seq = redis.call('INCR', KEYS[2])
+  redis.call('PEXPIRE', KEYS[2], 2 * ttl)
+  redis.call('HDEL', KEYS[1], 'dead_at', 'reason')
+  redis.call('HSET', KEYS[1], 'seq', seq, 'body', ARGV[3], 'stored_at', now,
+             'expires_at', now + ttl, 'attempts', 1, 'next_due', now + retry, 'state', 'pending')
+  redis.call('PEXPIREAT', KEYS[1], now + ttl + tonumber(ARGV[6]))
+  redis.call('ZREM', KEYS[4], ARGV[2])
+  redis.call('ZADD', KEYS[3], seq, ARGV[2])
+  return fields(KEYS[1])
 
 elseif op == 'pending' then
   -- KEYS: pending. ARGV: op, msg_prefix, since|'', after_seq, limit (0: all).
