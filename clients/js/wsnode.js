@@ -1,0 +1,814 @@
+// wsnode.js: the wsnode client for browsers and Node.js (dependency-free ES module).
+//
+// It does what wsnode's delivery guarantees ask of a client so that apps do not
+// have to: acks ACK-required messages once the app's handler returned, gives
+// each one to the app once (dedup by id over a bounded window), stays connected
+// (exponential backoff with full jitter; a pod's `reconnect` frame moves it to
+// the next URL at once), takes the replay of pending messages on every connect,
+// and sends messages that wait for the server's ack.
+//
+//   import { WsnodeClient } from './wsnode.js';
+//   const client = new WsnodeClient({ urls: ['wss://pod-a/ws', 'wss://pod-b/ws'], token });
+//   client.on('message', async (msg) => { ... });   // acked when this resolves
+//   client.on('state', (change) => console.log(change.state, change.reason));
+//   await client.connect();
+//   await client.send('chat_message', { to: 'bob', text: 'hi' });  // waits for the ack
+//
+// Node.js 20 has no global WebSocket: pass one (`WebSocket: (await import('ws')).WebSocket`).
+
+export const State = Object.freeze({
+  IDLE: 'idle', // made, not connected yet
+  CONNECTING: 'connecting', // handshake and welcome in progress
+  CONNECTED: 'connected', // welcome and the replay's `restore` frame seen
+  RECONNECTING: 'reconnecting', // lost a connection; waiting `delayMs` before the next try
+  CLOSED: 'closed', // closed by the app, or stopped by a final error
+});
+
+export const Verdict = Object.freeze({ NEW: 'new', REACK: 'reack', HOLD: 'hold' });
+
+const CLOSE_DRAIN = 1012;
+const CLOSE_TOKEN_EXPIRED = 4401;
+const DRAIN_CLOSE_GRACE_MS = 2000;
+const MAX_AUTH_RETRIES = 2;
+const OPEN = 1;
+
+// -- errors ---------------------------------------------------------------------
+
+/** Root of every error the client raises. */
+export class WsnodeError extends Error {
+  constructor(message, options) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/** No URL could be reached on the first connect (`cause` is the last failure). */
+export class ConnectError extends WsnodeError {}
+
+/** The handshake got an HTTP status instead of an upgrade. Browsers never tell
+ * the status, so this is only seen where the WebSocket implementation reports
+ * it (Node.js with `ws`); 401 and 403 are final. */
+export class HandshakeRefused extends ConnectError {
+  constructor(status, url) {
+    super(`handshake refused by ${url} with HTTP ${status}`);
+    this.status = status;
+    this.url = url;
+  }
+}
+
+/** An `error` frame: `code`, `message`, `id` of the offending message, `payload`. */
+export class ServerError extends WsnodeError {
+  constructor(code, message, id = null, payload = {}) {
+    super(`${code}: ${message}${id ? ` (id ${JSON.stringify(id)})` : ''}`);
+    this.code = code;
+    this.serverMessage = message;
+    this.id = id;
+    this.payload = payload;
+  }
+
+  static fromFrame(frame) {
+    const body = isObject(frame.payload) ? frame.payload : {};
+    const code = String(body.code ?? 'internal');
+    const message = String(body.message ?? '');
+    const id = typeof frame.id === 'string' ? frame.id : null;
+    const Kind = code === 'rate_limited' ? RateLimited : ServerError;
+    return new Kind(code, message, id, body);
+  }
+}
+
+/** `rate_limited`: wait `retryAfterMs` before sending again. */
+export class RateLimited extends ServerError {
+  get retryAfterMs() {
+    const raw = this.payload.retryAfterMs;
+    return typeof raw === 'number' && raw > 0 ? raw : 0;
+  }
+}
+
+/** `send(..., {requireAck: true})` saw no ack in time. */
+export class AckTimeout extends WsnodeError {
+  constructor(id, timeoutMs) {
+    super(`no ack for ${JSON.stringify(id)} within ${timeoutMs} ms`);
+    this.id = id;
+    this.timeoutMs = timeoutMs;
+  }
+}
+
+/** `send(..., {requireAck: false})` found no connection in time. */
+export class NotConnected extends WsnodeError {}
+
+/** The client was closed before the call finished. */
+export class ClientClosed extends WsnodeError {}
+
+/** A 'message' handler threw: the message is not acked, the server resends it. */
+export class HandlerError extends WsnodeError {
+  constructor(delivery, cause) {
+    super(`message handler failed for ${delivery.type} ${delivery.id ?? ''}: ${cause}`, { cause });
+    this.delivery = delivery;
+  }
+}
+
+// -- pure parts -------------------------------------------------------------------
+
+/** The ids of the last `size` ACK-required messages given to the app. */
+export class DedupWindow {
+  constructor(size = 1024) {
+    if (!(size >= 1)) throw new RangeError('the dedup window holds at least one id');
+    this.size = size;
+    this._ids = new Map(); // id -> handled (insertion order = age)
+  }
+
+  /** Classify a delivery of `id`; a NEW id is remembered as in progress. */
+  check(id) {
+    const handled = this._ids.get(id);
+    if (handled === undefined) {
+      this._ids.set(id, false);
+      while (this._ids.size > this.size) this._ids.delete(this._ids.keys().next().value);
+      return Verdict.NEW;
+    }
+    return handled ? Verdict.REACK : Verdict.HOLD;
+  }
+
+  handled(id) {
+    if (this._ids.has(id)) this._ids.set(id, true);
+  }
+
+  forget(id) {
+    this._ids.delete(id);
+  }
+
+  has(id) {
+    return this._ids.has(id);
+  }
+
+  get length() {
+    return this._ids.size;
+  }
+}
+
+/** Exponential backoff with full jitter: uniform(0, min(maxMs, baseMs * 2^attempt)). */
+export function backoffDelay(attempt, { baseMs = 200, maxMs = 10000 } = {}, rng = Math.random) {
+  return rng() * Math.min(maxMs, baseMs * 2 ** Math.min(attempt, 32));
+}
+
+/** A message from the server, as given to 'message' handlers. */
+export function messageFromFrame(frame) {
+  const id = typeof frame.id === 'string' ? frame.id : null;
+  return Object.freeze({
+    type: String(frame.type),
+    payload: frame.payload ?? null,
+    id,
+    seq: Number.isInteger(frame.seq) ? frame.seq : null,
+    requiresAck: frame.requiresAck === true && id !== null,
+    expiresAt: Number.isInteger(frame.expiresAt) ? frame.expiresAt : null,
+  });
+}
+
+function isObject(value) {
+  return value !== null && typeof value === 'object' && !Array.isArray(value);
+}
+
+function field(frame, name) {
+  return isObject(frame.payload) ? frame.payload[name] : undefined;
+}
+
+function newId() {
+  const c = globalThis.crypto;
+  if (c && typeof c.randomUUID === 'function') return c.randomUUID().replace(/-/g, '');
+  let out = '';
+  for (let i = 0; i < 32; i += 1) out += Math.floor(Math.random() * 16).toString(16);
+  return out;
+}
+
+function closeReason(code, reason, hint) {
+  if (hint || code === CLOSE_DRAIN) return hint || 'drain';
+  if (code === CLOSE_TOKEN_EXPIRED) return 'token expired';
+  if (code === 1006 || code == null) return 'connection lost';
+  return `closed ${code}${reason ? ` ${reason}` : ''}`;
+}
+
+function finalStatus(status) {
+  return status >= 400 && status < 500 && status !== 408 && status !== 429;
+}
+
+// -- the client -------------------------------------------------------------------
+
+/**
+ * Events: 'message' (msg; may return a promise: acked when it resolves),
+ * 'state' (change), 'error' (ServerError | HandlerError), 'duplicate' (msg, verdict),
+ * 'ack' (id). Messages wait (unacked) until a 'message' handler is registered.
+ */
+export class WsnodeClient {
+  constructor(options = {}) {
+    const urls = typeof options.urls === 'string' ? [options.urls] : [...(options.urls ?? [])];
+    if (urls.length === 0) throw new TypeError('give at least one URL in `urls`');
+    if ((options.token == null) === (options.tokenProvider == null)) {
+      throw new TypeError('give exactly one of `token` and `tokenProvider`');
+    }
+    const tokenVia = options.tokenVia ?? 'subprotocol';
+    if (tokenVia !== 'subprotocol' && tokenVia !== 'query') {
+      throw new TypeError("`tokenVia` must be 'subprotocol' or 'query'");
+    }
+    const Ws = options.WebSocket ?? globalThis.WebSocket;
+    if (typeof Ws !== 'function') {
+      throw new TypeError('no WebSocket here: pass the `WebSocket` option (Node.js < 22: the ws package)');
+    }
+    this._urls = urls;
+    this._token = options.token ?? null;
+    this._tokenProvider = options.tokenProvider ?? null;
+    this._tokenVia = tokenVia;
+    this._Ws = Ws;
+    this._autoAck = options.autoAck ?? true;
+    this._window = new DedupWindow(options.dedupWindow ?? 1024);
+    this._maxBuffered = options.maxBuffered ?? 10000;
+    this._backoff = { baseMs: 200, maxMs: 10000, ...(options.backoff ?? {}) };
+    this._openTimeoutMs = options.openTimeoutMs ?? 10000;
+    this._ackTimeoutMs = options.ackTimeoutMs ?? 5000;
+    this._heartbeat = options.heartbeat ?? true;
+    this._log = options.logger === undefined ? console : options.logger;
+
+    /** @type {string} */
+    this.state = State.IDLE;
+    this.url = null;
+    this.podId = null;
+    this.connId = null;
+    this.userId = null;
+    this.replayed = 0;
+    this.connections = 0;
+    this.duplicates = 0;
+    this.dropped = 0;
+
+    this._listeners = new Map();
+    this._inbox = [];
+    this._pumping = false;
+    this._ws = null; // set once welcomed: frames may be written
+    this._socket = null; // the connection of the session, if any
+    this._generation = 0;
+    this._pending = new Map(); // id -> {frame, resolve, reject, generation}
+    this._unsentAcks = new Set();
+    this._restores = [];
+    this._pings = new Map();
+    this._pingSeq = 0;
+    this._readyWaiters = new Set();
+    this._supervisor = null;
+    this._first = null;
+    this._fatal = null;
+    this._closing = false;
+    this._wake = null; // ends a backoff sleep early (close)
+  }
+
+  // -- events ----------------------------------------------------------------------
+
+  /** Register a listener; returns a function that removes it. */
+  on(event, listener) {
+    if (!this._listeners.has(event)) this._listeners.set(event, new Set());
+    this._listeners.get(event).add(listener);
+    if (event === 'message') queueMicrotask(() => this._pump());
+    return () => this.off(event, listener);
+  }
+
+  off(event, listener) {
+    this._listeners.get(event)?.delete(listener);
+  }
+
+  _emit(event, ...args) {
+    for (const listener of [...(this._listeners.get(event) ?? [])]) {
+      try {
+        listener(...args);
+      } catch (err) {
+        this._log?.error?.(`wsnode: ${event} listener failed`, err);
+      }
+    }
+  }
+
+  _setState(state, details = {}) {
+    this.state = state;
+    this._emit('state', Object.freeze({ state, url: this.url, reason: '', attempt: 0, ...details }));
+  }
+
+  // -- lifecycle ---------------------------------------------------------------------
+
+  /** Connect (trying each URL once); resolves once the first replay is in. */
+  connect() {
+    if (this._closing) return Promise.reject(this._fatal ?? new ClientClosed('client closed'));
+    if (!this._first) {
+      this._first = {};
+      this._first.promise = new Promise((resolve, reject) => {
+        this._first.resolve = resolve;
+        this._first.reject = reject;
+      });
+      this._first.promise.catch(() => {});
+      this._supervisor = this._supervise().catch((err) => {
+        this._log?.error?.('wsnode: client supervisor failed', err);
+        this._stop(new WsnodeError(`client stopped by an internal error: ${err}`));
+      });
+    }
+    return this._first.promise;
+  }
+
+  /** Close the connection and stop; idempotent. Unacked messages are resent by
+   * the server on the user's next connection. */
+  async close() {
+    this._shutdown(null);
+    let timer;
+    const cap = new Promise((resolve) => { timer = setTimeout(resolve, 2000); });
+    await Promise.race([this._supervisor, cap]); // a peer that never answers the close
+    clearTimeout(timer);
+  }
+
+  _shutdown(error) {
+    if (this._closing) return;
+    this._closing = true;
+    const final = error ?? new ClientClosed('client closed');
+    this._wake?.();
+    const ws = this._socket;
+    if (ws && ws.readyState <= OPEN) ws.close(1000, 'client closing');
+    for (const pending of this._pending.values()) pending.reject(final);
+    this._pending.clear();
+    for (const waiter of [...this._restores, ...this._pings.values()]) waiter.reject(final);
+    this._restores = [];
+    this._pings.clear();
+    for (const waiter of this._readyWaiters) waiter.reject(final);
+    this._readyWaiters.clear();
+    this._first?.reject(final);
+    this._inbox = [];
+    this._setState(State.CLOSED, { reason: error ? error.message : 'closed by the app' });
+  }
+
+  _stop(error) {
+    this._fatal = error;
+    this._shutdown(error);
+  }
+
+  // -- receiving ---------------------------------------------------------------------
+
+  /** Ack a message (or an id) now; queued while disconnected. */
+  ack(message) {
+    const id = typeof message === 'string' ? message : message?.id;
+    if (!id) return;
+    this._window.handled(id);
+    this._sendAck(id);
+  }
+
+  _onMessage(msg) {
+    if (msg.requiresAck) {
+      if (this._window.has(msg.id)) {
+        this.duplicates += 1;
+        const verdict = this._window.check(msg.id);
+        if (verdict === Verdict.REACK) this._sendAck(msg.id);
+        this._emit('duplicate', msg, verdict);
+        return;
+      }
+      if (this._inbox.length >= this._maxBuffered) {
+        this.dropped += 1;
+        return;
+      }
+      this._window.check(msg.id);
+    } else if (this._inbox.length >= this._maxBuffered) {
+      this.dropped += 1;
+      return;
+    }
+    this._inbox.push(msg);
+    this._pump();
+  }
+
+  // Handlers run one message at a time, in arrival order.
+  async _pump() {
+    if (this._pumping) return;
+    this._pumping = true;
+    try {
+      while (this._inbox.length > 0 && (this._listeners.get('message')?.size ?? 0) > 0) {
+        const msg = this._inbox.shift();
+        let ok = true;
+        for (const handler of [...this._listeners.get('message')]) {
+          try {
+            await handler(msg);
+          } catch (err) {
+            ok = false;
+            if (msg.requiresAck) this._window.forget(msg.id); // the resend gets another try
+            this._emit('error', new HandlerError(msg, err));
+            break;
+          }
+        }
+        if (ok && msg.requiresAck && this._autoAck && !this._closing) this.ack(msg.id);
+      }
+    } finally {
+      this._pumping = false;
+    }
+  }
+
+  // -- sending -----------------------------------------------------------------------
+
+  /**
+   * Send a message to the server; resolves to its id. With `requireAck` (default)
+   * it waits for the server's ack, writing the frame again (same id) on every new
+   * connection until then; rejects with ServerError or AckTimeout. Without, it
+   * waits for a connection and writes once; rejects with NotConnected.
+   */
+  async send(type, payload = null, { requireAck = true, id = null, timeoutMs = null, expiresAt = null } = {}) {
+    if (this._closing) throw this._fatal ?? new ClientClosed('client closed');
+    if (!this._supervisor) throw new WsnodeError('not connected: call connect() first');
+    const wait = timeoutMs ?? this._ackTimeoutMs;
+    const frame = { type, payload };
+    if (!requireAck) {
+      if (id) frame.id = id;
+      if (expiresAt != null) frame.expiresAt = expiresAt;
+      const deadline = Date.now() + wait;
+      const text = JSON.stringify(frame);
+      for (;;) {
+        try {
+          await this._whenReady(Math.max(0, deadline - Date.now()));
+        } catch (err) {
+          if (err instanceof NotConnected) throw new NotConnected(`no connection within ${wait} ms: message not sent`);
+          throw err;
+        }
+        if (this._write(text)) return id ?? '';
+      }
+    }
+    const msgId = id ?? newId();
+    if (this._pending.has(msgId)) throw new WsnodeError(`a send with id ${msgId} is already waiting for its ack`);
+    frame.id = msgId;
+    frame.requiresAck = true;
+    if (expiresAt != null) frame.expiresAt = expiresAt;
+    let timer;
+    const acked = new Promise((resolve, reject) => {
+      this._pending.set(msgId, { frame: JSON.stringify(frame), resolve, reject, generation: -1 });
+      timer = setTimeout(() => reject(new AckTimeout(msgId, wait)), wait);
+    });
+    try {
+      this._transmit(this._pending.get(msgId));
+      await acked;
+      return msgId;
+    } finally {
+      clearTimeout(timer);
+      this._pending.delete(msgId);
+    }
+  }
+
+  /** Ask the pod to replay this user's pending messages again; resolves to how many. */
+  async restore({ since = null, timeoutMs = null } = {}) {
+    const wait = timeoutMs ?? this._ackTimeoutMs;
+    const started = Date.now();
+    await this._whenReady(wait);
+    return this._request(wait - (Date.now() - started), (waiter) => {
+      this._restores.push(waiter);
+      this._write({ type: 'restore', payload: since == null ? null : { since } });
+    }, (waiter) => {
+      this._restores = this._restores.filter((w) => w !== waiter);
+    });
+  }
+
+  /** An application-level ping; resolves to the round trip in ms. */
+  async ping({ timeoutMs = null } = {}) {
+    const wait = timeoutMs ?? this._ackTimeoutMs;
+    const started = Date.now();
+    await this._whenReady(wait);
+    const token = `p${(this._pingSeq += 1)}`;
+    await this._request(wait - (Date.now() - started), (waiter) => {
+      this._pings.set(token, waiter);
+      this._write({ type: 'ping', payload: { ping: token } });
+    }, () => this._pings.delete(token));
+    return Date.now() - started;
+  }
+
+  _request(wait, start, cleanup) {
+    return new Promise((resolve, reject) => {
+      const waiter = { resolve, reject };
+      const timer = setTimeout(() => {
+        cleanup(waiter);
+        reject(new WsnodeError(`no answer within ${wait} ms`));
+      }, Math.max(0, wait));
+      waiter.resolve = (value) => {
+        clearTimeout(timer);
+        resolve(value);
+      };
+      waiter.reject = (err) => {
+        clearTimeout(timer);
+        reject(err);
+      };
+      start(waiter);
+    });
+  }
+
+  _whenReady(wait) {
+    if (this._closing) return Promise.reject(this._fatal ?? new ClientClosed('client closed'));
+    if (this._ws && this._ws.readyState === OPEN && this._welcomed) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const waiter = { resolve, reject };
+      const timer = setTimeout(() => {
+        this._readyWaiters.delete(waiter);
+        reject(new NotConnected(`no connection within ${wait} ms`));
+      }, wait);
+      waiter.resolve = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      waiter.reject = (err) => {
+        clearTimeout(timer);
+        reject(err);
+      };
+      this._readyWaiters.add(waiter);
+    });
+  }
+
+  _isOpen() {
+    return this._ws !== null && this._ws.readyState === OPEN && this._welcomed;
+  }
+
+  _write(frame) {
+    if (!this._isOpen()) return false;
+    this._ws.send(typeof frame === 'string' ? frame : JSON.stringify(frame));
+    return true;
+  }
+
+  _transmit(pending) {
+    if (pending && this._isOpen() && pending.generation !== this._generation) {
+      pending.generation = this._generation;
+      this._write(pending.frame);
+    }
+  }
+
+  _sendAck(id) {
+    if (this._write({ type: 'ack', payload: { id } })) {
+      this._emit('ack', id);
+    } else {
+      this._unsentAcks.add(id);
+    }
+  }
+
+  // -- the supervisor ------------------------------------------------------------------
+
+  async _supervise() {
+    const urls = this._urls;
+    let index = 0;
+    let attempt = 0;
+    let authFailures = 0;
+    let firstFailures = 0;
+    let delay = null;
+    let why = {};
+    while (!this._closing) {
+      if (delay !== null) {
+        this._setState(State.RECONNECTING, { delayMs: delay, attempt, ...why });
+        if (delay > 0) await this._sleep(delay);
+        if (this._closing) return;
+      }
+      this.url = urls[index % urls.length];
+      this._setState(State.CONNECTING, { attempt });
+      let failure;
+      let ws = null;
+      try {
+        ws = await this._open(this.url);
+      } catch (err) {
+        failure = err;
+        if (err instanceof HandshakeRefused) {
+          const retryAuth = err.status === 401 && this._tokenProvider && authFailures < MAX_AUTH_RETRIES;
+          if (finalStatus(err.status) && !retryAuth) {
+            this._stop(err);
+            return;
+          }
+          if (err.status === 401) authFailures += 1;
+          why = { reason: `refused ${err.status}`, code: err.status };
+        } else {
+          why = { reason: `cannot connect: ${err.message}` };
+        }
+      }
+      if (ws && this._closing) {
+        ws.close(1000, 'client closing');
+        return;
+      }
+      if (ws) {
+        const ended = await this._session(ws);
+        if (ended.connected) {
+          attempt = 0;
+          authFailures = 0;
+        }
+        why = { reason: ended.reason, code: ended.code };
+        index += 1; // this pod is gone or going: try the next one
+        if (this._closing) return;
+        if (ended.drainDelayMs !== null) {
+          attempt = 0;
+          delay = ended.drainDelayMs;
+          continue;
+        }
+        if (ended.connected) {
+          delay = backoffDelay(attempt, this._backoff);
+          attempt += 1;
+          continue;
+        }
+        failure = new ConnectError(`${this.url}: ${ended.reason}`);
+      }
+      if (this._first && !this.connections) {
+        firstFailures += 1;
+        if (firstFailures >= urls.length) {
+          this._stop(new ConnectError(`cannot connect to ${urls.join(', ')}: ${failure.message}`, { cause: failure }));
+          return;
+        }
+      }
+      index += 1;
+      delay = backoffDelay(attempt, this._backoff);
+      attempt += 1;
+    }
+  }
+
+  _sleep(ms) {
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, ms);
+      function done() {
+        clearTimeout(timer);
+        resolve();
+      }
+      this._wake = done;
+    }).finally(() => {
+      this._wake = null;
+    });
+  }
+
+  async _tokenNow() {
+    return this._tokenProvider ? await this._tokenProvider() : this._token;
+  }
+
+  async _open(url) {
+    const token = await this._tokenNow();
+    let target = url;
+    let protocols;
+    if (this._tokenVia === 'query') {
+      target += `${url.includes('?') ? '&' : '?'}token=${encodeURIComponent(token)}`;
+    } else {
+      protocols = ['bearer', token];
+    }
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      const ws = new this._Ws(target, protocols);
+      const timer = setTimeout(() => fail(new ConnectError(`${url}: no handshake within ${this._openTimeoutMs} ms`)), this._openTimeoutMs);
+      const fail = (err) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        ws.onopen = ws.onclose = ws.onmessage = null;
+        ws.onerror = () => {}; // Node's ws throws an 'error' event nobody listens to
+        try {
+          ws.close();
+        } catch {
+          // not open yet
+        }
+        reject(err);
+      };
+      ws.onopen = () => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        // Node's ws can emit frames (and the close) in the same task as 'open',
+        // before the session's handlers are attached: keep them for it.
+        const early = { events: [], closed: null };
+        ws.onopen = null;
+        ws.onerror = () => {};
+        ws.onmessage = (event) => early.events.push(event);
+        ws.onclose = (event) => { early.closed = event; };
+        ws.wsnodeEarly = early;
+        resolve(ws);
+      };
+      ws.onerror = (event) => {
+        // Node's ws says "Unexpected server response: 401"; browsers say nothing.
+        const text = String(event?.message ?? event?.error?.message ?? '');
+        const status = /Unexpected server response: (\d{3})/.exec(text);
+        fail(status ? new HandshakeRefused(Number(status[1]), url) : new ConnectError(`${url}: ${text || 'connection failed'}`));
+      };
+      ws.onclose = (event) => fail(new ConnectError(`${url}: closed ${event?.code ?? ''} before the handshake`));
+    });
+  }
+
+  _session(ws) {
+    this._generation += 1;
+    this._socket = ws;
+    this._welcomed = false;
+    return new Promise((resolve) => {
+      let connected = false;
+      let initialRestore = true;
+      let drainHint = null;
+      let grace = null;
+      let lastSeen = Date.now();
+      let heartbeat = null;
+      const welcomeTimer = setTimeout(() => {
+        try {
+          ws.close(4000, 'no welcome frame in time');
+        } catch {
+          // already closing
+        }
+      }, this._openTimeoutMs);
+
+      ws.onmessage = (event) => {
+        if (this._closing) return;
+        lastSeen = Date.now();
+        let frame;
+        try {
+          const data = typeof event.data === 'string' ? event.data : new TextDecoder().decode(event.data);
+          frame = JSON.parse(data);
+        } catch {
+          this._log?.warn?.('wsnode: ignored a frame that is not JSON');
+          return;
+        }
+        if (!isObject(frame) || typeof frame.type !== 'string') return;
+        if (!this._welcomed) {
+          if (frame.type !== 'welcome') {
+            ws.close(4000, 'expected a welcome frame');
+            return;
+          }
+          clearTimeout(welcomeTimer);
+          const info = isObject(frame.payload) ? frame.payload : {};
+          this.podId = info.podId ?? null;
+          this.connId = info.connId ?? null;
+          this.userId = info.userId ?? null;
+          this.connections += 1;
+          this._ws = ws;
+          this._welcomed = true;
+          if (this._heartbeat) {
+            const every = Number(info.heartbeatMs) > 0 ? Number(info.heartbeatMs) : 20000;
+            heartbeat = setInterval(() => {
+              const idle = Date.now() - lastSeen;
+              if (idle > 2 * every) ws.close(4000, 'heartbeat timeout');
+              else if (idle >= every) this._write({ type: 'ping', payload: null });
+            }, Math.max(250, every / 2));
+          }
+          for (const waiter of this._readyWaiters) waiter.resolve();
+          this._readyWaiters.clear();
+          this._flush();
+          return;
+        }
+        if (frame.type === 'restore' && initialRestore) {
+          initialRestore = false;
+          connected = true;
+          this.replayed = Number.isInteger(field(frame, 'replayed')) ? field(frame, 'replayed') : 0;
+          this._setState(State.CONNECTED, { podId: this.podId, connId: this.connId, replayed: this.replayed });
+          this._first?.resolve();
+        } else if (frame.type === 'reconnect') {
+          if (!drainHint) {
+            const retry = Number(field(frame, 'retryAfterMs'));
+            drainHint = { reason: String(field(frame, 'reason') ?? 'drain'), delayMs: retry > 0 ? retry : 0 };
+            grace = setTimeout(() => ws.close(1000, 'draining'), DRAIN_CLOSE_GRACE_MS);
+          }
+        } else {
+          this._onFrame(frame);
+        }
+      };
+      ws.onerror = () => {}; // a close event follows
+      const onClose = (event) => {
+        clearTimeout(welcomeTimer);
+        clearTimeout(grace);
+        clearInterval(heartbeat);
+        ws.onmessage = ws.onclose = null;
+        ws.onerror = () => {};
+        if (this._socket === ws) this._socket = null;
+        if (this._ws === ws) this._ws = null;
+        this._welcomed = false;
+        const code = event?.code ?? null;
+        resolve({
+          reason: closeReason(code, event?.reason ?? '', drainHint?.reason),
+          code: code === 1006 ? null : code,
+          drainDelayMs: drainHint ? drainHint.delayMs : code === CLOSE_DRAIN ? 0 : null,
+          connected,
+        });
+      };
+      ws.onclose = onClose;
+      const early = ws.wsnodeEarly ?? { events: [], closed: null };
+      delete ws.wsnodeEarly;
+      for (const event of early.events) ws.onmessage?.(event);
+      if (early.closed) onClose(early.closed);
+    });
+  }
+
+  _flush() {
+    const unsent = [...this._unsentAcks];
+    this._unsentAcks.clear();
+    for (const id of unsent) this._sendAck(id);
+    for (const pending of this._pending.values()) this._transmit(pending);
+  }
+
+  _onFrame(frame) {
+    switch (frame.type) {
+      case 'ack': {
+        const id = field(frame, 'id') ?? frame.id;
+        this._pending.get(id)?.resolve();
+        break;
+      }
+      case 'error': {
+        const error = ServerError.fromFrame(frame);
+        const pending = error.id ? this._pending.get(error.id) : undefined;
+        if (pending) pending.reject(error);
+        else this._emit('error', error);
+        break;
+      }
+      case 'pong': {
+        const token = field(frame, 'ping');
+        if (token) this._pings.get(token)?.resolve();
+        break;
+      }
+      case 'restore': {
+        this._restores.shift()?.resolve(Number.isInteger(field(frame, 'replayed')) ? field(frame, 'replayed') : 0);
+        break;
+      }
+      case 'welcome':
+        break;
+      default:
+        this._onMessage(messageFromFrame(frame));
+    }
+  }
+}

@@ -1,0 +1,190 @@
+"""The client's pure parts: messages, states, the dedup window, backoff, frames.
+
+No I/O here; :mod:`wsnode.client._client` is the asyncio adapter around them.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+from typing import Any
+
+import orjson
+
+DEFAULT_DEDUP_WINDOW = 1024
+
+# Close codes the client reacts to (DESIGN §2).
+CLOSE_DRAIN = 1012
+CLOSE_TOKEN_EXPIRED = 4401
+
+
+class State(StrEnum):
+    """Where a client is; every change is reported as a :class:`StateChange`."""
+
+    IDLE = "idle"                  # made, not connected yet
+    CONNECTING = "connecting"      # handshake and welcome in progress
+    CONNECTED = "connected"        # welcome and the replay's ``restore`` frame seen
+    RECONNECTING = "reconnecting"  # lost a connection; waiting ``delay`` before the next try
+    CLOSED = "closed"              # closed by the app, or stopped by a final error
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """One state transition.
+
+    ``reason`` says why a connection ended (``"drain"``, ``"closed 1001 ..."``,
+    ``"refused 503"``, ``"token expired"``, ...); ``code`` is the close code or
+    HTTP status behind it. ``delay`` is the wait before the next attempt
+    (RECONNECTING), ``attempt`` the count of consecutive failures, ``replayed``
+    how many pending messages the pod replayed on connect (CONNECTED).
+    """
+
+    state: State
+    url: str | None = None
+    pod: str | None = None
+    conn_id: str | None = None
+    reason: str = ""
+    code: int | None = None
+    delay: float | None = None
+    attempt: int = 0
+    replayed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message from the server to this user.
+
+    ACK-required messages (``requires_ack``) carry ``id`` and the per-user
+    ``seq``; they are acked for the app (see :class:`~wsnode.client.Client`).
+    """
+
+    type: str
+    payload: Any = None
+    id: str | None = None
+    seq: int | None = None
+    requires_ack: bool = False
+    expires_at: int | None = None
+
+    @classmethod
+    def from_frame(cls, frame: dict[str, Any]) -> Message:
+        raw_id, seq, expires = frame.get("id"), frame.get("seq"), frame.get("expiresAt")
+        return cls(
+            type=str(frame.get("type")),
+            payload=frame.get("payload"),
+            id=raw_id if isinstance(raw_id, str) else None,
+            seq=seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
+            requires_ack=frame.get("requiresAck") is True and isinstance(raw_id, str),
+            expires_at=expires if isinstance(expires, int) and not isinstance(expires, bool)
+            else None,
+        )
+
+
+class Verdict(Enum):
+    """What to do with an ACK-required message, by its id."""
+
+    NEW = "new"        # deliver to the app
+    REACK = "reack"    # already handled: ack again (the first ack may be lost), do not deliver
+    HOLD = "hold"      # the app has it and has not finished: drop this copy silently
+
+
+class DedupWindow:
+    """The ids of the last ``size`` ACK-required messages given to the app.
+
+    The server resends an unacked message with the same ``id`` (on a timer,
+    on reconnect, on ``restore``); the window makes the app see it once.
+    """
+
+    def __init__(self, size: int = DEFAULT_DEDUP_WINDOW) -> None:
+        if size < 1:
+            raise ValueError("the dedup window holds at least one id")
+        self.size = size
+        self._ids: OrderedDict[str, bool] = OrderedDict()  # id -> handled
+
+    def check(self, msg_id: str) -> Verdict:
+        """Classify a delivery of ``msg_id``; a NEW id is remembered as in progress."""
+        handled = self._ids.get(msg_id)
+        if handled is None:
+            self._ids[msg_id] = False
+            while len(self._ids) > self.size:
+                self._ids.popitem(last=False)
+            return Verdict.NEW
+        return Verdict.REACK if handled else Verdict.HOLD
+
+    def handled(self, msg_id: str) -> None:
+        """The app is done with ``msg_id`` (it was acked)."""
+        if msg_id in self._ids:
+            self._ids[msg_id] = True
+
+    def forget(self, msg_id: str) -> None:
+        """Drop ``msg_id`` so that its next delivery counts as new."""
+        self._ids.pop(msg_id, None)
+
+    def __contains__(self, msg_id: object) -> bool:
+        return msg_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+class Backoff:
+    """Exponential backoff with full jitter: ``uniform(0, min(cap, base * 2**attempt))``."""
+
+    def __init__(self, base: float = 0.2, cap: float = 10.0,
+                 rng: Callable[[], float] = random.random) -> None:
+        if base <= 0 or cap < base:
+            raise ValueError("backoff needs 0 < base <= cap")
+        self.base = base
+        self.cap = cap
+        self._rng = rng
+
+    def ceiling(self, attempt: int) -> float:
+        return min(self.cap, self.base * 2.0 ** min(attempt, 32))
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before attempt number ``attempt`` (0-based) is retried."""
+        return self._rng() * self.ceiling(attempt)
+
+
+def encode(frame: dict[str, Any]) -> str:
+    return orjson.dumps(frame).decode()
+
+
+def decode(raw: str | bytes) -> dict[str, Any] | None:
+    """A server frame as a dict, or None when it is not a JSON object with a type."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        return None
+    return obj
+
+
+def ack_frame(msg_id: str) -> str:
+    return encode({"type": "ack", "payload": {"id": msg_id}})
+
+
+def message_frame(typ: str, payload: Any, msg_id: str | None, require_ack: bool,
+                  expires_at: int | None = None) -> str:
+    frame: dict[str, Any] = {"type": typ, "payload": payload}
+    if msg_id is not None:
+        frame["id"] = msg_id
+    if require_ack:
+        frame["requiresAck"] = True
+    if expires_at is not None:
+        frame["expiresAt"] = expires_at
+    return encode(frame)
+
+
+def close_reason(code: int | None, reason: str, drain_hint: str | None) -> str:
+    """A short human reason for a connection that ended with ``code``."""
+    if drain_hint is not None or code == CLOSE_DRAIN:
+        return drain_hint or "drain"
+    if code == CLOSE_TOKEN_EXPIRED:
+        return "token expired"
+    if code is None:
+        return "connection lost"
+    return f"closed {code}" + (f" {reason}" if reason else "")
