@@ -8,6 +8,7 @@ stopped by pid (SIGTERM, then SIGKILL) by the fixture that made it.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -40,14 +41,22 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
+_SERVING = re.compile(rb"serving ws://[^ ]+:(\d+)/ws \(admin :(\d+)")
+
+
 class PodProcess:
-    """One ``wsnode serve`` child process."""
+    """One ``wsnode serve`` child process.
+
+    It binds port 0 for both ports and the ports it got are read from its
+    ``serving`` log line: picking a free port first and binding it later races
+    with every other process on the machine.
+    """
 
     def __init__(self, pod_id: str, log_dir: Path, env: dict[str, str] | None = None,
                  args: list[str] | None = None) -> None:
         self.pod_id = pod_id
-        self.port = free_port()
-        self.admin_port = free_port()
+        self.port = 0
+        self.admin_port = 0
         self.env = base_env(**(env or {}))
         self.args = args or []
         self.log_path = log_dir / f"{pod_id}.log"
@@ -68,8 +77,8 @@ class PodProcess:
 
     def start(self, timeout: float = 20.0) -> PodProcess:
         cmd = [sys.executable, "-m", "wsnode", "serve", "--pod-id", self.pod_id,
-               "--host", "127.0.0.1", "--port", str(self.port),
-               "--admin-port", str(self.admin_port), *self.args]
+               "--host", "127.0.0.1", "--port", "0", "--admin-port", "0", *self.args]
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -78,11 +87,14 @@ class PodProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"pod {self.pod_id} exited {self.proc.returncode}:\n"
                                    + self.log())
-            try:
-                with urllib.request.urlopen(self.admin_url + "/healthz", timeout=1):
+            with self.log_path.open("rb") as f:
+                f.seek(offset)
+                found = _SERVING.search(f.read())
+            if found:
+                self.port, self.admin_port = int(found.group(1)), int(found.group(2))
+                with urllib.request.urlopen(self.admin_url + "/healthz", timeout=5):
                     return self
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(0.05)
+            time.sleep(0.02)
         raise RuntimeError(f"pod {self.pod_id} not up within {timeout}s:\n" + self.log())
 
     def log(self) -> str:
