@@ -64,8 +64,7 @@ class RedisAckStore:
             p.dead_ttl_ms, self._msg_prefix(user)]
         with translated("ack store"):
             # One store per ACK-required message: coalesced with this tick's others.
-            reply = await self._batch.run(
-                lambda pipe: self._script(keys=keys, args=args, client=pipe))
+            reply = await self._batch.script(self._script, keys, args)
             if int(reply[0]) == 1:
                 state = MsgState(text(reply[2]))
                 existing = None
@@ -87,8 +86,7 @@ class RedisAckStore:
         keys = [self._k.user_msg(user, msg_id), self._k.user_pending(user)]
         args: list[str | int] = ["settle", enc, self.policy.ttl_ms]
         with translated("ack settle"):
-            before = text(await self._batch.run(
-                lambda pipe: self._script(keys=keys, args=args, client=pipe)))
+            before = text(await self._batch.script(self._script, keys, args))
             if before == MsgState.PENDING:
                 entry = member(user, enc)
                 await self._batch.run(lambda pipe: pipe.zrem(self._k.ack_expiry, entry))
@@ -99,10 +97,11 @@ class RedisAckStore:
         limit: int | None = None,
     ) -> list[StoredMessage]:
         with translated("ack pending"):
-            rows = await self._script(
-                keys=[self._k.user_pending(user)],
-                args=["pending", self._msg_prefix(user), "" if since_ms is None else since_ms,
-                      after_seq, limit or 0])
+            # One page read per connect: coalesced with this tick's others.
+            rows = await self._batch.script(
+                self._script, [self._k.user_pending(user)],
+                ["pending", self._msg_prefix(user), "" if since_ms is None else since_ms,
+                 after_seq, limit or 0])
         return [_message(user, text(enc), f) for enc, f in rows]
 
     async def claim(self, user: UserId, msg_id: MsgId) -> Claim:

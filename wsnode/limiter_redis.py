@@ -38,8 +38,7 @@ class RedisLimiter:
             with translated("rate limit"):
                 key, args = self._k.user_rate(user), [self.rate.count, self._period_ms]
                 # One script call per client message: coalesced with this tick's others.
-                allowed, retry = await self._batch.run(
-                    lambda pipe: self._script(keys=[key], args=args, client=pipe))
+                allowed, retry = await self._batch.script(self._script, [key], args)
         except BackendUnavailable as exc:
             if not self._failing:
                 self._failing = True

@@ -17,12 +17,21 @@ import asyncio
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 from urllib.parse import unquote
 
 from wsnode.ids import ConnId, PodId, UserId
 from wsnode.keys import RedisKeys, encode_id, member, split_member
 from wsnode.presence import ConnInfo, PodInfo, PodState, UserPresence
-from wsnode.redis_conn import Coalescer, Redis, script, text, translated
+from wsnode.redis_conn import (
+    Coalescer,
+    Redis,
+    execute,
+    queue_script,
+    script,
+    text,
+    translated,
+)
 
 _SCAN_BATCH = 500
 
@@ -78,7 +87,19 @@ class RedisPresence:
             self._live_until = 0.0
 
     async def add(self, pod: PodId, user: UserId, conn: ConnId, since: int) -> None:
-        await self.add_many(pod, [(user, conn, since)])
+        epoch = self._epochs.get(pod)
+        if epoch is None:
+            return
+        index, life = self._k.pod_index(pod, epoch), member(pod, epoch)
+        entry, key, value = member(user, conn), self._k.user_conns(user), f"{life} {since}"
+        with translated("presence add"):
+            # One connect: coalesced with this tick's others. Within the pipeline
+            # the index comes first (an entry is never written without a way to
+            # reap it), and the life is listed again in case a reaper dropped it.
+            await asyncio.gather(
+                self._batch.run(lambda pipe: pipe.sadd(index, entry)),
+                self._batch.run(lambda pipe: pipe.sadd(self._k.lives, life)),
+                self._batch.run(lambda pipe: pipe.hset(key, conn, value)))
 
     async def add_many(self, pod: PodId, entries: Sequence[tuple[UserId, ConnId, int]]) -> None:
         epoch = self._epochs.get(pod)
@@ -102,12 +123,14 @@ class RedisPresence:
         epoch = self._epochs.get(pod)
         if epoch is None:
             return
+        index, entry = self._k.pod_index(pod, epoch), member(user, conn)
         with translated("presence remove"):
-            async with self._r.pipeline(transaction=False) as pipe:
-                await self._script(keys=[self._k.user_conns(user)],
-                                   args=["unlink", conn, f"{member(pod, epoch)} "], client=pipe)
-                pipe.srem(self._k.pod_index(pod, epoch), member(user, conn))
-                await pipe.execute()
+            # The entry first, then the index: a crash between leaves an index
+            # member the reaper skips, never an entry it cannot find.
+            await asyncio.gather(
+                self._batch.script(self._script, [self._k.user_conns(user)],
+                                   ["unlink", conn, f"{member(pod, epoch)} "]),
+                self._batch.run(lambda pipe: pipe.srem(index, entry)))
 
     # -- reads --------------------------------------------------------------
 
@@ -208,12 +231,12 @@ class RedisPresence:
             while True:
                 cursor, members = await self._r.sscan(index, cursor, count=_SCAN_BATCH)
                 if members:
-                    async with self._r.pipeline(transaction=False) as pipe:
+                    def unlink_all(pipe: Any, members: list[Any] = members) -> None:
                         for raw in members:
                             user, conn = split_member(text(raw))
-                            await self._script(keys=[self._k.user_conns(user)],
-                                               args=["unlink", conn, prefix], client=pipe)
-                        await pipe.execute()
+                            queue_script(pipe, self._script, [self._k.user_conns(user)],
+                                         ["unlink", conn, prefix])
+                    await execute(self._r, unlink_all, [self._script])
                 if cursor == 0:
                     break
             await self._script(

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -21,7 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from wsnode.errors import BackendUnavailable
@@ -80,15 +79,45 @@ def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def queue_script(pipe: Any, script: AsyncScript, keys: Sequence[Any],
+                 args: Sequence[Any]) -> None:
+    """Add an EVALSHA of ``script`` to ``pipe``. Unlike passing the pipeline to the
+    script object, this costs no SCRIPT EXISTS round trip per pipeline; callers
+    handle NOSCRIPT (after a Redis restart) with :func:`execute`."""
+    pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+
+async def execute(client: Redis, build: Callable[[Any], None],
+                  scripts: Sequence[AsyncScript] = ()) -> list[Any]:
+    """Run the commands ``build(pipe)`` queues as one pipeline and return their
+    replies, raising the first error. If Redis lost the scripts (a restart),
+    load them and run the pipeline once more: pipelines given here must be
+    idempotent."""
+    for attempt in range(2):
+        async with client.pipeline(transaction=False) as pipe:
+            build(pipe)
+            replies = await pipe.execute(raise_on_error=False)
+        if attempt == 0 and scripts and any(isinstance(r, NoScriptError) for r in replies):
+            for s in scripts:
+                await client.script_load(s.script)
+            continue
+        break
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return list(replies)
+
+
 class Coalescer:
     """Runs the Redis commands issued in one event-loop tick as one pipeline.
 
     Each ``await run(queue)`` call gets the reply of the one command its
-    ``queue(pipe)`` adds to the shared pipeline. Under load, hundreds of
-    concurrent lookups (one per message) become one round trip and one
-    socket write, instead of one each: the difference between a few thousand
-    and tens of thousands of commands per second from one process. Idle, a
-    lone command waits for one loop iteration at most.
+    ``queue(pipe)`` adds to the shared pipeline (``await script(...)`` the
+    reply of one script call). Under load, hundreds of concurrent lookups (one
+    per message) become one round trip and one socket write, instead of one
+    each: the difference between a few thousand and tens of thousands of
+    commands per second from one process. Idle, a lone command waits for one
+    loop iteration at most.
     """
 
     def __init__(self, client: Redis, *, max_batch: int = 512) -> None:
@@ -99,8 +128,8 @@ class Coalescer:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self, queue: Callable[[Any], Any]) -> Any:
-        """``queue(pipe)`` adds one command to ``pipe`` (it may be a coroutine, as
-        script calls are); returns that command's reply, or raises its error."""
+        """``queue(pipe)`` adds one command to ``pipe``; returns that command's
+        reply, or raises its error."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((queue, future))
@@ -110,6 +139,15 @@ class Coalescer:
             self._scheduled = True
             loop.call_soon(self._flush)
         return await future
+
+    async def script(self, script: AsyncScript, keys: Sequence[Any],
+                     args: Sequence[Any]) -> Any:
+        """One script call, coalesced; a NOSCRIPT (Redis restarted) is retried
+        on its own, which loads the script again."""
+        try:
+            return await self.run(lambda pipe: queue_script(pipe, script, keys, args))
+        except NoScriptError:
+            return await script(keys=keys, args=args)
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -125,9 +163,7 @@ class Coalescer:
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for queue, _ in batch:
-                    queued = queue(pipe)
-                    if inspect.isawaitable(queued):
-                        await queued
+                    queue(pipe)
                 replies = await pipe.execute(raise_on_error=False)
         except BaseException as exc:
             for _, future in batch:

@@ -1,0 +1,61 @@
+"""Lua scripts survive Redis losing its script cache (what a restart does): every
+backend call that runs a script loads it again and succeeds."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.redis_server import RedisServer
+from wsnode import redis_conn
+from wsnode.acks import AckPolicy, MsgState
+from wsnode.acks_redis import RedisAckStore
+from wsnode.ids import ConnId, MsgId, PodId, UserId
+from wsnode.keys import RedisKeys
+from wsnode.limiter_redis import RedisLimiter
+from wsnode.presence import PodState
+from wsnode.presence_redis import RedisPresence
+from wsnode.protocol import Envelope
+from wsnode.redis_conn import Redis
+from wsnode.settings import Rate
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[Redis]:
+    server = RedisServer(tmp_path, aof=False).start()
+    client = redis_conn.connect(server.url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+        server.kill()
+
+
+async def test_every_script_path_reloads_after_a_script_flush(client: Redis) -> None:
+    keys = RedisKeys("ws")
+    presence = RedisPresence(client, keys, live_cache_ms=0)
+    acks = RedisAckStore(client, keys, AckPolicy())
+    limiter = RedisLimiter(client, keys, Rate(10, 1.0))
+    alice, pod = UserId("alice"), PodId("p")
+    await presence.join(pod)
+    await client.script_flush()
+    assert await presence.heartbeat(pod, PodState.ACTIVE)
+    await presence.add(pod, alice, ConnId("c1"), 1)
+    await client.script_flush()
+    assert (await limiter.hit(alice)).allowed
+    await client.script_flush()
+    stored = await acks.store(alice, Envelope(type="n", id="m1", requires_ack=True))
+    assert stored.seq == 1
+    await client.script_flush()
+    assert [m.id for m in await acks.pending(alice)] == ["m1"]
+    await client.script_flush()
+    assert await acks.settle(alice, MsgId("m1")) is MsgState.PENDING
+    await client.script_flush()
+    await presence.remove(pod, alice, ConnId("c1"))
+    assert await presence.connections(alice) == []
+    await presence.add(pod, alice, ConnId("c2"), 2)
+    await client.script_flush()
+    await presence.leave(pod)  # reaps through a pipeline of unlink scripts
+    assert await client.hlen(keys.user_conns(alice)) == 0
