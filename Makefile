@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 SRC    := wsnode wsctl tests $(wildcard bench loadtests)
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint unit fmt services clean
+.PHONY: run test lint unit fmt services clean cluster
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,3 +34,9 @@ fmt: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+
+# docker-compose.yml's topology on loopback, in the foreground: three pods behind
+# haproxy (deploy/haproxy/haproxy.cfg) on ws://127.0.0.1:8080/ws. Ctrl-C stops it.
+cluster: $(STAMP) services
+	@scripts/ensure-haproxy.sh
+	@$(BIN)/python scripts/cluster.py
