@@ -55,6 +55,8 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Interface for both ports")] = None,
     port: Annotated[int | None, typer.Option(help="WebSocket port [8765]")] = None,
     admin_port: Annotated[int | None, typer.Option(help="Admin API port [9765]")] = None,
+    admin_host: Annotated[str | None, typer.Option(
+        help="Interface of the admin port (default: --host)")] = None,
     redis_url: Annotated[str | None, typer.Option(help="Redis URL (cluster mode)")] = None,
     amqp_url: Annotated[str | None, typer.Option(help="RabbitMQ URL (cluster mode)")] = None,
     app_spec: Annotated[str | None, typer.Option(
@@ -68,6 +70,7 @@ def serve(
     """Run one pod in the foreground. SIGTERM drains it, then it exits 0."""
     try:
         settings = load_settings(pod_id=pod_id, host=host, port=port, admin_port=admin_port,
+                                 admin_host=admin_host,
                                  redis_url=redis_url, amqp_url=amqp_url, log_level=log_level,
                                  log_format=log_format)
         logs.configure(settings.log_level, settings.log_format)

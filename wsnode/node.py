@@ -97,7 +97,6 @@ class Node:
         self._stopped = asyncio.Event()
         self._presence_ok = True
         self._presence_dirty = False
-        self._left = False
 
     # -- public API ----------------------------------------------------------
 
@@ -282,8 +281,8 @@ class Node:
 
     async def drain(self, over: float = 0.0) -> None:
         """Move every client to another pod: ``reconnect`` then close 1012, spread
-        over ``over`` seconds, all within ``drain_timeout``; then leave presence.
-        New handshakes get 503 from the first moment."""
+        over ``over`` seconds, all within ``drain_timeout``. New handshakes get
+        503 from the first moment; the pod stays listed as draining until it stops."""
         if self.state is not NodeState.ACTIVE:
             return
         self.state = NodeState.DRAINING
@@ -314,10 +313,10 @@ class Node:
             await asyncio.sleep(0.05)
         if closers:
             await asyncio.wait(closers, timeout=max(0.1, deadline - loop.time()))
-        with contextlib.suppress(BackendUnavailable):
-            await self.presence.leave(self.pod)
-        self._left = True
-        log.info("drained", extra={"pod": self.pod})
+        # Each closed connection left presence as it closed. The pod itself stays
+        # listed, as draining with no connections, until it stops: operators see
+        # a drained pod that is still up, and nothing routes to it.
+        log.info("drained (%d connections left)", len(self.hub), extra={"pod": self.pod})
 
     async def _send_away(self, conn: Conn) -> None:
         conn.push(control_frame(Reserved.RECONNECT, {
@@ -346,9 +345,8 @@ class Node:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.bus.stop()
-        if not self._left:
-            with contextlib.suppress(BackendUnavailable):
-                await self.presence.leave(self.pod)
+        with contextlib.suppress(BackendUnavailable):
+            await self.presence.leave(self.pod)
         if self._admin is not None:
             await self._admin.cleanup()
         await self.backends.close()
@@ -383,7 +381,7 @@ class Node:
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.heartbeat_interval
         backoff = 0.1
-        while not self._left:
+        while True:
             state = PodState.DRAINING if self.state is NodeState.DRAINING else PodState.ACTIVE
             try:
                 if self._presence_dirty:

@@ -94,8 +94,10 @@ async def test_drain_moves_clients_away_and_refuses_new_ones(pod: PodProcess,
         await Client.open(pod.ws_url, pod.token("bob"))
     assert refused.value.response.status_code == 503
 
+    # Still up, so still listed: draining, with no connection left.
     result = await wsctl.arun("pods", "ls", "--json", pod=pod)
-    assert [p["pod"] for p in orjson.loads(result.stdout)["pods"]] == []
+    assert [(p["pod"], p["state"], p["connections"])
+            for p in orjson.loads(result.stdout)["pods"]] == [("pod-a", "draining", 0)]
 
 
 async def test_drain_human_output(pod: PodProcess, wsctl: Wsctl) -> None:
