@@ -251,6 +251,58 @@ def dlq_retry(
     _finish(outcome, json_out, _show_retry)
 
 
+# -- swarm --------------------------------------------------------------------
+
+@app.command(epilog="Example: wsctl swarm --host ws://127.0.0.1:8765,ws://127.0.0.1:8766 "
+                    "--users 2000 --spawn-rate 200 --run-time 60s")
+@_reporting
+def swarm(
+    host: Annotated[str, typer.Option(
+        "--host", metavar="URLS", help="Pod(s) to load: ws:// URLs, comma-separated.",
+        show_default=False)],
+    users: Annotated[int, typer.Option("--users", "-u", min=1, help="Swarm users.")] = 100,
+    spawn_rate: Annotated[float, typer.Option(
+        "--spawn-rate", "-r", min=0.1, help="Users started per second.")] = 20.0,
+    run_time: Annotated[str, typer.Option("--run-time", "-t", metavar="DURATION",
+                                          help="How long to run.")] = "60s",
+    processes: Annotated[int | None, typer.Option(
+        "--processes", help="Locust worker processes (-1: one per core).")] = None,
+    scenario: Annotated[list[str] | None, typer.Option(
+        "--scenario", metavar="USERCLASS",
+        help="ChatUser, NotificationUser or ChurnUser (repeatable; default: the mix).")
+    ] = None,
+    locustfile: Annotated[str | None, typer.Option(
+        "--locustfile", metavar="PATH", help="The swarm (default: ./loadtests).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run the Locust swarm of loadtests/ headless and summarize it.
+
+    Tokens are minted with WSNODE_JWT_SECRET; NotificationUser pushes through the
+    pods' admin API with WSNODE_API_KEY. Exits 1 when a message was lost or a
+    request failed.
+    """
+    from wsctl import swarm as swarm_mod
+
+    seconds = parse_seconds("--run-time", run_time)
+    path = swarm_mod.find_loadtests(locustfile)
+    with output.progress() as show:
+        final, code, log = swarm_mod.run_swarm(
+            host=host, users=users, spawn_rate=spawn_rate, run_time=f"{int(seconds)}s",
+            locustfile=path, processes=processes, scenarios=scenario or [],
+            on_progress=lambda snap: show(output.swarm_table(snap.summary(), live=True)))
+    summary = final.summary()
+    if json_out:
+        output.print_json(summary)
+    else:
+        output.print_table(output.swarm_table(summary), "no request made")
+    if not final.rows:
+        tail = " | ".join(log.strip().splitlines()[-3:])
+        raise CtlError(f"the swarm made no request (locust exited {code}): {tail}")
+    if summary["lost"] or summary["errors"]:
+        raise CtlError(f"{summary['lost']} message(s) lost, {summary['errors']} failed request(s)",
+                       "see the table above (or --json) for which")
+
+
 # -- local commands -------------------------------------------------------------
 
 @app.command(epilog="Example: TOKEN=$(wsctl token alice --ttl 15m)")

@@ -11,13 +11,16 @@ markup in data, so a user id like ``[red]x`` prints as it is.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
 import orjson
 from rich.console import Console
+from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
@@ -146,4 +149,35 @@ def dead_letters_table(document: doc.DeadLetterList, now: int | None = None) -> 
     for msg in document["messages"]:
         table.add_row(Text(msg["id"]), Text(msg["user"]), Text(msg["type"]), str(msg["seq"]),
                       str(msg["attempts"]), msg["reason"], ago(msg["deadAt"], now))
+    return table
+
+
+@contextlib.contextmanager
+def progress() -> Iterator[Callable[[Table], None]]:
+    """A live view on stderr (stdout stays for the result); yields ``show(table)``."""
+    console = Console(file=sys.stderr, highlight=False)
+    with Live(console=console, auto_refresh=False, transient=True) as live:
+        def show(table: Table) -> None:
+            live.update(table, refresh=True)
+        yield show
+
+
+def swarm_table(summary: dict[str, Any], live: bool = False) -> Table:
+    """The figures of a swarm run (``wsctl swarm``)."""
+    title = (f"swarm, {summary['seconds']:g}s" + (" (running)" if live else "")
+             + ": delivery latency in ms")
+    table = Table(title=title, title_justify="left", show_header=True)
+    for column in ("users", "conns", "msg/s", "p50", "p95", "p99", "delivered", "lost",
+                   "errors"):
+        table.add_column(column, justify="right")
+
+    def ms(value: object) -> str:
+        return "-" if value is None else f"{value:g}"
+
+    lost = Text(str(summary["lost"]), style="red" if summary["lost"] else "green")
+    errors = Text(str(summary["errors"]), style="red" if summary["errors"] else "green")
+    table.add_row(str(summary["users"]), str(summary["connections"]),
+                  f"{summary['delivered_per_s']:g}", ms(summary["p50_ms"]),
+                  ms(summary["p95_ms"]), ms(summary["p99_ms"]), str(summary["delivered"]),
+                  lost, errors)
     return table

@@ -1,0 +1,113 @@
+"""The wsnode swarm: ``locust -f loadtests/ --host ws://127.0.0.1:8765``.
+
+Three scenarios (Locust user classes; pick some by name on the command line,
+e.g. ``locust -f loadtests/ ChatUser``, or run the default mix by weight):
+
+* ``ChatUser`` (weight 6): sends ``chat_message`` to a random other online
+  swarm user every ``WSNODE_LOAD_CHAT_WAIT`` seconds (``min,max``, default
+  ``1,3``), through the chat example app (``wsnode serve --app
+  wsnode.examples.chat``). Each delivery is a request ``WS chat_message
+  delivery`` timed end to end; a message that does not arrive is a failure.
+* ``NotificationUser`` (weight 3): receives ACK-required notifications pushed
+  through a pod's admin API (``POST /v1/send``, the pod picked at random from
+  ``WSNODE_LOAD_ADMIN``, default: each ``--host`` with its port + 1000, key
+  ``WSNODE_API_KEY``), acks them, and reports ``WS notification delivery`` and
+  ``WS notification ack`` (push to ack sent).
+* ``ChurnUser`` (weight 1): connects, waits for its replay, stays 1-5 s,
+  disconnects, again; ``WS connect`` times each connect.
+
+Users are spread over the pods listed (comma-separated) in ``--host``, and
+follow drains (``reconnect``, close 1012) to another pod. Tokens are minted
+with ``WSNODE_JWT_SECRET``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+import gevent
+from _wsuser import LEDGER, ONLINE, WsnodeUser, hosts_of
+from locust import between, task
+from locust.contrib.fasthttp import FastHttpSession
+
+
+def _wait(name: str, default: str) -> tuple[float, float]:
+    low, _, high = os.environ.get(name, default).partition(",")
+    return float(low), float(high or low)
+
+
+def admin_urls(host: str | None) -> list[str]:
+    """``WSNODE_LOAD_ADMIN`` (comma-separated), else every pod of ``--host`` with
+    its port + 1000 (wsnode's defaults: 8765 -> 9765)."""
+    given = os.environ.get("WSNODE_LOAD_ADMIN")
+    if given:
+        return [u.strip().rstrip("/") for u in given.split(",") if u.strip()]
+    out = []
+    for ws in hosts_of(host):
+        parts = urlsplit(ws)
+        port = (parts.port or (443 if parts.scheme == "wss" else 80)) + 1000
+        scheme = "https" if parts.scheme == "wss" else "http"
+        out.append(urlunsplit((scheme, f"{parts.hostname}:{port}", "", "", "")))
+    return out
+
+
+class ChatUser(WsnodeUser):
+    weight = 6
+    wait_time = between(*_wait("WSNODE_LOAD_CHAT_WAIT", "1,3"))
+    delivered_types = frozenset({"chat_message"})
+
+    @task
+    def chat(self) -> None:
+        peers = [u for u, user in ONLINE.items()
+                 if u != self.user_id and isinstance(user, ChatUser) and user.ws is not None]
+        if not peers or self.ws is None:
+            return
+        to = random.choice(peers)
+        mid = uuid.uuid4().hex
+        LEDGER.expect(mid, to, "chat_message delivery")
+        self.send_frame({"type": "chat_message",
+                         "payload": {"to": to, "mid": mid, "ts": time.time()}})
+
+
+class NotificationUser(WsnodeUser):
+    weight = 3
+    wait_time = between(*_wait("WSNODE_LOAD_NOTIFY_WAIT", "2,4"))
+    delivered_types = frozenset({"notification"})
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.admins = admin_urls(self.host)
+        self.api_key = os.environ.get("WSNODE_API_KEY", "")
+        self.http = FastHttpSession(base_url=self.admins[0],
+                                    request_event=self.environment.events.request, user=self)
+
+    @task
+    def notify_me(self) -> None:
+        """Push an ACK-required notification to this user through a random pod."""
+        if self.ws is None:
+            return
+        mid = uuid.uuid4().hex
+        LEDGER.expect(mid, self.user_id, "notification delivery")
+        body = {"user": self.user_id, "envelope": {
+            "type": "notification", "id": mid, "requiresAck": True,
+            "payload": {"mid": mid, "ts": time.time()}}}
+        self.http.post(f"{random.choice(self.admins)}/v1/send", json=body, name="POST /v1/send",
+                       headers={"Authorization": f"Bearer {self.api_key}"})
+
+
+class ChurnUser(WsnodeUser):
+    weight = 1
+    wait_time = between(0.1, 0.5)
+
+    def on_start(self) -> None:
+        pass  # each task is a whole connect ... disconnect cycle
+
+    @task
+    def cycle(self) -> None:
+        self.connect()
+        gevent.sleep(random.uniform(1, 5))
+        self.disconnect()
