@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 SRC    := wsnode wsctl tests $(wildcard bench loadtests)
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint unit fmt services clean cluster
+.PHONY: run test lint unit fmt services clean cluster bench
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,3 +40,9 @@ clean:
 cluster: $(STAMP) services
 	@scripts/ensure-haproxy.sh
 	@$(BIN)/python scripts/cluster.py
+
+# Every benchmark of bench/ (about 10 minutes on 2 cores; run it on a quiet
+# machine): JSON lines on stdout and in bench/results/latest.jsonl.
+bench: $(STAMP) services
+	@mkdir -p bench/results
+	$(BIN)/python bench/run_all.py | tee bench/results/latest.jsonl

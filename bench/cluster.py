@@ -70,7 +70,8 @@ async def cluster(pod_ids: list[str], **settings: str) -> AsyncIterator[list[Pod
     env = {k: v for k, v in os.environ.items() if not k.startswith("WSNODE_")}
     env.update(WSNODE_REDIS_URL=REDIS_URL, WSNODE_AMQP_URL=AMQP_URL, WSNODE_KEY_PREFIX=prefix,
                WSNODE_RATE_LIMIT="0", WSNODE_LOG_LEVEL="WARNING",
-               WSNODE_SEND_QUEUE_SIZE="8MiB", **settings)
+               WSNODE_SEND_QUEUE_SIZE="8MiB")
+    env.update(settings)
     log_dir = Path(os.environ.get("WSNODE_BENCH_LOGS", "/tmp/wsnode-bench"))
     log_dir.mkdir(parents=True, exist_ok=True)
     pods = [Pod(p, env, log_dir) for p in pod_ids]

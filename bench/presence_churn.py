@@ -34,7 +34,8 @@ async def churn(pod: Pod, concurrency: int, seconds: float) -> dict[str, object]
         while loop.time() < end:
             restored = loop.create_future()
 
-            def on_message(conn: Conn, _p: bytes | None, f: asyncio.Future[None] = restored) -> None:
+            def on_message(conn: Conn, _p: bytes | None,
+                           f: asyncio.Future[None] = restored) -> None:
                 if conn.count == 2 and not f.done():  # welcome, then restore
                     f.set_result(None)
 

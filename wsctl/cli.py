@@ -11,10 +11,11 @@ import asyncio
 import contextlib
 import functools
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
-from typing import Annotated, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 
@@ -30,7 +31,7 @@ T = TypeVar("T")
 
 DEFAULT_TIMEOUT = "10s"
 
-app = typer.Typer(name="wsctl", add_completion=False, no_args_is_help=True,
+app = typer.Typer(name="wsctl", add_completion=True, no_args_is_help=True,
                   pretty_exceptions_enable=False,
                   help="Operate wsnode: send to users, see who is online, drain pods.",
                   epilog="Example: wsctl pods ls --node http://127.0.0.1:9765")
@@ -49,6 +50,8 @@ NodeOpt = Annotated[str | None, typer.Option(
 ApiKeyOpt = Annotated[str | None, typer.Option(
     "--api-key", envvar="WSNODE_API_KEY", metavar="KEY", show_default=False,
     help="The pods' admin API key (prefer the environment variable).")]
+WatchOpt = Annotated[float | None, typer.Option(
+    "--watch", metavar="SECONDS", help="Refresh every SECONDS until Ctrl-C (e.g. --watch 2).")]
 TimeoutOpt = Annotated[str, typer.Option(
     "--timeout", metavar="DURATION", help="Give up on an HTTP call after this long.")]
 
@@ -65,6 +68,18 @@ def _reporting(command: Callable[P, None]) -> Callable[P, None]:
             raise typer.Exit(exc.exit_code) from None
 
     return run
+
+
+def _watch(seconds: float, json_out: bool, render: Callable[[], Any]) -> None:
+    """Redraw ``render()`` every ``seconds`` until Ctrl-C (exit 0)."""
+    if json_out:
+        raise UsageProblem("--watch is for humans: for machines, run with --json in a loop")
+    if seconds < 0.2:
+        raise UsageProblem("--watch needs at least 0.2 seconds between refreshes")
+    with contextlib.suppress(KeyboardInterrupt), output.live() as show:
+        while True:
+            show(render())
+            time.sleep(seconds)
 
 
 def _call(node: str | None, api_key: str | None, timeout: str,
@@ -116,6 +131,9 @@ def send(
     ] = None,
     wait: Annotated[str | None, typer.Option(
         "--wait", metavar="SECONDS", help="With --ack: wait this long for the ACK.")] = None,
+    trace: Annotated[bool, typer.Option(
+        "--trace", help="Leave a trail for wsctl trace (ACK-required ones always do). "
+        "Makes an id if none.")] = False,
     node: NodeOpt = None, api_key: ApiKeyOpt = None, timeout: TimeoutOpt = DEFAULT_TIMEOUT,
     json_out: JsonOpt = False,
 ) -> None:
@@ -127,10 +145,11 @@ def send(
         raise UsageProblem("--wait needs --ack: only ACK-required messages are acknowledged")
     wait_seconds = parse_seconds("--wait", wait) if wait is not None else None
     expires = parse_seconds("--expires-in", expires_in) if expires_in is not None else None
-    envelope = build_envelope(msg_type, payload=read_payload(payload), msg_id=msg_id, ack=ack,
-                              expires_in=expires, now_ms=output.now_ms())
+    envelope = build_envelope(msg_type, payload=read_payload(payload), msg_id=msg_id,
+                              ack=ack, expires_in=expires, now_ms=output.now_ms(),
+                              need_id=trace)
     outcome = _call(node, api_key, timeout,
-                    lambda t: operations.send(t, user, envelope, wait_seconds))
+                    lambda t: operations.send(t, user, envelope, wait_seconds, trace=trace))
     _finish(outcome, json_out, _show_send)
 
 
@@ -141,10 +160,15 @@ def send(
 def presence_ls(
     pod: Annotated[str | None, typer.Option("--pod", metavar="POD",
                                             help="Only users on this pod.")] = None,
+    watch: WatchOpt = None,
     node: NodeOpt = None, api_key: ApiKeyOpt = None, timeout: TimeoutOpt = DEFAULT_TIMEOUT,
     json_out: JsonOpt = False,
 ) -> None:
     """List the users online: user, connections, pods."""
+    if watch is not None:
+        _watch(watch, json_out, lambda: output.presence_table(
+            _call(node, api_key, timeout, lambda t: t.presence(pod))))
+        return
     document = _call(node, api_key, timeout, lambda t: t.presence(pod))
     _finish(Outcome(document), json_out,
             lambda d: output.print_table(output.presence_table(d), "no user online"))
@@ -173,10 +197,15 @@ def presence_get(
 @pods_app.command("ls", epilog="Example: wsctl pods ls --node http://127.0.0.1:9765")
 @_reporting
 def pods_ls(
+    watch: WatchOpt = None,
     node: NodeOpt = None, api_key: ApiKeyOpt = None, timeout: TimeoutOpt = DEFAULT_TIMEOUT,
     json_out: JsonOpt = False,
 ) -> None:
     """List the live pods: state, connections, users, last heartbeat."""
+    if watch is not None:
+        _watch(watch, json_out, lambda: output.pods_table(
+            _call(node, api_key, timeout, lambda t: t.pods())))
+        return
     document = _call(node, api_key, timeout, lambda t: t.pods())
     _finish(Outcome(document), json_out,
             lambda d: output.print_table(output.pods_table(d), "no live pod"))
@@ -249,6 +278,62 @@ def dlq_retry(
     """Send dead letters with id ID again (same id). Exits 3 when there is none."""
     outcome = _call(node, api_key, timeout, lambda t: operations.retry_dead(t, msg_id, user))
     _finish(outcome, json_out, _show_retry)
+
+
+# -- trace --------------------------------------------------------------------
+
+@app.command(name="trace", epilog="Example: wsctl trace msg-123 --user alice")
+@_reporting
+def trace_cmd(
+    msg_id: Annotated[str, typer.Argument(metavar="ID", help="Message id.",
+                                          show_default=False)],
+    user: Annotated[str | None, typer.Option(
+        "--user", metavar="USER", help="Only the trail of this user's message of that id.")
+    ] = None,
+    node: NodeOpt = None, api_key: ApiKeyOpt = None, timeout: TimeoutOpt = DEFAULT_TIMEOUT,
+    json_out: JsonOpt = False,
+) -> None:
+    """Where message ID is: stored, routed to which pods, delivered, resent, acked, dead.
+
+    Exits 3 when no trail is known for ID.
+    """
+    outcome = _call(node, api_key, timeout, lambda t: operations.trace(t, msg_id, user))
+    _finish(outcome, json_out, lambda d: output.print_table(output.trail_table(d), "no event"))
+
+
+# -- doctor -------------------------------------------------------------------
+
+@app.command(epilog="Example: wsctl doctor   (with WSNODE_REDIS_URL and WSNODE_AMQP_URL set)")
+@_reporting
+def doctor(
+    node: NodeOpt = None, api_key: ApiKeyOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Check the cluster: backends, every pod's readiness and queue, leftover
+    presence, the ACK and dead-letter stores. Exits 1 when a check FAILs."""
+    from wsctl import doctor as doc_mod
+    from wsctl.target import NO_TARGET, check_node_url
+    from wsnode.errors import SettingsError
+    from wsnode.settings import load_settings
+
+    if node:
+        url = check_node_url(node)
+        checks = asyncio.run(doc_mod.node_checks(url, api_key))
+    else:
+        try:
+            settings = load_settings()
+        except SettingsError as exc:
+            raise UsageProblem(str(exc)) from None
+        if not settings.redis_url:
+            raise CtlError(NO_TARGET)
+        checks = asyncio.run(doc_mod.cluster_checks(settings))
+    verdict = doc_mod.verdict(checks)
+    if json_out:
+        output.print_json({"status": verdict.value, "checks": [c.to_json() for c in checks]})
+    else:
+        output.print_table(output.doctor_table(checks), "no check ran")
+    if verdict is doc_mod.Status.FAIL:
+        failed = [c.name for c in checks if c.status is doc_mod.Status.FAIL]
+        raise CtlError(f"unhealthy: {', '.join(failed)}", "see the hints above")
 
 
 # -- swarm --------------------------------------------------------------------

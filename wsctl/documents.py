@@ -103,3 +103,17 @@ class RetryResult(TypedDict):
     """``POST /v1/dlq/retry``: one send report per dead letter sent again."""
 
     retried: list[SendReport]
+
+
+class TraceEvent(TypedDict):
+    at: int  # epoch ms
+    event: str  # stored, routed, delivered, replayed, resent, acked, dead, revived
+    user: str
+    pod: str | None  # None: sent by wsctl (no pod)
+
+
+class Trail(TypedDict):
+    """``GET /v1/trace/{id}``: a message's events in time order."""
+
+    id: str
+    events: list[TraceEvent]

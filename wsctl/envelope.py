@@ -57,9 +57,10 @@ def read_payload(text: str | None) -> Any:
 
 def build_envelope(msg_type: str, *, payload: Any = None, msg_id: str | None = None,
                    ack: bool = False, expires_in: float | None = None,
-                   now_ms: int) -> Envelope:
-    """The envelope to send. ``--ack`` without ``--id`` gets a fresh uuid4 hex id."""
-    if ack and not msg_id:
+                   now_ms: int, need_id: bool = False) -> Envelope:
+    """The envelope to send. ``--ack`` (or ``need_id``) without ``--id`` gets a
+    fresh uuid4 hex id."""
+    if (ack or need_id) and not msg_id:
         msg_id = uuid.uuid4().hex
     expires_at = now_ms + round(expires_in * 1000) if expires_in is not None else None
     return Envelope(type=msg_type, payload=payload, id=msg_id or None, requires_ack=ack,

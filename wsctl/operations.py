@@ -39,9 +39,9 @@ def offline(report: doc.SendReport) -> bool:
 
 
 async def send(target: Target, user: str, envelope: Envelope,
-               wait: float | None = None) -> Outcome[doc.SendReport]:
+               wait: float | None = None, *, trace: bool = False) -> Outcome[doc.SendReport]:
     """Send; with ``wait`` (ACK-required only), poll until acked, dead or timed out."""
-    report = await target.send(user, envelope)
+    report = await target.send(user, envelope, trace=trace)
     if envelope.id is not None:
         report["id"] = envelope.id
     if offline(report):
@@ -127,3 +127,13 @@ async def retry_dead(target: Target, msg_id: str,
         whose = f" for user {user}" if user else ""
         raise NotFound(f"no dead letter with id {msg_id}{whose}",
                        "see the dead letters: wsctl dlq ls") from exc
+
+
+async def trace(target: Target, msg_id: str, user: str | None = None) -> Outcome[doc.Trail]:
+    try:
+        return Outcome(await target.trace(msg_id, user))
+    except NotFound as exc:
+        whose = f" of user {user}" if user else ""
+        raise NotFound(f"no trail for message {msg_id}{whose}",
+                       "ACK-required messages leave one (for TRACE_TTL); others with "
+                       "wsctl send --trace") from exc

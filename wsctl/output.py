@@ -153,6 +153,16 @@ def dead_letters_table(document: doc.DeadLetterList, now: int | None = None) -> 
 
 
 @contextlib.contextmanager
+def live() -> Iterator[Callable[[Table], None]]:
+    """A view on stdout that each ``show(table)`` redraws (``--watch``)."""
+    with Live(console=_console(), auto_refresh=False, screen=False) as view:
+        def show(table: Table) -> None:
+            table.caption = time.strftime("%H:%M:%S  (Ctrl-C to stop)")
+            view.update(table, refresh=True)
+        yield show
+
+
+@contextlib.contextmanager
 def progress() -> Iterator[Callable[[Table], None]]:
     """A live view on stderr (stdout stays for the result); yields ``show(table)``."""
     console = Console(file=sys.stderr, highlight=False)
@@ -180,4 +190,41 @@ def swarm_table(summary: dict[str, Any], live: bool = False) -> Table:
                   f"{summary['delivered_per_s']:g}", ms(summary["p50_ms"]),
                   ms(summary["p95_ms"]), ms(summary["p99_ms"]), str(summary["delivered"]),
                   lost, errors)
+    return table
+
+
+def trail_table(trail: doc.Trail) -> Table:
+    """A message's trail as a timeline: offset from the first event, then what
+    happened where."""
+    table = Table(title=f"message {trail['id']}", title_justify="left")
+    for column in ("+ms", "time", "event", "pod", "user", "details"):
+        table.add_column(column, justify="right" if column == "+ms" else "left")
+    events = trail["events"]
+    first = events[0]["at"] if events else 0
+    styles = {"acked": "green", "dead": "red", "resent": "yellow", "duplicate": "yellow"}
+    for event in events:
+        extra = {k: v for k, v in event.items() if k not in ("at", "event", "pod", "user")}
+        details = " ".join(f"{k}={_brief(v)}" for k, v in extra.items())
+        table.add_row(str(event["at"] - first),
+                      datetime.fromtimestamp(event["at"] / 1000).strftime("%H:%M:%S.%f")[:-3],
+                      Text(event["event"], style=styles.get(event["event"], "")),
+                      Text(event["pod"] or "(no pod)"), Text(event["user"]), Text(details))
+    return table
+
+
+def _brief(value: object) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "-"
+    return str(value)
+
+
+def doctor_table(checks: list[Any]) -> Table:
+    """``wsctl doctor``: one row per check (``wsctl.doctor.Check``)."""
+    table = Table(show_header=True)
+    for column in ("check", "status", "detail", "hint"):
+        table.add_column(column)
+    styles = {"OK": "green", "WARN": "yellow", "FAIL": "bold red"}
+    for check in checks:
+        table.add_row(Text(check.name), Text(check.status.value, style=styles[check.status]),
+                      Text(check.detail), Text(check.hint, style="dim"))
     return table

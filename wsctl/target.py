@@ -40,8 +40,14 @@ class Target(Protocol):
         """Where the target points, for messages (never contains a secret)."""
         ...
 
-    async def send(self, user: str, envelope: Envelope) -> doc.SendReport:
-        """Send to every connection of ``user`` (stored first if ACK-required)."""
+    async def send(self, user: str, envelope: Envelope, *,
+                   trace: bool = False) -> doc.SendReport:
+        """Send to every connection of ``user`` (stored first if ACK-required);
+        ``trace`` asks for a trail of an at-most-once message too."""
+        ...
+
+    async def trace(self, msg_id: str, user: str | None = None) -> doc.Trail:
+        """The trail of a message (of ``user`` when given); NotFound when none."""
         ...
 
     async def message_status(self, user: str, msg_id: str) -> doc.MessageStatus:

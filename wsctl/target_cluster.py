@@ -28,6 +28,8 @@ from wsnode.presence_redis import RedisPresence
 from wsnode.protocol import Envelope
 from wsnode.sender import Sender
 from wsnode.settings import NodeSettings
+from wsnode.trace import TracePolicy
+from wsnode.trace_redis import RedisTracer
 
 NO_BUS = ("WSNODE_AMQP_URL is not set: sending and draining need the bus "
           "(or pass --node http://HOST:9765 to go through one pod)")
@@ -63,14 +65,18 @@ class ClusterTarget:
             from wsnode.bus_rabbitmq import RabbitBus
 
             self._bus = RabbitBus(settings.amqp_url, AmqpNames(settings.key_prefix))
+        ttl_ms = int(settings.trace_ttl * 1000)
+        self._tracer = RedisTracer(self._redis, keys, ttl_ms)
         self._sender = Sender(presence=self._presence, bus=self._bus or MemoryBus(),
-                              acks=self._acks, metrics=Metrics())
+                              acks=self._acks, metrics=Metrics(), tracer=self._tracer,
+                              trace_policy=TracePolicy.parse(settings.trace, ttl_ms))
 
     @property
     def name(self) -> str:
         return redis_conn.safe_url(self._settings.redis_url or "")
 
     async def aclose(self) -> None:
+        await self._tracer.aclose()
         if self._bus is not None:
             bus, self._bus = self._bus, None
             await bus.stop()
@@ -81,11 +87,19 @@ class ClusterTarget:
             raise CtlError(NO_BUS)
         return self._bus
 
-    async def send(self, user: str, envelope: Envelope) -> doc.SendReport:
+    async def send(self, user: str, envelope: Envelope, *,
+                   trace: bool = False) -> doc.SendReport:
         self._need_bus()
         async with _translated("send"):
-            report = await self._sender.send_to_user(UserId(user), envelope)
+            report = await self._sender.send_to_user(UserId(user), envelope, trace=trace)
         return cast(doc.SendReport, report.to_json())
+
+    async def trace(self, msg_id: str, user: str | None = None) -> doc.Trail:
+        async with _translated("trace"):
+            events = await self._tracer.trail(MsgId(msg_id), UserId(user) if user else None)
+        if not events:
+            raise NotFound(f"no trail for message {msg_id!r}")
+        return cast(doc.Trail, {"id": msg_id, "events": events})
 
     async def message_status(self, user: str, msg_id: str) -> doc.MessageStatus:
         async with _translated("message status"):

@@ -44,9 +44,17 @@ class NodeTarget:
 
     # -- operations ------------------------------------------------------------
 
-    async def send(self, user: str, envelope: Envelope) -> doc.SendReport:
-        body = {"user": user, "envelope": envelope.to_wire()}
+    async def send(self, user: str, envelope: Envelope, *,
+                   trace: bool = False) -> doc.SendReport:
+        body: dict[str, Any] = {"user": user, "envelope": envelope.to_wire()}
+        if trace:
+            body["trace"] = True
         return cast(doc.SendReport, await self._call("POST", "/v1/send", body=body))
+
+    async def trace(self, msg_id: str, user: str | None = None) -> doc.Trail:
+        params = {"user": user} if user else None
+        return cast(doc.Trail, await self._call("GET", f"/v1/trace/{_segment(msg_id)}",
+                                                params=params))
 
     async def message_status(self, user: str, msg_id: str) -> doc.MessageStatus:
         path = f"/v1/messages/{_segment(user)}/{_segment(msg_id)}"

@@ -70,6 +70,7 @@ class AdminApi:
         app.router.add_get("/v1/pods", self.pods)
         app.router.add_post("/v1/drain", self.drain)
         app.router.add_get("/v1/messages/{user}/{id}", self.message)
+        app.router.add_get("/v1/trace/{id}", self.trace)
         app.router.add_get("/v1/dlq", self.dlq)
         app.router.add_post("/v1/dlq/retry", self.dlq_retry)
         return app
@@ -121,7 +122,8 @@ class AdminApi:
         if not isinstance(user, str) or not user:
             return _error(400, "bad_request", "'user' must be a non-empty string")
         env = Envelope.from_wire(body.get("envelope"))
-        report = await self.node.send_to_user(UserId(user), env)
+        report = await self.node.sender.send_to_user(UserId(user), env,
+                                                     trace=body.get("trace") is True)
         return _json(report.to_json())
 
     async def presence(self, request: web.Request) -> web.Response:
@@ -154,6 +156,13 @@ class AdminApi:
         if state is None:
             return _error(404, "not_found", f"no message {msg_id!r} for user {user!r}")
         return _json({"user": user, "id": msg_id, "state": state.value})
+
+    async def trace(self, request: web.Request) -> web.Response:
+        msg_id, user = MsgId(request.match_info["id"]), request.query.get("user")
+        events = await self.node.tracer.trail(msg_id, UserId(user) if user else None)
+        if not events:
+            return _error(404, "not_found", f"no trail for message {msg_id!r}")
+        return _json({"id": msg_id, "events": events})
 
     async def dlq(self, request: web.Request) -> web.Response:
         user = request.query.get("user")

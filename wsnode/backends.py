@@ -21,6 +21,7 @@ from wsnode.limiter import MemoryLimiter, NoLimiter, RateLimiter
 from wsnode.metrics import Metrics
 from wsnode.presence import MemoryPresence, Presence
 from wsnode.settings import NodeSettings
+from wsnode.trace import MemoryTracer, NoTracer, Tracer
 
 log = logging.getLogger("wsnode.backends")
 
@@ -34,10 +35,12 @@ class Backends:
     # False when no other pod can be reached (no shared bus): sends skip the
     # presence lookup, which could only name this pod.
     remote: bool = True
+    tracer: Tracer = field(default_factory=NoTracer)
     # Called in order on close (connection pools and the like).
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def close(self) -> None:
+        await self.tracer.aclose()
         for close in self.closers:
             await close()
 
@@ -59,6 +62,7 @@ def memory_backends(settings: NodeSettings, clock: Clock | None = None) -> Backe
         acks=MemoryAckStore(ack_policy(settings), clock),
         bus=MemoryBus(),
         remote=False,
+        tracer=MemoryTracer(int(settings.trace_ttl * 1000), clock=clock),
     )
 
 
@@ -75,6 +79,7 @@ def build_backends(settings: NodeSettings, metrics: Metrics,
     from wsnode.acks_redis import RedisAckStore
     from wsnode.limiter_redis import RedisLimiter
     from wsnode.presence_redis import RedisPresence
+    from wsnode.trace_redis import RedisTracer
 
     client = redis_conn.connect(settings.redis_url)
     keys = RedisKeys(settings.key_prefix)
@@ -98,5 +103,6 @@ def build_backends(settings: NodeSettings, metrics: Metrics,
         acks=RedisAckStore(client, keys, ack_policy(settings)),
         bus=bus,
         remote=settings.amqp_url is not None,
+        tracer=RedisTracer(client, keys, int(settings.trace_ttl * 1000)),
         closers=[client.aclose],
     )

@@ -49,6 +49,7 @@ class Delivery:
     ``hops`` counts re-routes: a pod that no longer holds the user passes it on
     once, never in a loop. ``reached`` names the pods the sender already
     delivered it to, so a pass-on never gives a device a second copy.
+    ``trace_id`` is set when the message leaves a trail (``wsnode.trace``).
     """
 
     user: UserId
@@ -58,6 +59,7 @@ class Delivery:
     due: int = 0
     hops: int = 0
     reached: tuple[PodId, ...] = ()
+    trace_id: MsgId | None = None
 
     def header(self) -> bytes:
         """Everything but the frame, as compact JSON."""
@@ -68,6 +70,8 @@ class Delivery:
             out["h"] = self.hops
         if self.reached:
             out["r"] = self.reached
+        if self.trace_id is not None:
+            out["x"] = self.trace_id
         return orjson.dumps(out)
 
     @classmethod
@@ -81,6 +85,7 @@ class Delivery:
             raise ValueError("delivery header is not an object")
         user, typ, ack = obj.get("u"), obj.get("t"), obj.get("a")
         due, hops, reached = obj.get("d", 0), obj.get("h", 0), obj.get("r", [])
+        trace = obj.get("x")
         if not (isinstance(user, str) and user and isinstance(typ, str)):
             raise ValueError("delivery lacks its user or type")
         if ack is not None and not (isinstance(ack, str) and ack):
@@ -88,8 +93,10 @@ class Delivery:
         if not (isinstance(due, int) and isinstance(hops, int) and isinstance(reached, list)
                 and all(isinstance(p, str) for p in reached)):
             raise ValueError("delivery has a bad due time, hop count or pod list")
+        if trace is not None and not isinstance(trace, str):
+            raise ValueError("delivery has a bad trace id")
         return cls(UserId(user), frame, typ, MsgId(ack) if ack else None, due, hops,
-                   tuple(PodId(p) for p in reached))
+                   tuple(PodId(p) for p in reached), MsgId(trace) if trace else None)
 
 
 # A batch body: MAGIC, then per delivery two big-endian u32 lengths, the header

@@ -57,6 +57,7 @@ log = logging.getLogger("wsnode.gateway")
 _REPLAY_PAGE = 200
 
 ConnHook = Callable[[Conn], Awaitable[None]]
+TraceHook = Callable[..., None]  # (msg_id, user, event, **fields): a trail event
 
 
 class Gateway:
@@ -78,6 +79,7 @@ class Gateway:
         accepting: Callable[[], bool],
         on_open: ConnHook,
         on_close: ConnHook,
+        trace: TraceHook | None = None,
     ) -> None:
         self._settings = settings
         self._pod = pod
@@ -92,6 +94,7 @@ class Gateway:
         self._accepting = accepting
         self._on_open = on_open
         self._on_close = on_close
+        self._trace: TraceHook = trace or (lambda msg_id, user, event, **fields: None)
         self._welcome_heartbeat_ms = int(settings.ping_interval * 1000)
 
     # -- handshake ---------------------------------------------------------
@@ -113,7 +116,7 @@ class Gateway:
         except AuthError as exc:
             self._metrics.handshakes_refused.labels(str(exc.status)).inc()
             log.info("handshake refused (%d): %s", exc.status, exc.reason,
-                     extra={"peer": _peer(ws)})
+                     extra={"pod": self._pod, "peer": _peer(ws)})
             response = ws.respond(exc.status, exc.reason + "\n")
             if exc.status == 401:
                 response.headers["WWW-Authenticate"] = 'Bearer realm="wsnode"'
@@ -156,8 +159,8 @@ class Gateway:
         conn.hold()
         self._hub.add(conn)
         expiry: asyncio.TimerHandle | None = None
-        log.info("connection open", extra={"conn": conn.id, "user": conn.user,
-                                           "peer": _peer(ws)})
+        log.info("connection open", extra={"pod": self._pod, "conn": conn.id,
+                                           "user": conn.user, "peer": _peer(ws)})
         try:
             await self._on_open(conn)
             conn.release(await self._replay_on_connect(conn),
@@ -177,7 +180,7 @@ class Gateway:
             self._hub.remove(conn)
             await self._on_close(conn)
             log.info("connection closed", extra={
-                "conn": conn.id, "user": conn.user,
+                "pod": self._pod, "conn": conn.id, "user": conn.user,
                 "code": ws.close_code, "reason": ws.close_reason or ""})
 
     async def on_frame(self, conn: Conn, data: str | bytes) -> None:
@@ -243,6 +246,7 @@ class Gateway:
         before = await self._acks.settle(conn.user, MsgId(msg_id))
         if before is MsgState.PENDING:
             self._metrics.acks_settled.inc()
+            self._trace(MsgId(msg_id), conn.user, "acked", conn=conn.id)
         elif before is None:
             raise ProtocolError(ErrorCode.UNKNOWN_ID, f"no message '{msg_id}' to ack", msg_id)
         # A repeat ack (resend crossed the first ack) or a late ack of a dead
@@ -276,6 +280,7 @@ class Gateway:
                 if not conn.push(frame):
                     return replayed  # closing
                 replayed.add(msg.id)
+                self._trace(msg.id, conn.user, "replayed", conn=conn.id, seq=msg.seq)
                 # Not before a full interval from now: the client just got it.
                 self._resender.track(conn.user, msg.id, max(msg.next_due, floor))
             if len(page) < _REPLAY_PAGE:

@@ -120,6 +120,10 @@ class RedisKeys:
         """ZSET ``"<user> <id>"`` -> expires_at (ms): what the sweeper looks at."""
         return f"{self.prefix}:acks:expiry"
 
+    def trace(self, msg_id: str) -> str:
+        """LIST of a message id's trail events (JSON), capped, expiring."""
+        return f"{self.prefix}:trace:{{{_enc(msg_id)}}}"
+
     @property
     def dlq(self) -> str:
         """ZSET ``"<user> <id>"`` -> dead_at: every dead letter, newest last."""

@@ -63,6 +63,18 @@ class Metrics:
         self.limiter_fail_open = Counter(
             "wsnode_limiter_fail_open_total", "Hits allowed because the limiter store failed",
             registry=r)
+        self.delivered = Counter(
+            "wsnode_delivered_total",
+            "Frames queued to this pod's connections, by where the message came from "
+            "(local: sent on this pod; bus: from another pod)", ["source"], registry=r)
+        self.published = Counter(
+            "wsnode_published_total", "Deliveries published to other pods", registry=r)
+        self.bus_reconnects = Gauge(
+            "wsnode_bus_reconnects", "Times the bus reconnected since the pod started",
+            registry=r)
+        self.canary_rtt = Gauge(
+            "wsnode_bus_canary_rtt_seconds", "Round trip of the last canary through the bus",
+            registry=r)
         self.ready = Gauge("wsnode_ready", "1 when /readyz answers 200", registry=r)
         self.draining = Gauge("wsnode_draining", "1 while the pod drains", registry=r)
         # Labelled children by type: labels() costs more than the increment itself.
@@ -71,6 +83,8 @@ class Metrics:
         self._in: dict[str, Counter] = {}
         self._out: dict[str, Counter] = {}
         self._dropped: dict[str, Counter] = {}
+        self.delivered_local = self.delivered.labels("local")
+        self.delivered_bus = self.delivered.labels("bus")
 
     def count_in(self, msg_type: str) -> None:
         """``messages_in{type}`` += 1, with the labelled child cached (hot path)."""

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from enum import StrEnum
@@ -42,6 +43,7 @@ from wsnode.resend import Resender
 from wsnode.router import H, Router
 from wsnode.sender import Sender, SendReport
 from wsnode.settings import NodeSettings, load_settings
+from wsnode.trace import TracePolicy
 
 log = logging.getLogger("wsnode.node")
 
@@ -76,18 +78,26 @@ class Node:
         self.auth = Authenticator(self.settings, insecure=insecure)
         self.backends = backends if backends is not None else build_backends(
             self.settings, self.metrics, self.clock)
+        self.trace_policy = TracePolicy.parse(self.settings.trace,
+                                              int(self.settings.trace_ttl * 1000))
+        self.tracer = self.backends.tracer
         self.resender = Resender(self.acks, self.metrics, resend=self._redeliver,
                                  reroute=self._reroute, holds=self.hub.has,
-                                 busy=self.hub.backed_up, clock=self.clock)
+                                 busy=self.hub.backed_up, clock=self.clock,
+                                 on_dead=lambda d: self._trace_ack(
+                                     d.message.id, d.message.user, "dead",
+                                     reason=d.reason.value))
         self.sender = Sender(presence=self.presence, bus=self.bus, acks=self.acks,
                              metrics=self.metrics, pod=self.pod, local=self, clock=self.clock,
                              on_unrouted=self.resender.track_unrouted,
-                             remote=self.backends.remote)
+                             remote=self.backends.remote, tracer=self.tracer,
+                             trace_policy=self.trace_policy)
         self.gateway = Gateway(
             self.settings, pod=self.pod, auth=self.auth, hub=self.hub, router=self.router,
             limiter=self.backends.limiter, acks=self.acks, resender=self.resender,
             metrics=self.metrics, clock=self.clock, accepting=self._accepting,
             on_open=self._conn_opened, on_close=self._conn_closed,
+            trace=self._trace_ack,
         )
         self.state = NodeState.NEW
         self._ws_server: Server | None = None
@@ -131,6 +141,19 @@ class Node:
         assert self._admin is not None, "node not started"
         return int(self._admin.addresses[0][1])
 
+    @property
+    def admin_url(self) -> str:
+        """Where other tools reach this pod's admin port: ``ADMIN_ADVERTISE``, or
+        the bound address (the hostname when bound to every interface)."""
+        if self.settings.admin_advertise:
+            return self.settings.admin_advertise.rstrip("/")
+        host = self.settings.admin_host or self.settings.host
+        if host in ("0.0.0.0", "::", ""):  # noqa: S104 (a comparison, not a bind)
+            host = socket.gethostname()
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.admin_port}"
+
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Whether this pod should receive new connections, and why not."""
         checks: dict[str, Any] = {
@@ -144,6 +167,11 @@ class Node:
 
     async def refresh_gauges(self) -> None:
         self.metrics.connections.set(len(self.hub))
+        # The RabbitMQ bus counts these itself; the in-process bus has none.
+        self.metrics.bus_reconnects.set(getattr(self.bus, "reconnects", 0))
+        rtt = getattr(self.bus, "last_canary_rtt", None)
+        if rtt is not None:
+            self.metrics.canary_rtt.set(rtt)
         self.metrics.users.set(self.hub.user_count)
         with contextlib.suppress(BackendUnavailable):
             stats = await self.acks.stats()
@@ -157,16 +185,25 @@ class Node:
 
     # -- delivery ------------------------------------------------------------
 
-    def deliver_local(self, delivery: Delivery) -> int:
+    def deliver_local(self, delivery: Delivery, *, from_bus: bool = False) -> int:
         """Queue a delivery on this pod's connections of its user."""
         count, refused = self.hub.deliver(delivery.user, delivery.frame, delivery.ack_id)
         if refused and delivery.ack_id is None:
             self.metrics.count_dropped("conn_closing", refused)
         if count:
             self.metrics.count_out(delivery.type, count)
+            (self.metrics.delivered_bus if from_bus else self.metrics.delivered_local).inc(count)
             if delivery.ack_id is not None:
                 self.resender.track(delivery.user, delivery.ack_id, delivery.due)
+            if delivery.trace_id is not None:
+                self.tracer.record(delivery.trace_id, delivery.user, "delivered", self.pod,
+                                   conns=count, hops=delivery.hops)
         return count
+
+    def _trace_ack(self, msg_id: MsgId, user: UserId, event: str, **fields: Any) -> None:
+        """A trail event of an ACK-required message, when those are traced."""
+        if self.trace_policy.ack:
+            self.tracer.record(msg_id, user, event, self.pod, **fields)
 
     async def _redeliver(self, msg: StoredMessage) -> None:
         await self.sender.redeliver(msg)
@@ -177,7 +214,7 @@ class Node:
 
     async def _on_deliveries(self, batch: list[Delivery]) -> None:
         for delivery in batch:
-            if self.deliver_local(delivery):
+            if self.deliver_local(delivery, from_bus=True):
                 continue
             # The user left this pod after the sender read presence (or this pod is
             # draining): pass it on once to wherever the user is now.
@@ -230,8 +267,14 @@ class Node:
 
     async def _start(self) -> None:
         s = self.settings
+        # The admin port first: its URL is advertised in presence (wsctl doctor
+        # asks each pod's /readyz there).
+        runner = web.AppRunner(AdminApi(self).app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.TCPSite(runner, s.admin_host or s.host, s.admin_port).start()
+        self._admin = runner
         try:
-            await self.presence.join(self.pod)
+            await self.presence.join(self.pod, admin=self.admin_url)
         except BackendUnavailable:
             self._presence_ok, self._presence_dirty = False, True
             log.warning("presence store unreachable at start; retrying in the background")
@@ -247,10 +290,6 @@ class Node:
             close_timeout=min(5.0, s.drain_timeout),
             server_header="wsnode",
         )
-        runner = web.AppRunner(AdminApi(self).app(), access_log=None, handle_signals=False)
-        await runner.setup()
-        await web.TCPSite(runner, s.admin_host or s.host, s.admin_port).start()
-        self._admin = runner
         self._spawn(self.resender.run())
         self._spawn(self._heartbeat_loop())
         self._spawn(self._sweep_loop())
@@ -436,6 +475,8 @@ class Node:
             try:
                 for dead in await self.acks.sweep():
                     self.metrics.acks_dead_lettered.labels(dead.reason.value).inc()
+                    self._trace_ack(dead.message.id, dead.message.user, "dead",
+                                    reason=dead.reason.value)
                     log.info("message %s dead-lettered (%s)", dead.message.id,
                              dead.reason.value, extra={"user": dead.message.user})
             except BackendUnavailable:

@@ -64,16 +64,22 @@ class PodInfo:
     connections: int
     users: int
     last_heartbeat: int  # epoch ms
+    admin: str | None = None  # the pod's admin URL, as it advertises it
 
     def to_json(self) -> dict[str, object]:
         return {"pod": self.pod, "state": self.state.value, "connections": self.connections,
-                "users": self.users, "lastHeartbeat": self.last_heartbeat}
+                "users": self.users, "lastHeartbeat": self.last_heartbeat,
+                "admin": self.admin}
 
 
 class Presence(Protocol):
     """Cluster-wide registry of connections (see the module contract)."""
 
-    async def join(self, pod: PodId, state: PodState = PodState.ACTIVE) -> None: ...
+    async def join(self, pod: PodId, state: PodState = PodState.ACTIVE,
+                   admin: str | None = None) -> None:
+        """Start a new life of ``pod`` (``admin``: its admin URL, for operators'
+        tools; kept for later re-joins of the same pod)."""
+        ...
 
     async def heartbeat(self, pod: PodId, state: PodState) -> bool:
         """Renew the lease. False when the lease had lapsed and the pod was joined
@@ -123,10 +129,14 @@ class MemoryPresence:
         self._clock = clock or SystemClock()
         self._pods: dict[PodId, _Pod] = {}
         self._users: dict[UserId, dict[ConnId, ConnInfo]] = {}
+        self._admin: dict[PodId, str] = {}
 
-    async def join(self, pod: PodId, state: PodState = PodState.ACTIVE) -> None:
+    async def join(self, pod: PodId, state: PodState = PodState.ACTIVE,
+                   admin: str | None = None) -> None:
         if pod in self._pods:
             self._purge(pod)  # a new life of this pod inherits nothing
+        if admin is not None:
+            self._admin[pod] = admin
         now = self._clock.now_ms()
         self._pods[pod] = _Pod(state, now + self.lease_ms, now)
 
@@ -203,7 +213,7 @@ class MemoryPresence:
             entry = self._pods[pod_id]
             users = {u for u in entry.conns.values()}
             out.append(PodInfo(pod_id, entry.state, len(entry.conns), len(users),
-                               entry.last_heartbeat))
+                               entry.last_heartbeat, self._admin.get(pod_id)))
         return out
 
     async def reap(self) -> list[PodId]:

@@ -47,6 +47,7 @@ class RedisPresence:
         self.lease_ms = lease_ms
         self._script = script(client, "presence")
         self._epochs: dict[PodId, int] = {}  # lives this process joined
+        self._admin: dict[PodId, str] = {}
         self._live: dict[str, int] = {}  # encoded pod -> epoch of its live life
         self._live_until = 0.0
         self._live_cache_s = live_cache_ms / 1000
@@ -57,11 +58,14 @@ class RedisPresence:
 
     # -- writes (a pod's own) ---------------------------------------------
 
-    async def join(self, pod: PodId, state: PodState = PodState.ACTIVE) -> None:
+    async def join(self, pod: PodId, state: PodState = PodState.ACTIVE,
+                   admin: str | None = None) -> None:
+        if admin is not None:
+            self._admin[pod] = admin
         with translated("presence join"):
             epoch, _ = await self._script(
                 keys=[self._k.pod_epoch(pod), self._k.pod_lease(pod), self._k.pod_info(pod)],
-                args=["join", self.lease_ms, state.value])
+                args=["join", self.lease_ms, state.value, self._admin.get(pod, "")])
             self._epochs[pod] = int(epoch)
             await self._r.sadd(self._k.lives, member(pod, int(epoch)))
         self._live_until = 0.0
@@ -199,8 +203,9 @@ class RedisPresence:
                 users.add(user)
                 conns += 1
             state = text(info.get(b"state", b"active"))
+            admin = text(info[b"admin"]) if info.get(b"admin") else None
             out.append(PodInfo(pod_id, PodState(state), conns, len(users),
-                               int(info.get(b"heartbeat", 0))))
+                               int(info.get(b"heartbeat", 0)), admin))
         return out
 
     async def reap(self) -> list[PodId]:

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from enum import IntEnum
 
-from wsnode.acks import AckStore, ClaimKind, MsgState, StoredMessage
+from wsnode.acks import AckStore, ClaimKind, DeadLetter, MsgState, StoredMessage
 from wsnode.bus import Delivery
 from wsnode.clock import Clock, SystemClock
 from wsnode.errors import BackendUnavailable
@@ -58,6 +58,7 @@ class Resender:
         reroute: Callable[[Delivery], Awaitable[object]],
         holds: Callable[[UserId], bool],
         busy: Callable[[UserId], bool] = lambda user: False,
+        on_dead: Callable[[DeadLetter], None] = lambda dead: None,
         clock: Clock | None = None,
     ) -> None:
         self._acks = acks
@@ -66,6 +67,7 @@ class Resender:
         self._reroute = reroute
         self._holds = holds
         self._busy = busy
+        self._on_dead = on_dead
         self._clock = clock or SystemClock()
         self._heap: list[tuple[int, _Kind, UserId, MsgId]] = []
         self._due: dict[_Key, int] = {}
@@ -191,5 +193,6 @@ class Resender:
             self.track(user, msg_id, claim.message.next_due)
         elif claim.kind is ClaimKind.DEAD and claim.dead is not None:
             self._metrics.acks_dead_lettered.labels(claim.dead.reason.value).inc()
+            self._on_dead(claim.dead)
             log.info("message %s dead-lettered (%s)", msg_id, claim.dead.reason.value,
                      extra={"user": user})

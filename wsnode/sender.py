@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from wsnode.acks import AckStore, StoredMessage
 from wsnode.bus import Bus, Delivery, Unroutable
@@ -33,6 +33,7 @@ from wsnode.ids import MsgId, PodId, UserId
 from wsnode.metrics import Metrics
 from wsnode.presence import Presence
 from wsnode.protocol import MAX_ID_LENGTH, RESERVED_TYPES, TYPE_PATTERN, Envelope
+from wsnode.trace import NoTracer, TracePolicy, Tracer
 
 log = logging.getLogger("wsnode.sender")
 
@@ -96,6 +97,8 @@ class Sender:
         clock: Clock | None = None,
         on_unrouted: Callable[[Delivery], None] | None = None,
         remote: bool = True,
+        tracer: Tracer | None = None,
+        trace_policy: TracePolicy | None = None,
     ) -> None:
         self.presence = presence
         self.bus = bus
@@ -108,22 +111,34 @@ class Sender:
         # gone), so they are routed again without waiting for a reconnect.
         self._on_unrouted = on_unrouted
         self._remote = remote
+        self.tracer: Tracer = tracer or NoTracer()
+        self.trace_policy = trace_policy or TracePolicy(ack=False)
 
-    async def send_to_user(self, user: UserId, env: Envelope) -> SendReport:
+    async def send_to_user(self, user: UserId, env: Envelope, *,
+                           trace: bool = False) -> SendReport:
+        """Store (ACK-required) and route ``env`` to ``user``. ``trace`` asks for a
+        trail of an at-most-once message too (it needs an id)."""
         started = time.perf_counter()
         check_outgoing(env, self._clock)
         report = SendReport(user)
+        trace_id = MsgId(env.id) if env.id is not None and self.trace_policy.wants(
+            env.requires_ack, True, trace) else None
         if env.requires_ack:
             result = await self.acks.store(user, env)
             report.stored, report.seq, report.duplicate = True, result.seq, result.duplicate
+            if trace_id:
+                self.tracer.record(trace_id, user, "duplicate" if result.duplicate else "stored",
+                                   self.pod, seq=result.seq)
             if result.duplicate or result.message is None:
                 return report
             self.metrics.acks_stored.inc()
-            await self.route(_ack_delivery(result.message), report)
+            await self.route(_ack_delivery(result.message, trace_id), report)
         else:
-            await self.route(Delivery(user, env.encode(), env.type), report)
+            await self.route(Delivery(user, env.encode(), env.type, trace_id=trace_id), report)
             if not (report.local or report.pods or report.failed_pods):
                 self.metrics.count_dropped("offline")
+        if trace_id:
+            self._trace_route(trace_id, report, "routed")
         if env.requires_ack or self._remote:
             # Sends that only touch local connections take microseconds; timing
             # them would cost more than the send (this is the in-process hot path).
@@ -133,8 +148,16 @@ class Sender:
     async def redeliver(self, msg: StoredMessage) -> SendReport:
         """Deliver a stored message again (a resend): same id, same seq."""
         report = SendReport(msg.user, stored=True, seq=msg.seq)
-        await self.route(_ack_delivery(msg), report)
+        trace_id = msg.id if self.trace_policy.ack else None
+        await self.route(_ack_delivery(msg, trace_id), report)
+        if trace_id:
+            self._trace_route(trace_id, report, "resent", attempt=msg.attempts)
         return report
+
+    def _trace_route(self, msg_id: MsgId, report: SendReport, event: str,
+                     **extra: Any) -> None:
+        self.tracer.record(msg_id, report.user, event, self.pod, local=report.local,
+                           pods=report.pods, failed=report.failed_pods, **extra)
 
     async def retry_dead(self, msg_id: MsgId, user: UserId | None = None) -> list[SendReport]:
         """Make the dead letters with this id (of ``user``, if given) pending again
@@ -146,7 +169,12 @@ class Sender:
         reports = []
         for msg in revived:
             report = SendReport(msg.user, stored=True, seq=msg.seq)
-            await self.route(_ack_delivery(msg), report)
+            trace_id = msg.id if self.trace_policy.ack else None
+            if trace_id:
+                self.tracer.record(trace_id, msg.user, "revived", self.pod, seq=msg.seq)
+            await self.route(_ack_delivery(msg, trace_id), report)
+            if trace_id:
+                self._trace_route(trace_id, report, "routed")
             reports.append(report)
         return reports
 
@@ -190,6 +218,7 @@ class Sender:
         for pod, outcome in zip(remote, outcomes, strict=True):
             if outcome is None:
                 report.pods.append(pod)
+                self.metrics.published.inc()
                 continue
             report.failed_pods.append(pod)
             if isinstance(outcome, Unroutable):
@@ -212,6 +241,7 @@ class Sender:
         return None
 
 
-def _ack_delivery(msg: StoredMessage) -> Delivery:
-    return Delivery(msg.user, msg.frame(), msg.type, ack_id=msg.id, due=msg.next_due)
+def _ack_delivery(msg: StoredMessage, trace_id: MsgId | None = None) -> Delivery:
+    return Delivery(msg.user, msg.frame(), msg.type, ack_id=msg.id, due=msg.next_due,
+                    trace_id=trace_id)
 

@@ -126,6 +126,9 @@ class NodeSettings(BaseSettings):
     port: int = Field(8765, ge=0, le=65535)
     admin_host: str | None = None  # defaults to host
     admin_port: int = Field(9765, ge=0, le=65535)
+    # The admin URL other tools use to reach this pod (wsctl doctor), when the
+    # bound address is not it (containers, NAT): e.g. http://pod-a.wsnode:9765.
+    admin_advertise: str | None = Field(None, pattern=r"^https?://")
     redis_url: str | None = None
     amqp_url: str | None = None
     key_prefix: str = Field("ws", pattern=r"^[A-Za-z0-9_.:-]{1,32}$")
@@ -153,6 +156,10 @@ class NodeSettings(BaseSettings):
     # How long a SIGTERM drain spreads its reconnects over (bounded by drain_timeout),
     # so a deploy does not send every client to the other pods in the same instant.
     drain_over: Duration = 1.0
+    # Message trails for `wsctl trace`: off, ack (ACK-required messages), all, or
+    # a share (0.01) of the other messages with an id, on top of the ACK ones.
+    trace: str = "ack"
+    trace_ttl: Duration = 86400.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 
@@ -162,6 +169,17 @@ class NodeSettings(BaseSettings):
         if value is not None and len(value.get_secret_value()) < 16:
             raise ValueError("use at least 16 characters (openssl rand -hex 16)")
         return value
+
+    @field_validator("trace")
+    @classmethod
+    def _trace_policy(cls, value: str) -> str:
+        from wsnode.trace import TracePolicy
+
+        try:
+            TracePolicy.parse(value, 1)
+        except ValueError as exc:
+            raise ValueError("use off, ack, all, or a share such as 0.01") from exc
+        return value.strip().lower()
 
     @field_validator("log_level", mode="before")
     @classmethod

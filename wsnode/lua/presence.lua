@@ -12,7 +12,7 @@ local EPOCH_TTL_MS = 7 * 86400 * 1000
 local op = ARGV[1]
 
 if op == 'join' then
-  -- KEYS: epoch, lease, info. ARGV: op, lease_ms, state.
+  -- KEYS: epoch, lease, info. ARGV: op, lease_ms, state, admin url ('' if none).
   -- A new life: a fresh epoch, so nothing of an earlier life with the same pod id counts.
   local epoch = redis.call('INCR', KEYS[1])
   redis.call('PEXPIRE', KEYS[1], EPOCH_TTL_MS)
@@ -20,6 +20,7 @@ if op == 'join' then
   redis.call('SET', KEYS[2], epoch, 'PX', ARGV[2])
   redis.call('DEL', KEYS[3])
   redis.call('HSET', KEYS[3], 'epoch', epoch, 'state', ARGV[3], 'heartbeat', now, 'started', now)
+  if ARGV[4] and ARGV[4] ~= '' then redis.call('HSET', KEYS[3], 'admin', ARGV[4]) end
   return {epoch, now}
 
 elseif op == 'heartbeat' then

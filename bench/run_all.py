@@ -1,0 +1,47 @@
+"""``make bench``: every benchmark, one after the other, JSON lines on stdout.
+
+Each script prints a line per run and a summary line with medians (3 runs
+unless ``--runs``); the swarm runs once. Nothing else should run on the
+machine meanwhile: the figures are CPU-bound on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=3)
+    runs = str(parser.parse_args().runs)
+    steps = [
+        ["local_push.py", "-n", "100", "-m", "100000", "--runs", runs],
+        ["cross_pod.py", "--runs", runs],
+        ["cross_pod.py", "--ack", "-m", "20000", "--runs", runs],
+        ["connections.py", "--runs", runs],
+        ["presence_churn.py", "--runs", runs],
+        ["swarm.py"],
+    ]
+    import os
+    print(orjson.dumps({"bench": "machine", "python": platform.python_version(),
+                        "cpus": os.cpu_count(), "platform": platform.platform(),
+                        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                       ).decode(), flush=True)
+    failed = 0
+    for step in steps:
+        done = subprocess.run([sys.executable, str(HERE / step[0]), *step[1:]], check=False)
+        failed += done.returncode != 0
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Message trails: where a message went, for ``wsctl trace ID``.
+
+Every ACK-required message (and any message its sender asks to trace, or the
+``TRACE`` sampling picks) leaves a short trail of events, each with the pod
+and the time: ``stored``, ``routed``, ``delivered``, ``replayed``, ``resent``,
+``acked``, ``dead``, ``revived``. Trails are bounded: at most ``MAX_EVENTS``
+events per id, kept ``ttl`` after their last event.
+
+Contract of :class:`Tracer`: ``record`` never blocks and never raises (a trail
+is diagnostics: losing an event to a backend outage must not cost a message);
+``trail`` returns the events of an id in time order, of one user when given.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from wsnode.clock import Clock, SystemClock
+from wsnode.ids import MsgId, PodId, UserId
+
+MAX_EVENTS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class TracePolicy:
+    """What is traced: ACK-required messages (``ack``), and a ``sample`` share
+    of the others (with an id); ``TRACE`` = ``off``, ``ack``, ``all`` or a
+    fraction such as ``0.01``."""
+
+    ack: bool = True
+    sample: float = 0.0
+    ttl_ms: int = 86_400_000
+
+    @classmethod
+    def parse(cls, text: str, ttl_ms: int) -> TracePolicy:
+        value = text.strip().lower()
+        if value == "off":
+            return cls(False, 0.0, ttl_ms)
+        if value == "ack":
+            return cls(True, 0.0, ttl_ms)
+        if value == "all":
+            return cls(True, 1.0, ttl_ms)
+        share = float(value)  # ValueError names the problem to the settings check
+        if not 0.0 <= share <= 1.0:
+            raise ValueError("a sample share is between 0 and 1")
+        return cls(True, share, ttl_ms)
+
+    def wants(self, requires_ack: bool, has_id: bool, asked: bool) -> bool:
+        if not has_id:
+            return False
+        if requires_ack:
+            return self.ack or asked
+        return asked or (self.sample > 0 and random.random() < self.sample)
+
+
+class Tracer(Protocol):
+    def record(self, msg_id: MsgId, user: UserId, event: str, pod: PodId | None,
+               **fields: Any) -> None: ...
+
+    async def trail(self, msg_id: MsgId, user: UserId | None = None) -> list[dict[str, Any]]: ...
+
+    async def aclose(self) -> None:
+        """Write what is buffered (bounded in time)."""
+        ...
+
+
+def make_event(at: int, user: UserId, event: str, pod: PodId | None,
+               fields: dict[str, Any]) -> dict[str, Any]:
+    return {"at": at, "event": event, "user": user, "pod": pod, **fields}
+
+
+class MemoryTracer:
+    """Trails in process memory (embedded pod): at most ``max_ids`` ids."""
+
+    def __init__(self, ttl_ms: int = 86_400_000, *, max_ids: int = 100_000,
+                 clock: Clock | None = None) -> None:
+        self.ttl_ms = ttl_ms
+        self._max_ids = max_ids
+        self._clock = clock or SystemClock()
+        self._trails: OrderedDict[MsgId, list[dict[str, Any]]] = OrderedDict()
+
+    def record(self, msg_id: MsgId, user: UserId, event: str, pod: PodId | None,
+               **fields: Any) -> None:
+        trail = self._trails.pop(msg_id, [])
+        trail.append(make_event(self._clock.now_ms(), user, event, pod, fields))
+        self._trails[msg_id] = trail[-MAX_EVENTS:]  # most recently touched last
+        while len(self._trails) > self._max_ids:
+            self._trails.popitem(last=False)
+
+    async def trail(self, msg_id: MsgId, user: UserId | None = None) -> list[dict[str, Any]]:
+        events = self._trails.get(msg_id, [])
+        if events and events[-1]["at"] < self._clock.now_ms() - self.ttl_ms:
+            del self._trails[msg_id]
+            return []
+        return [e for e in events if user is None or e["user"] == user]
+
+    async def aclose(self) -> None:
+        return None
+
+
+class NoTracer:
+    """``TRACE=off``."""
+
+    def record(self, msg_id: MsgId, user: UserId, event: str, pod: PodId | None,
+               **fields: Any) -> None:
+        return None
+
+    async def trail(self, msg_id: MsgId, user: UserId | None = None) -> list[dict[str, Any]]:
+        return []
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,80 @@
+"""Message trails in Redis (contract: ``wsnode.trace``), shared by every pod and
+read by ``wsctl trace`` without a pod.
+
+One list per message id (``keys.RedisKeys.trace``), capped and expiring.
+``record`` only appends to a buffer; the buffer goes out as one pipeline per
+event-loop tick, in a task of the tracer's own, so tracing adds no round trip
+to a send. Write failures are dropped and logged once per outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import orjson
+
+from wsnode.clock import Clock, SystemClock
+from wsnode.errors import BackendUnavailable
+from wsnode.ids import MsgId, PodId, UserId
+from wsnode.keys import RedisKeys
+from wsnode.redis_conn import Redis, execute, translated
+from wsnode.trace import MAX_EVENTS, make_event
+
+log = logging.getLogger("wsnode.trace")
+
+
+class RedisTracer:
+    def __init__(self, client: Redis, keys: RedisKeys, ttl_ms: int = 86_400_000,
+                 clock: Clock | None = None) -> None:
+        self._r = client
+        self._k = keys
+        self.ttl_ms = ttl_ms
+        self._clock = clock or SystemClock()
+        self._buffer: list[tuple[str, bytes]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._failing = False
+
+    def record(self, msg_id: MsgId, user: UserId, event: str, pod: PodId | None,
+               **fields: Any) -> None:
+        entry = orjson.dumps(make_event(self._clock.now_ms(), user, event, pod, fields))
+        if not self._buffer:
+            with contextlib.suppress(RuntimeError):  # no running loop: nothing to flush with
+                asyncio.get_running_loop().call_soon(self._flush)
+        self._buffer.append((self._k.trace(msg_id), entry))
+
+    def _flush(self) -> None:
+        batch, self._buffer = self._buffer, []
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._write(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _write(self, batch: list[tuple[str, bytes]]) -> None:
+        def build(pipe: Any) -> None:
+            for key, entry in batch:
+                pipe.rpush(key, entry)
+                pipe.ltrim(key, -MAX_EVENTS, -1)
+                pipe.pexpire(key, self.ttl_ms)
+        try:
+            with translated("trace"):
+                await execute(self._r, build)
+        except BackendUnavailable as exc:
+            if not self._failing:
+                self._failing = True
+                log.warning("message trails not written: %s", exc)
+            return
+        self._failing = False
+
+    async def trail(self, msg_id: MsgId, user: UserId | None = None) -> list[dict[str, Any]]:
+        with translated("trace"):
+            raw = await self._r.lrange(self._k.trace(msg_id), 0, -1)
+        events = [orjson.loads(e) for e in raw]
+        return [e for e in events if user is None or e.get("user") == user]
+
+    async def aclose(self) -> None:
+        self._flush()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2.0)
