@@ -107,7 +107,8 @@ class FakeTarget:
         self.connections = connections or []
         self.calls = 0
 
-    async def send(self, user: str, envelope: Envelope) -> doc.SendReport:
+    async def send(self, user: str, envelope: Envelope, *,
+                   trace: bool = False) -> doc.SendReport:
         return {"user": user, "local": 1, "pods": [], "stored": envelope.requires_ack,
                 "seq": 1 if envelope.requires_ack else None}
 
