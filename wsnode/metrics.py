@@ -63,10 +63,10 @@ class Metrics:
         self.limiter_fail_open = Counter(
             "wsnode_limiter_fail_open_total", "Hits allowed because the limiter store failed",
             registry=r)
-        self.delivered = Counter(
-            "wsnode_delivered_total",
-            "Frames queued to this pod's connections, by where the message came from "
-            "(local: sent on this pod; bus: from another pod)", ["source"], registry=r)
+        self.bus_delivered = Counter(
+            "wsnode_bus_delivered_total",
+            "Frames queued to this pod's connections for messages that came from another "
+            "pod (the rest of wsnode_messages_out_total was sent on this pod)", registry=r)
         self.published = Counter(
             "wsnode_published_total", "Deliveries published to other pods", registry=r)
         self.bus_reconnects = Gauge(
@@ -83,8 +83,6 @@ class Metrics:
         self._in: dict[str, Counter] = {}
         self._out: dict[str, Counter] = {}
         self._dropped: dict[str, Counter] = {}
-        self.delivered_local = self.delivered.labels("local")
-        self.delivered_bus = self.delivered.labels("bus")
 
     def count_in(self, msg_type: str) -> None:
         """``messages_in{type}`` += 1, with the labelled child cached (hot path)."""

@@ -192,10 +192,12 @@ class Node:
             self.metrics.count_dropped("conn_closing", refused)
         if count:
             self.metrics.count_out(delivery.type, count)
-            (self.metrics.delivered_bus if from_bus else self.metrics.delivered_local).inc(count)
+            if from_bus:
+                self.metrics.bus_delivered.inc(count)
             if delivery.ack_id is not None:
                 self.resender.track(delivery.user, delivery.ack_id, delivery.due)
-            if delivery.trace_id is not None:
+            if delivery.trace_id is not None and from_bus:
+                # Local deliveries are in the sender's "routed" event (local=N).
                 self.tracer.record(delivery.trace_id, delivery.user, "delivered", self.pod,
                                    conns=count, hops=delivery.hops)
         return count

@@ -2,9 +2,11 @@
 read by ``wsctl trace`` without a pod.
 
 One list per message id (``keys.RedisKeys.trace``), capped and expiring.
-``record`` only appends to a buffer; the buffer goes out as one pipeline per
-event-loop tick, in a task of the tracer's own, so tracing adds no round trip
-to a send. Write failures are dropped and logged once per outage.
+``record`` only appends to a buffer; every ``FLUSH_S`` the buffer goes out as
+one pipeline, in a task of the tracer's own, so tracing adds no round trip to
+a send, and the events of one id that arrive together (stored and routed, say)
+cost one RPUSH and one PEXPIRE. Write failures are dropped and logged once
+per outage.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ from wsnode.trace import MAX_EVENTS, make_event
 
 log = logging.getLogger("wsnode.trace")
 
+FLUSH_S = 0.02
+# Events a message can collect without bound (a client reconnecting over and
+# over is replayed each time): only lists that got one are trimmed.
+_UNBOUNDED = frozenset({"replayed", "resent"})
+
 
 class RedisTracer:
     def __init__(self, client: Redis, keys: RedisKeys, ttl_ms: int = 86_400_000,
@@ -33,7 +40,8 @@ class RedisTracer:
         self._k = keys
         self.ttl_ms = ttl_ms
         self._clock = clock or SystemClock()
-        self._buffer: list[tuple[str, bytes]] = []
+        self._buffer: dict[str, list[bytes]] = {}
+        self._trim: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._failing = False
 
@@ -42,21 +50,26 @@ class RedisTracer:
         entry = orjson.dumps(make_event(self._clock.now_ms(), user, event, pod, fields))
         if not self._buffer:
             with contextlib.suppress(RuntimeError):  # no running loop: nothing to flush with
-                asyncio.get_running_loop().call_soon(self._flush)
-        self._buffer.append((self._k.trace(msg_id), entry))
+                asyncio.get_running_loop().call_later(FLUSH_S, self._flush)
+        key = self._k.trace(msg_id)
+        self._buffer.setdefault(key, []).append(entry)
+        if event in _UNBOUNDED:
+            self._trim.add(key)
 
     def _flush(self) -> None:
-        batch, self._buffer = self._buffer, []
+        batch, self._buffer = self._buffer, {}
+        trim, self._trim = self._trim, set()
         if batch:
-            task = asyncio.get_running_loop().create_task(self._write(batch))
+            task = asyncio.get_running_loop().create_task(self._write(batch, trim))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _write(self, batch: list[tuple[str, bytes]]) -> None:
+    async def _write(self, batch: dict[str, list[bytes]], trim: set[str]) -> None:
         def build(pipe: Any) -> None:
-            for key, entry in batch:
-                pipe.rpush(key, entry)
-                pipe.ltrim(key, -MAX_EVENTS, -1)
+            for key, entries in batch.items():
+                pipe.rpush(key, *entries)
+                if key in trim:
+                    pipe.ltrim(key, -MAX_EVENTS, -1)
                 pipe.pexpire(key, self.ttl_ms)
         try:
             with translated("trace"):

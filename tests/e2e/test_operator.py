@@ -55,8 +55,8 @@ async def test_trace_of_a_message_resent_twice_then_acked(
         return doc if any(e["event"] == "acked" for e in doc["events"]) else None
     doc = await eventually(trail, 5, "a trail ending with the ack")
     steps = [(e["event"], e["pod"]) for e in doc["events"]]
-    assert steps[:3] == [("stored", "pod-b"), ("delivered", "pod-a"), ("routed", "pod-b")] \
-        or steps[:3] == [("stored", "pod-b"), ("routed", "pod-b"), ("delivered", "pod-a")]
+    assert sorted(steps[:3]) == [("delivered", "pod-a"), ("routed", "pod-b"),
+                                 ("stored", "pod-b")]
     assert [s for s in steps if s[0] == "resent"] == [("resent", "pod-a")] * 2
     assert steps[-1] == ("acked", "pod-a")
     routed = next(e for e in doc["events"] if e["event"] == "routed")
