@@ -8,7 +8,8 @@ events per id, kept ``ttl`` after their last event.
 
 Contract of :class:`Tracer`: ``record`` never blocks and never raises (a trail
 is diagnostics: losing an event to a backend outage must not cost a message);
-``trail`` returns the events of an id in time order, of one user when given.
+``trail`` returns the events of an id in time order (by the clock of the pod
+that recorded each), of one user when given.
 """
 
 from __future__ import annotations

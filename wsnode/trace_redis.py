@@ -84,7 +84,9 @@ class RedisTracer:
     async def trail(self, msg_id: MsgId, user: UserId | None = None) -> list[dict[str, Any]]:
         with translated("trace"):
             raw = await self._r.lrange(self._k.trace(msg_id), 0, -1)
-        events = [orjson.loads(e) for e in raw]
+        # Pods append in batches, so the list is in write order: sort by time
+        # (stable, so the events of one pod keep their order on a tie).
+        events = sorted((orjson.loads(e) for e in raw), key=lambda e: e.get("at", 0))
         return [e for e in events if user is None or e.get("user") == user]
 
     async def aclose(self) -> None:
