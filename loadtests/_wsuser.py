@@ -70,28 +70,32 @@ class Ledger:
     has not arrived within LOSS_TIMEOUT while its receiver stayed connected."""
 
     def __init__(self) -> None:
-        self.expected: dict[str, tuple[float, str, str]] = {}  # mid -> (sent, user, name)
+        # mid -> (sent, user, name, acked): acked messages survive reconnects.
+        self.expected: dict[str, tuple[float, str, str, bool]] = {}
         self._checker: Any = None
 
-    def expect(self, mid: str, user: str, name: str) -> None:
-        self.expected[mid] = (time.time(), user, name)
+    def expect(self, mid: str, user: str, name: str, acked: bool = False) -> None:
+        self.expected[mid] = (time.time(), user, name, acked)
         if self._checker is None:
             self._checker = gevent.spawn(self._check)
 
-    def arrived(self, mid: str) -> None:
-        self.expected.pop(mid, None)
+    def arrived(self, mid: str) -> bool:
+        """True the first time ``mid`` arrives (a resend is not a new delivery)."""
+        return self.expected.pop(mid, None) is not None
 
-    def forget_user(self, user: str) -> None:
-        """The receiver left: what it did not get yet is not a loss."""
-        for mid in [m for m, (_, u, _) in self.expected.items() if u == user]:
+    def forget_user(self, user: str, *, keep_acked: bool = False) -> None:
+        """The receiver left: what it did not get yet is not a loss. On a
+        reconnect (``keep_acked``), ACK-required messages must still arrive."""
+        for mid in [m for m, (_, u, _, acked) in self.expected.items()
+                    if u == user and not (keep_acked and acked)]:
             del self.expected[mid]
 
     def _check(self) -> None:
         while True:
             gevent.sleep(1.0)
             cutoff = time.time() - LOSS_TIMEOUT
-            for mid in [m for m, (sent, _, _) in self.expected.items() if sent < cutoff]:
-                _, user, name = self.expected.pop(mid)
+            for mid in [m for m, (sent, *_) in self.expected.items() if sent < cutoff]:
+                _, user, name, _ = self.expected.pop(mid)
                 events.request.fire(request_type="WS", name=name,
                                     response_time=LOSS_TIMEOUT * 1000, response_length=0,
                                     exception=TimeoutError(f"lost: {mid} to {user}"))
@@ -182,6 +186,8 @@ class WsnodeUser(User):
             pass
         if self.ws is ws:  # closed under us (a drain, a pod that died): come back
             ONLINE.pop(self.user_id, None)
+            # At-most-once messages in flight may be lost legitimately meanwhile.
+            LEDGER.forget_user(self.user_id, keep_acked=True)
             self.ws = None
             gevent.spawn(self._reconnect)
 
@@ -202,15 +208,14 @@ class WsnodeUser(User):
         if typ in self.delivered_types:
             payload = frame.get("payload") or {}
             mid, ts = payload.get("mid"), payload.get("ts")
-            if mid is not None:
-                LEDGER.arrived(mid)
-            if isinstance(ts, float):
+            first = LEDGER.arrived(mid) if mid is not None else True
+            if isinstance(ts, float) and first:  # a resend is not another delivery
                 events.request.fire(request_type="WS", name=f"{typ} delivery",
                                     response_time=(time.time() - ts) * 1000,
                                     response_length=0, exception=None)
             if frame.get("requiresAck"):
                 self.send_frame({"type": "ack", "payload": {"id": frame["id"]}})
-                if isinstance(ts, float):
+                if isinstance(ts, float) and first:
                     events.request.fire(request_type="WS", name=f"{typ} ack",
                                         response_time=(time.time() - ts) * 1000,
                                         response_length=0, exception=None)

@@ -91,7 +91,7 @@ class NotificationUser(WsnodeUser):
         if self.ws is None:
             return
         mid = uuid.uuid4().hex
-        LEDGER.expect(mid, self.user_id, "notification delivery")
+        LEDGER.expect(mid, self.user_id, "notification delivery", acked=True)
         body = {"user": self.user_id, "envelope": {
             "type": "notification", "id": mid, "requiresAck": True,
             "payload": {"mid": mid, "ts": time.time()}}}

@@ -57,13 +57,16 @@ def verdict(checks: list[Check]) -> Status:
 
 async def readyz(session: aiohttp.ClientSession, name: str, admin: str | None) -> Check:
     """One pod's /readyz, as a check."""
-    if not admin:
-        return Check(f"pod {name}", Status.WARN, "advertises no admin URL",
+    if not admin or not admin.startswith(("http://", "https://")):
+        return Check(f"pod {name}", Status.WARN, "advertises no usable admin URL",
                      "set WSNODE_ADMIN_ADVERTISE on the pod")
     try:
-        async with session.get(f"{admin}/readyz",
+        # Only the pod's own answer: the URL comes from Redis, redirects are not ours.
+        async with session.get(f"{admin}/readyz", allow_redirects=False,
                                timeout=aiohttp.ClientTimeout(total=3)) as resp:
-            body: dict[str, Any] = await resp.json(content_type=None)
+            body = await resp.json(content_type=None)
+        if not isinstance(body, dict) or resp.status not in (200, 503):
+            raise ValueError(f"unexpected answer (HTTP {resp.status})")
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         return Check(f"pod {name}", Status.FAIL,
                      f"its lease is live but {admin} does not answer ({type(exc).__name__})",

@@ -17,6 +17,8 @@ Survives a Redis restart when Redis persists (AOF, see the README).
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 from urllib.parse import unquote
 
@@ -62,9 +64,19 @@ class RedisAckStore:
             "store", enc, env.type, body, p.ttl_ms, p.retry_interval_ms,
             "" if env.expires_at is None else env.expires_at, p.max_pending_per_user,
             p.dead_ttl_ms, self._msg_prefix(user)]
+        # The expiry index entry goes in the same pipeline as the store: a crash
+        # between the two would leave a message the sweeper never visits. Its
+        # score is this clock's guess, a second late at most: the sweep checks
+        # the real expiry in the script and keeps an entry that is not due yet.
+        guess = int(time.time() * 1000) + p.ttl_ms + _EXPIRY_SLACK_MS
+        if env.expires_at is not None:
+            guess = min(guess, env.expires_at + _EXPIRY_SLACK_MS)
+        entry = {member(user, enc): guess}
         with translated("ack store"):
             # One store per ACK-required message: coalesced with this tick's others.
-            reply = await self._batch.script(self._script, keys, args)
+            reply, _ = await asyncio.gather(
+                self._batch.script(self._script, keys, args),
+                self._batch.run(lambda pipe: pipe.zadd(k.ack_expiry, entry)))
             if int(reply[0]) == 1:
                 state = MsgState(text(reply[2]))
                 existing = None
@@ -73,8 +85,6 @@ class RedisAckStore:
                 return StoreResult(int(reply[1]), existing, duplicate=True, state=state)
             seq, now, expires, due, overflow = (int(reply[1]), int(reply[2]), int(reply[3]),
                                                 int(reply[4]), text(reply[5]))
-            entry = {member(user, enc): expires}
-            await self._batch.run(lambda pipe: pipe.zadd(k.ack_expiry, entry))
             if overflow:
                 await self._index_dead(user, overflow, now)
         msg = StoredMessage(user=user, id=MsgId(env.id), seq=seq, type=env.type, body=body,
@@ -171,7 +181,7 @@ class RedisAckStore:
                 rows = await pipe.execute()
         out = []
         for (u, e), row in zip(refs, rows, strict=True):
-            if row.get(b"state") != b"dead":
+            if row.get(b"state") != b"dead" or row.get(b"body") is None:
                 continue  # retried or expired since it was indexed
             fields = [row.get(f.encode()) for f in _FIELDS]
             out.append(DeadLetter(_message(u, e, fields), DeadReason(text(row[b"reason"])),
@@ -239,6 +249,7 @@ class RedisAckStore:
 
 
 _FIELDS = ("seq", "type", "body", "stored_at", "expires_at", "attempts", "next_due")
+_EXPIRY_SLACK_MS = 1000
 
 
 def _message(user: UserId, enc: str, f: list[Any]) -> StoredMessage:

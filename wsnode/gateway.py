@@ -148,6 +148,7 @@ class Gateway:
             max_queue_bytes=self._settings.send_queue_size,
             close_timeout=min(5.0, self._settings.drain_timeout),
             on_overflow=self._overflowed,
+            on_held_dropped=lambda n: self._metrics.count_dropped("replay_overflow", n),
         )
         # The welcome goes out before the hub knows the connection, so nothing
         # routed can precede it; routed messages are then held until the replay
@@ -163,8 +164,10 @@ class Gateway:
                                            "user": conn.user, "peer": _peer(ws)})
         try:
             await self._on_open(conn)
-            conn.release(await self._replay_on_connect(conn),
-                         echo_s=min(1.0, self._settings.ack_retry_interval / 2))
+            replayed = await self._replay_on_connect(conn)
+            # The replay written out first: what was held then fits the queue.
+            await conn.flushed()
+            conn.release(replayed, echo_s=min(1.0, self._settings.ack_retry_interval / 2))
             if identity.expires_at is not None:
                 expiry = asyncio.get_running_loop().call_later(
                     max(0.0, identity.expires_at - time.time()),

@@ -11,7 +11,6 @@ stored and reach it on reconnect.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -38,6 +37,7 @@ class Conn:
         "_closer",
         "_held",
         "_held_bytes",
+        "_on_held_dropped",
         "_on_overflow",
         "_queue",
         "_queued",
@@ -66,6 +66,7 @@ class Conn:
         max_queue_bytes: int = 1 << 20,
         close_timeout: float = 5.0,
         on_overflow: Callable[[Conn], None] | None = None,
+        on_held_dropped: Callable[[int], None] | None = None,
     ) -> None:
         self.ws = ws
         self.id = conn_id
@@ -77,6 +78,7 @@ class Conn:
         self.close_timeout = close_timeout
         self.closing = False
         self._on_overflow = on_overflow
+        self._on_held_dropped = on_held_dropped
         self._queue: deque[bytes] = deque()
         self._queued = 0
         self._writer: asyncio.Task[None] | None = None
@@ -109,11 +111,15 @@ class Conn:
             return self.push(frame)
         if self.closing:
             return False
+        if self._held_bytes + len(frame) > self.max_queue_bytes:
+            # A long replay of a busy user: rather than close a client that reads
+            # fine, give up what was held. ACK-required messages come back as
+            # resends (they are tracked); at-most-once ones are counted as dropped.
+            if self._on_held_dropped is not None:
+                self._on_held_dropped(sum(1 for _, a in self._held if a is None))
+            self._held, self._held_bytes = [], 0
         self._held.append((frame, ack_id))
         self._held_bytes += len(frame)
-        if self._held_bytes > self.max_queue_bytes:
-            self._overflow()
-            return False
         return True
 
     def hold(self) -> None:
@@ -137,11 +143,11 @@ class Conn:
 
     async def flushed(self) -> None:
         """Until every queued frame is written to the socket (or the connection
-        is done): a producer of many frames waits here instead of overflowing."""
+        is done): a producer of many frames waits here instead of overflowing.
+        Cancelling the caller does not cancel the writer."""
         writer = self._writer
         if writer is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(writer)
+            await asyncio.wait({writer})
 
     def push(self, frame: bytes) -> bool:
         """Queue one encoded text frame. False if it will not be sent."""
@@ -170,7 +176,8 @@ class Conn:
         the await is most of the cost of a small frame.
         """
         ws = self.ws
-        if ws.protocol.state is not State.OPEN or ws.paused or ws.send_in_progress is not None:
+        if ws.protocol.state is not State.OPEN or ws.paused or ws.send_in_progress is not None \
+                or ws.transport.is_closing():
             return False
         ws.protocol.send_text(frame)
         ws.send_data()
@@ -221,13 +228,12 @@ class Conn:
         self.closing = True
         try:
             async with asyncio.timeout(self.close_timeout):
-                writer = self._writer
-                if writer is not None:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await asyncio.shield(writer)
+                await self.flushed()
                 await self.ws.close(code, close_reason(reason))
         except TimeoutError:
             self._drop_queue()
+            if self._writer is not None:
+                self._writer.cancel()
             self.ws.transport.abort()
 
 

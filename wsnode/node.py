@@ -48,6 +48,9 @@ from wsnode.trace import TracePolicy
 log = logging.getLogger("wsnode.node")
 
 _SWEEP_INTERVAL = 1.0
+# Pending messages per user looked at after a re-announce (the oldest ones; a
+# user with more gets the rest on their next replay).
+_RESUME_LIMIT = 1000
 
 
 class NodeState(StrEnum):
@@ -228,7 +231,7 @@ class Node:
     async def _on_stranded(self, batch: list[Delivery]) -> None:
         """Deliveries stranded on a dead pod's queue: route them again."""
         for delivery in batch:
-            await self._pass_on(delivery, "pod_died", local=True)
+            await self._pass_on(delivery, "pod_died", local=self.pod not in delivery.reached)
 
     async def _pass_on(self, delivery: Delivery, reason: str, *, local: bool = False) -> None:
         moved = replace(delivery, hops=delivery.hops + 1)
@@ -347,9 +350,11 @@ class Node:
             closers.append(loop.create_task(self._send_away(conn)))
         # A handshake that was past its 503 check when the drain began opens a
         # connection after the snapshot above: send those away too.
-        while late := [c for c in self.hub if not c.closing]:
+        sent = {c.id for c in conns}
+        while late := [c for c in self.hub if c.id not in sent and not c.closing]:
             if loop.time() >= deadline:
                 break
+            sent.update(c.id for c in late)
             closers += [loop.create_task(self._send_away(c)) for c in late]
             await asyncio.sleep(0.05)
         if closers:
@@ -449,10 +454,24 @@ class Node:
                 backoff = min(interval, backoff * 2)
 
     async def _announce(self) -> None:
+        """Write this pod's connections into presence again (a new life), then
+        take care of what the gap may have cost: a connection that closed while
+        its entry was being written back, and ACK-required messages sent while
+        this pod's users looked offline (stored, routed nowhere, tracked by no
+        pod): they are tracked here, so they are resent without a reconnect."""
         self._presence_dirty = False
-        await self.presence.add_many(self.pod, [(c.user, c.id, c.since) for c in self.hub])
-        log.info("presence re-announced (%d connections)", len(self.hub),
-                 extra={"pod": self.pod})
+        snapshot = [(c.user, c.id, c.since) for c in self.hub]
+        await self.presence.add_many(self.pod, snapshot)
+        for user, conn_id, _ in snapshot:
+            if self.hub.get(conn_id) is None:
+                await self.presence.remove(self.pod, user, conn_id)
+        floor = self.clock.now_ms() + int(self.settings.ack_retry_interval * 1000)
+        users = {c.user for c in self.hub}
+        for user in users:
+            for msg in await self.acks.pending(user, limit=_RESUME_LIMIT):
+                self.resender.track(user, msg.id, max(msg.next_due, floor))
+        log.info("presence re-announced (%d connections, %d users)", len(snapshot),
+                 len(users), extra={"pod": self.pod})
 
     async def _start_bus(self) -> bool:
         try:

@@ -38,6 +38,7 @@ _BACKEND_RETRY_MS = 1000
 _BUSY_RETRY_MS = 1000
 _REROUTE_FIRST_MS = 250
 _REROUTE_MAX_MS = 10_000
+_MAX_UNROUTED = 50_000
 
 
 class _Kind(IntEnum):
@@ -73,16 +74,26 @@ class Resender:
         self._due: dict[_Key, int] = {}
         self._unrouted: dict[tuple[UserId, MsgId], tuple[Delivery, int]] = {}
         self._wake = asyncio.Event()
+        self._capped = False
 
     def track(self, user: UserId, msg_id: MsgId, due_ms: int) -> None:
         """Ask the store about ``(user, msg_id)`` at ``due_ms`` (the latest call wins)."""
         self._schedule((_Kind.CLAIM, user, msg_id), due_ms)
 
     def track_unrouted(self, delivery: Delivery) -> None:
-        """Route ``delivery`` again soon, backing off while it keeps failing."""
+        """Route ``delivery`` again soon, backing off while it keeps failing.
+        Bounded: past ``_MAX_UNROUTED`` (a long bus outage) further ones are
+        left to the store: they reach their users on reconnect or restore."""
         assert delivery.ack_id is not None
         key = (delivery.user, delivery.ack_id)
         previous = self._unrouted.get(key)
+        if previous is None and len(self._unrouted) >= _MAX_UNROUTED:
+            if not self._capped:
+                self._capped = True
+                log.warning("over %d ACK-required deliveries wait for the bus; further ones "
+                            "wait in the store for their users' next connect", _MAX_UNROUTED)
+            return
+        self._capped = False
         wait = min(previous[1] * 2, _REROUTE_MAX_MS) if previous else _REROUTE_FIRST_MS
         self._unrouted[key] = (delivery, wait)
         self._schedule((_Kind.REROUTE, *key), self._clock.now_ms() + wait)

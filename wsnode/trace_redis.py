@@ -29,8 +29,9 @@ log = logging.getLogger("wsnode.trace")
 
 FLUSH_S = 0.02
 # Events a message can collect without bound (a client reconnecting over and
-# over is replayed each time): only lists that got one are trimmed.
-_UNBOUNDED = frozenset({"replayed", "resent"})
+# over is replayed each time; a producer retrying one id): only lists that got
+# one are trimmed.
+_UNBOUNDED = frozenset({"replayed", "resent", "duplicate"})
 
 
 class RedisTracer:

@@ -17,7 +17,7 @@ from websockets.asyncio.client import connect
 from wsnode import Envelope, Node, load_settings
 from wsnode.acks import MemoryAckStore
 from wsnode.backends import Backends, ack_policy
-from wsnode.bus import MemoryBus
+from wsnode.bus import Delivery, MemoryBus
 from wsnode.ids import ConnId, PodId, UserId
 from wsnode.limiter import NoLimiter
 from wsnode.presence import MemoryPresence
@@ -120,3 +120,55 @@ async def test_pass_on_never_gives_a_device_a_second_copy() -> None:
         assert orjson.loads(await phone.recv())["payload"] == "once"
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(phone.recv(), 0.5)
+
+
+async def test_stranded_delivery_is_not_delivered_twice_where_it_already_was() -> None:
+    async with pods("pod-a") as (a,), \
+            connect(f"ws://127.0.0.1:{a.port}/ws?user=sam") as phone:
+        for _ in range(2):  # welcome, restore
+            await phone.recv()
+        frame = Envelope(type="n", payload="once").encode()
+        # pod-a got its copy from the sender; the copy for a pod that died comes
+        # back through the stranded queue naming pod-a among those it reached.
+        await a.send_to_user("sam", Envelope(type="n", payload="once"))
+        await a._on_stranded([Delivery(UserId("sam"), frame, "n",
+                                       reached=(PodId("pod-a"), PodId("pod-dead")))])
+        assert orjson.loads(await phone.recv())["payload"] == "once"
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(phone.recv(), 0.5)
+
+
+async def test_ack_sent_while_a_pod_rejoins_reaches_its_online_user(redis_prefix: str) -> None:
+    """A pod whose presence writes were lost (a Redis blip) joins again with a new
+    epoch; an ACK-required message sent meanwhile found its user nowhere. It must
+    still arrive without the user reconnecting."""
+    common = {"redis_url": REDIS_URL, "key_prefix": redis_prefix,
+              "heartbeat_interval": "200ms", "ack_retry_interval": "300ms"}
+    async with Node(settings("pod-a", **common), insecure=True) as a, \
+            Node(settings("pod-b", **common), insecure=True) as b, \
+            connect(f"ws://127.0.0.1:{a.port}/ws?user=ann") as ann:  # type: ignore[arg-type]
+        for _ in range(2):
+            await ann.recv()
+        await a.presence.leave(a.pod)  # what a Redis outage costs the pod
+        a._presence_dirty = True
+        report = await b.send_to_user("ann", Envelope(type="n", id="m1", requires_ack=True))
+        assert report.stored and report.local == 0 and report.pods == []
+        got = orjson.loads(await asyncio.wait_for(ann.recv(), 5))
+        assert (got["id"], got["seq"]) == ("m1", report.seq)
+
+
+async def test_close_gives_up_on_a_client_that_does_not_read() -> None:
+    s = settings("solo", send_queue_size="256MiB", drain_timeout="2s")
+    async with Node(s, insecure=True) as node:  # type: ignore[arg-type]
+        stuck = await connect(f"ws://127.0.0.1:{node.port}/ws?user=stuck", max_queue=1)
+        blob = "x" * 60_000
+        for _ in range(600):  # 36 MB: the socket buffers fill, the writer parks
+            await node.send_to_user("stuck", Envelope(type="n", payload=blob))
+        (conn,) = node.hub.conns_of(UserId("stuck"))
+        assert conn.queued_bytes > 0
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await conn.close(1012, "drain")
+        assert loop.time() - started < 3.0  # close_timeout is 2 s here
+        assert conn.ws.transport.is_closing()
+        stuck.transport.abort()

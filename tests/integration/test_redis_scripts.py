@@ -52,6 +52,9 @@ async def test_every_script_path_reloads_after_a_script_flush(client: Redis) -> 
     assert [m.id for m in await acks.pending(alice)] == ["m1"]
     await client.script_flush()
     assert await acks.settle(alice, MsgId("m1")) is MsgState.PENDING
+    # Settled: only the idempotency record stays, not the body.
+    assert await client.hget(keys.user_msg(alice, "m1"), "body") is None
+    assert await client.hget(keys.user_msg(alice, "m1"), "state") == b"acked"
     await client.script_flush()
     await presence.remove(pod, alice, ConnId("c1"))
     assert await presence.connections(alice) == []
