@@ -399,9 +399,6 @@ class Node:
         self.state = NodeState.STOPPED
         self._stopped.set()
 
-    async def wait_stopped(self) -> None:
-        await self._stopped.wait()
-
     def _accepting(self) -> bool:
         return self.state is NodeState.ACTIVE
 

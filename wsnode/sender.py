@@ -50,11 +50,6 @@ class SendReport:
     duplicate: bool = False
     failed_pods: list[PodId] = field(default_factory=list)
 
-    @property
-    def reached(self) -> bool:
-        """True when some connection got it now, or it is stored for later."""
-        return self.local > 0 or bool(self.pods) or self.stored
-
     def to_json(self) -> dict[str, object]:
         return {"user": self.user, "local": self.local, "pods": self.pods,
                 "stored": self.stored, "seq": self.seq, "duplicate": self.duplicate,
