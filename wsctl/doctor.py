@@ -168,13 +168,13 @@ async def _ack_checks(client: Any, keys: Any, acks: Any, settings: NodeSettings,
 async def _bus_checks(url: str, names: Any, pods: list[str]) -> list[Check]:
     import aio_pika
 
-    from wsnode.redis_conn import safe_url
+    from wsnode.urls import redact
 
     started = time.perf_counter()
     try:
         connection = await aio_pika.connect(url, timeout=3)
     except Exception as exc:
-        return [Check("rabbitmq", Status.FAIL, f"unreachable at {safe_url(url)}: "
+        return [Check("rabbitmq", Status.FAIL, f"unreachable at {redact(url)}: "
                       f"{type(exc).__name__}", "check WSNODE_AMQP_URL and that RabbitMQ runs")]
     ms = (time.perf_counter() - started) * 1000
     checks = [Check("rabbitmq", Status.OK if ms < 10 * SLOW_MS else Status.WARN,

@@ -30,6 +30,7 @@ from wsnode.sender import Sender
 from wsnode.settings import NodeSettings
 from wsnode.trace import TracePolicy
 from wsnode.trace_redis import RedisTracer
+from wsnode.urls import redact
 
 NO_BUS = ("WSNODE_AMQP_URL is not set: sending and draining need the bus "
           "(or pass --node http://HOST:9765 to go through one pod)")
@@ -73,7 +74,7 @@ class ClusterTarget:
 
     @property
     def name(self) -> str:
-        return redis_conn.safe_url(self._settings.redis_url or "")
+        return redact(self._settings.redis_url or "")
 
     async def aclose(self) -> None:
         await self._tracer.aclose()
