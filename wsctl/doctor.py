@@ -87,38 +87,33 @@ async def readyz(session: aiohttp.ClientSession, name: str, admin: str | None) -
 
 
 async def cluster_checks(settings: NodeSettings) -> list[Check]:
-    from wsnode import redis_conn
-    from wsnode.acks_redis import RedisAckStore
-    from wsnode.backends import ack_policy
-    from wsnode.keys import AmqpNames, RedisKeys, split_member
-    from wsnode.presence_redis import RedisPresence
+    from wsnode.backends import build_backends
+    from wsnode.keys import AmqpNames
+    from wsnode.metrics import Metrics
 
     assert settings.redis_url is not None
     checks: list[Check] = []
-    client = redis_conn.connect(settings.redis_url, max_connections=4)
-    keys = RedisKeys(settings.key_prefix)
+    backends = build_backends(settings, Metrics(), tool=True)
     try:
         started = time.perf_counter()
         try:
-            await asyncio.wait_for(client.ping(), 3)
+            await asyncio.wait_for(backends.acks.stats(), 3)
         except Exception as exc:
             return [Check("redis", Status.FAIL, f"unreachable: {exc}",
                           "check WSNODE_REDIS_URL and that Redis runs")]
         ms = (time.perf_counter() - started) * 1000
         checks.append(Check("redis", Status.OK if ms < SLOW_MS else Status.WARN,
                             f"answers in {ms:.1f} ms"))
-        presence = RedisPresence(client, keys, live_cache_ms=0)
-        pods = await presence.pods()
+        pods = await backends.presence.pods()
         checks.append(Check("pods", Status.OK if pods else Status.WARN,
                             f"{len(pods)} live: " + ", ".join(p.pod for p in pods) if pods
                             else "no live pod", "" if pods else "start one: wsnode serve"))
         async with aiohttp.ClientSession() as session:
             checks += await asyncio.gather(*(readyz(session, p.pod, p.admin) for p in pods))
-        checks += await _leftovers(client, keys, split_member)
-        acks = RedisAckStore(client, keys, ack_policy(settings))
-        checks += await _ack_checks(client, keys, acks, settings, split_member)
+        checks += _leftovers(await backends.presence.stale())
+        checks += _ack_checks(await backends.acks.stats(), settings.ack_ttl)
     finally:
-        await client.aclose()
+        await backends.close()
     if settings.amqp_url is None:
         checks.append(Check("rabbitmq", Status.WARN, "WSNODE_AMQP_URL is not set",
                             "without a bus pods only reach their own connections"))
@@ -128,33 +123,20 @@ async def cluster_checks(settings: NodeSettings) -> list[Check]:
     return checks
 
 
-async def _leftovers(client: Any, keys: Any, split_member: Any) -> list[Check]:
+def _leftovers(stale: list[tuple[Any, int]]) -> list[Check]:
     """Lives whose lease is gone but whose connections are still indexed."""
-    from wsnode.redis_conn import text
-
-    lives = [split_member(text(m)) for m in await client.smembers(keys.lives)]
-    out = []
-    for pod, epoch in lives:
-        lease = await client.get(keys.pod_lease(pod))
-        if lease is not None and text(lease) == epoch:
-            continue
-        left = await client.scard(keys.pod_index(pod, int(epoch)))
-        if left:
-            out.append(Check(f"pod {pod}", Status.FAIL,
-                             f"dead (lease expired) with {left} connection(s) still in "
-                             "presence", "live pods purge it within a heartbeat; if this "
-                             "stays, no live pod is reaping (are all pods down?)"))
+    out = [Check(f"pod {pod}", Status.FAIL,
+                 f"dead (lease expired) with {left} connection(s) still in presence",
+                 "live pods purge it within a heartbeat; if this stays, no live pod is "
+                 "reaping (are all pods down?)") for pod, left in stale]
     return out or [Check("presence", Status.OK, "nothing left behind by dead pods")]
 
 
-async def _ack_checks(client: Any, keys: Any, acks: Any, settings: NodeSettings,
-                      split_member: Any) -> list[Check]:
-    stats = await acks.stats()
-    oldest = await client.zrange(keys.ack_expiry, 0, 0, withscores=True)
+def _ack_checks(stats: Any, ack_ttl: float) -> list[Check]:
     detail = f"{stats.pending} pending"
-    if oldest:
-        stored_at = oldest[0][1] - settings.ack_ttl * 1000
-        age = max(0.0, time.time() - stored_at / 1000)
+    if stats.first_expiry is not None:
+        # The oldest pending message expires first (expiresAt aside): its age.
+        age = max(0.0, time.time() - (stats.first_expiry / 1000 - ack_ttl))
         detail += f", oldest {age:.0f}s old"
     out = [Check("ack store", Status.OK, detail)]
     if stats.dead:

@@ -15,21 +15,16 @@ from typing import cast
 
 from wsctl import documents as doc
 from wsctl.errors import ApiError, CtlError, NotFound, Unreachable
-from wsnode import redis_conn
-from wsnode.acks_redis import RedisAckStore
-from wsnode.backends import ack_policy
-from wsnode.bus import Bus, MemoryBus, Unroutable
-from wsnode.errors import BackendUnavailable, SendError
+from wsnode.backends import build_backends
+from wsnode.bus import Bus, Unroutable
+from wsnode.errors import BackendError, BackendUnavailable, SendError
 from wsnode.errors import NotFound as NodeNotFound
 from wsnode.ids import MsgId, PodId, UserId
-from wsnode.keys import AmqpNames, RedisKeys
 from wsnode.metrics import Metrics
-from wsnode.presence_redis import RedisPresence
 from wsnode.protocol import Envelope
 from wsnode.sender import Sender
 from wsnode.settings import NodeSettings
 from wsnode.trace import TracePolicy
-from wsnode.trace_redis import RedisTracer
 from wsnode.urls import redact
 
 NO_BUS = ("WSNODE_AMQP_URL is not set: sending and draining need the bus "
@@ -43,6 +38,8 @@ async def _translated(where: str) -> AsyncIterator[None]:
     except BackendUnavailable as exc:
         raise Unreachable(f"cannot reach the cluster ({where}): {exc}",
                           "check WSNODE_REDIS_URL / WSNODE_AMQP_URL, or pass --node") from exc
+    except BackendError as exc:
+        raise CtlError(f"the cluster refused {where}: {exc}") from exc
     except SendError as exc:
         raise ApiError(str(exc), status=400, code="bad_request") from exc
     except NodeNotFound as exc:
@@ -55,21 +52,15 @@ class ClusterTarget:
     def __init__(self, settings: NodeSettings) -> None:
         assert settings.redis_url is not None
         self._settings = settings
-        self._redis = redis_conn.connect(settings.redis_url, max_connections=8)
-        keys = RedisKeys(settings.key_prefix)
-        self._presence = RedisPresence(self._redis, keys,
-                                       lease_ms=int(settings.lease_seconds * 1000),
-                                       live_cache_ms=0)
-        self._acks = RedisAckStore(self._redis, keys, ack_policy(settings))
-        self._bus: Bus | None = None
-        if settings.amqp_url is not None:
-            from wsnode.bus_rabbitmq import RabbitBus
-
-            self._bus = RabbitBus(settings.amqp_url, AmqpNames(settings.key_prefix))
+        # The pods' own factory: a send from here is stored, scheduled and
+        # routed exactly as one from a pod (no pod's memory is involved).
+        self._backends = build_backends(settings, Metrics(), tool=True)
+        b = self._backends
+        self._presence, self._acks, self._tracer = b.presence, b.acks, b.tracer
+        self._bus: Bus | None = b.bus if settings.amqp_url is not None else None
         ttl_ms = int(settings.trace_ttl * 1000)
-        self._tracer = RedisTracer(self._redis, keys, ttl_ms)
-        self._sender = Sender(presence=self._presence, bus=self._bus or MemoryBus(),
-                              acks=self._acks, metrics=Metrics(), tracer=self._tracer,
+        self._sender = Sender(presence=b.presence, bus=b.bus, acks=b.acks, metrics=Metrics(),
+                              shared_bus=b.shared_bus, tracer=b.tracer,
                               trace_policy=TracePolicy.parse(settings.trace, ttl_ms))
 
     @property
@@ -77,11 +68,7 @@ class ClusterTarget:
         return redact(self._settings.redis_url or "")
 
     async def aclose(self) -> None:
-        await self._tracer.aclose()
-        if self._bus is not None:
-            bus, self._bus = self._bus, None
-            await bus.stop()
-        await self._redis.aclose()
+        await self._backends.close()
 
     def _need_bus(self) -> Bus:
         if self._bus is None:

@@ -11,17 +11,18 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
+from pydantic import SecretStr
 
+from wsnode.acks import DeadLetter, MsgState
 from wsnode.errors import NotFound, ProtocolError, SendError, WsnodeError
 from wsnode.ids import MsgId, PodId, UserId
+from wsnode.presence import PresenceReader
 from wsnode.protocol import Envelope
-
-if TYPE_CHECKING:
-    from wsnode.node import Node
+from wsnode.sender import SendReport
 
 log = logging.getLogger("wsnode.admin")
 
@@ -51,13 +52,40 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-class AdminApi:
-    """Routes of the admin port, over a node's public methods."""
+class AdminPort(Protocol):
+    """What the admin API needs of a pod (the node implements it)."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        key = node.settings.api_key
-        self._key = key.get_secret_value().encode() if key is not None else None
+    @property
+    def pod(self) -> PodId: ...
+
+    @property
+    def presence(self) -> PresenceReader: ...
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether the pod should get new connections, and the document of why."""
+        ...
+
+    async def metrics_text(self) -> bytes: ...
+
+    async def send(self, user: UserId, env: Envelope, *, trace: bool) -> SendReport: ...
+
+    async def drain_pod(self, pod: PodId, over: float) -> None: ...
+
+    async def message_state(self, user: UserId, msg_id: MsgId) -> MsgState | None: ...
+
+    async def trail(self, msg_id: MsgId, user: UserId | None) -> list[dict[str, Any]]: ...
+
+    async def dead_letters(self, user: UserId | None, limit: int) -> list[DeadLetter]: ...
+
+    async def retry_dead(self, msg_id: MsgId, user: UserId | None) -> list[SendReport]: ...
+
+
+class AdminApi:
+    """Routes of the admin port, over an :class:`AdminPort`."""
+
+    def __init__(self, port: AdminPort, api_key: SecretStr | None) -> None:
+        self.node = port
+        self._key = api_key.get_secret_value().encode() if api_key is not None else None
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._guard], client_max_size=4 * 1024 * 1024)
@@ -107,13 +135,11 @@ class AdminApi:
         return web.Response(text="ok\n")
 
     async def readyz(self, request: web.Request) -> web.Response:
-        ready, checks = self.node.readiness()
-        return _json({"ready": ready, "pod": self.node.pod, "state": self.node.state.value,
-                      "checks": checks}, 200 if ready else 503)
+        ready, document = self.node.readiness()
+        return _json(document, 200 if ready else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        await self.node.refresh_gauges()
-        return web.Response(body=self.node.metrics.render(),
+        return web.Response(body=await self.node.metrics_text(),
                             content_type="text/plain", charset="utf-8")
 
     async def send(self, request: web.Request) -> web.Response:
@@ -122,8 +148,7 @@ class AdminApi:
         if not isinstance(user, str) or not user:
             return _error(400, "bad_request", "'user' must be a non-empty string")
         env = Envelope.from_wire(body.get("envelope"))
-        report = await self.node.sender.send_to_user(UserId(user), env,
-                                                     trace=body.get("trace") is True)
+        report = await self.node.send(UserId(user), env, trace=body.get("trace") is True)
         return _json(report.to_json())
 
     async def presence(self, request: web.Request) -> web.Response:
@@ -152,14 +177,14 @@ class AdminApi:
 
     async def message(self, request: web.Request) -> web.Response:
         user, msg_id = UserId(request.match_info["user"]), MsgId(request.match_info["id"])
-        state = await self.node.acks.status(user, msg_id)
+        state = await self.node.message_state(user, msg_id)
         if state is None:
             return _error(404, "not_found", f"no message {msg_id!r} for user {user!r}")
         return _json({"user": user, "id": msg_id, "state": state.value})
 
     async def trace(self, request: web.Request) -> web.Response:
         msg_id, user = MsgId(request.match_info["id"]), request.query.get("user")
-        events = await self.node.tracer.trail(msg_id, UserId(user) if user else None)
+        events = await self.node.trail(msg_id, UserId(user) if user else None)
         if not events:
             return _error(404, "not_found", f"no trail for message {msg_id!r}")
         return _json({"id": msg_id, "events": events})
@@ -172,7 +197,7 @@ class AdminApi:
             limit = 0
         if not 1 <= limit <= 1000:
             return _error(400, "bad_request", "'limit' must be an integer from 1 to 1000")
-        rows = await self.node.acks.dead_letters(UserId(user) if user else None, limit)
+        rows = await self.node.dead_letters(UserId(user) if user else None, limit)
         return _json({"messages": [d.to_json() for d in rows]})
 
     async def dlq_retry(self, request: web.Request) -> web.Response:

@@ -1,9 +1,11 @@
-"""The four backends of a node, chosen from settings.
+"""The backends of a node, chosen from settings: the one factory.
 
 Embedded (nothing configured): every backend in memory. ``WSNODE_REDIS_URL``:
-presence, rate limiter and ACK store in Redis. ``WSNODE_AMQP_URL`` as well:
-the RabbitMQ bus, so pods deliver to each other (cluster mode). Every side
-implements the same Protocols, so the node's code paths are the same in all modes.
+presence, rate limiter, ACK store and trails in Redis. ``WSNODE_AMQP_URL`` as
+well: the RabbitMQ bus, so pods deliver to each other (cluster mode). Every
+side implements the same Protocols, so the node's code paths are the same in
+all modes. ``wsctl`` builds its backends here too (``tool=True``), so a send
+from wsctl stores, schedules and routes exactly as a pod's does.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from wsnode.acks import AckPolicy, AckStore, MemoryAckStore
+from wsnode.acks import AckBackend, AckPolicy
+from wsnode.acks_memory import MemoryAcks
 from wsnode.bus import Bus, MemoryBus
 from wsnode.clock import Clock, SystemClock
 from wsnode.errors import SettingsError
@@ -30,16 +33,18 @@ log = logging.getLogger("wsnode.backends")
 class Backends:
     presence: Presence
     limiter: RateLimiter
-    acks: AckStore
+    acks: AckBackend
     bus: Bus
     # False when no other pod can be reached (no shared bus): sends skip the
     # presence lookup, which could only name this pod.
-    remote: bool = True
+    shared_bus: bool = True
     tracer: Tracer = field(default_factory=NoTracer)
     # Called in order on close (connection pools and the like).
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def close(self) -> None:
+        """Stop the bus, write buffered trails, close pools (idempotent)."""
+        await self.bus.stop()
         await self.tracer.aclose()
         for close in self.closers:
             await close()
@@ -59,16 +64,18 @@ def memory_backends(settings: NodeSettings, clock: Clock | None = None) -> Backe
     return Backends(
         presence=MemoryPresence(int(settings.lease_seconds * 1000), clock),
         limiter=MemoryLimiter(rate, clock) if rate is not None else NoLimiter(),
-        acks=MemoryAckStore(ack_policy(settings), clock),
+        acks=MemoryAcks(ack_policy(settings), clock),
         bus=MemoryBus(),
-        remote=False,
+        shared_bus=False,
         tracer=MemoryTracer(int(settings.trace_ttl * 1000), clock=clock),
     )
 
 
-def build_backends(settings: NodeSettings, metrics: Metrics,
-                   clock: Clock | None = None) -> Backends:
-    """The backends ``settings`` ask for (see the module docstring)."""
+def build_backends(settings: NodeSettings, metrics: Metrics, clock: Clock | None = None,
+                   *, tool: bool = False) -> Backends:
+    """The backends ``settings`` ask for (see the module docstring). ``tool``:
+    for a short-lived client such as wsctl (a small pool, presence read without
+    a cache, a publish-only bus)."""
     if settings.redis_url is None:
         if settings.amqp_url is not None:
             raise SettingsError(
@@ -76,12 +83,12 @@ def build_backends(settings: NodeSettings, metrics: Metrics,
                 "(presence tells the bus where users are)")
         return memory_backends(settings, clock)
     from wsnode import redis_conn
-    from wsnode.acks_redis import RedisAckStore
+    from wsnode.acks_redis import RedisAcks
     from wsnode.limiter_redis import RedisLimiter
     from wsnode.presence_redis import RedisPresence
     from wsnode.trace_redis import RedisTracer
 
-    client = redis_conn.connect(settings.redis_url)
+    client = redis_conn.connect(settings.redis_url, max_connections=8 if tool else 64)
     keys = RedisKeys(settings.key_prefix)
     rate = settings.rate_limit
     limiter: RateLimiter = NoLimiter()
@@ -94,15 +101,18 @@ def build_backends(settings: NodeSettings, metrics: Metrics,
         bus = RabbitBus(settings.amqp_url, AmqpNames(settings.key_prefix),
                         canary_interval=settings.heartbeat_interval)
     else:
-        log.warning("WSNODE_REDIS_URL without WSNODE_AMQP_URL: state is shared in Redis, "
-                    "but messages reach only this pod's connections")
+        if not tool:
+            log.warning("WSNODE_REDIS_URL without WSNODE_AMQP_URL: state is shared in Redis, "
+                        "but messages reach only this pod's connections")
         bus = MemoryBus()
+    lease_ms = int(settings.lease_seconds * 1000)
     return Backends(
-        presence=RedisPresence(client, keys, lease_ms=int(settings.lease_seconds * 1000)),
+        presence=RedisPresence(client, keys, lease_ms=lease_ms,
+                               live_cache_ms=0 if tool else 1000),
         limiter=limiter,
-        acks=RedisAckStore(client, keys, ack_policy(settings)),
+        acks=RedisAcks(client, keys, ack_policy(settings)),
         bus=bus,
-        remote=settings.amqp_url is not None,
+        shared_bus=settings.amqp_url is not None,
         tracer=RedisTracer(client, keys, int(settings.trace_ttl * 1000)),
         closers=[client.aclose],
     )

@@ -44,32 +44,38 @@ class Unroutable(SendError):
 class Delivery:
     """One message for every connection of ``user`` on the receiving pod.
 
-    ``frame`` is the exact wire frame. ``ack_id``/``due`` are set for
-    ACK-required messages: the receiving pod tracks a resend at ``due``.
-    ``hops`` counts re-routes: a pod that no longer holds the user passes it on
-    once, never in a loop. ``reached`` names the pods the sender already
-    delivered it to, so a pass-on never gives a device a second copy.
-    ``trace_id`` is set when the message leaves a trail (``wsnode.trace``).
+    ``frame`` is the exact wire frame. ``ack_id`` is set for ACK-required
+    messages (the store resends them; the receiving pod only delivers).
+    ``expires_at`` (epoch ms) is the message's ``expiresAt``: past it, no pod
+    delivers it. ``hops`` counts re-routes: a pod that no longer holds the user
+    passes it on once, never in a loop. ``published_to`` names the pods the
+    sender published a copy to (each copy is that pod's to deliver), so a
+    pass-on never gives a device a second copy. ``trace_id`` is set when the
+    message leaves a trail (``wsnode.trace``). ``stranded_from`` is not sent:
+    the bus sets it on a copy that expired unread in that pod's queue.
     """
 
     user: UserId
     frame: bytes
     type: str
     ack_id: MsgId | None = None
-    due: int = 0
+    expires_at: int | None = None
     hops: int = 0
-    reached: tuple[PodId, ...] = ()
+    published_to: tuple[PodId, ...] = ()
     trace_id: MsgId | None = None
+    stranded_from: PodId | None = None
 
     def header(self) -> bytes:
         """Everything but the frame, as compact JSON."""
         out: dict[str, Any] = {"u": self.user, "t": self.type}
         if self.ack_id is not None:
-            out["a"], out["d"] = self.ack_id, self.due
+            out["a"] = self.ack_id
+        if self.expires_at is not None:
+            out["e"] = self.expires_at
         if self.hops:
             out["h"] = self.hops
-        if self.reached:
-            out["r"] = self.reached
+        if self.published_to:
+            out["r"] = self.published_to
         if self.trace_id is not None:
             out["x"] = self.trace_id
         return orjson.dumps(out)
@@ -84,19 +90,22 @@ class Delivery:
         if not isinstance(obj, dict):
             raise ValueError("delivery header is not an object")
         user, typ, ack = obj.get("u"), obj.get("t"), obj.get("a")
-        due, hops, reached = obj.get("d", 0), obj.get("h", 0), obj.get("r", [])
+        expires, hops, published = obj.get("e"), obj.get("h", 0), obj.get("r", [])
         trace = obj.get("x")
         if not (isinstance(user, str) and user and isinstance(typ, str)):
             raise ValueError("delivery lacks its user or type")
         if ack is not None and not (isinstance(ack, str) and ack):
             raise ValueError("delivery has a bad ack id")
-        if not (isinstance(due, int) and isinstance(hops, int) and isinstance(reached, list)
-                and all(isinstance(p, str) for p in reached)):
-            raise ValueError("delivery has a bad due time, hop count or pod list")
+        if not ((expires is None or isinstance(expires, int)) and isinstance(hops, int)
+                and isinstance(published, list) and all(isinstance(p, str) for p in published)):
+            raise ValueError("delivery has a bad expiry, hop count or pod list")
         if trace is not None and not isinstance(trace, str):
             raise ValueError("delivery has a bad trace id")
-        return cls(UserId(user), frame, typ, MsgId(ack) if ack else None, due, hops,
-                   tuple(PodId(p) for p in reached), MsgId(trace) if trace else None)
+        return cls(UserId(user), frame, typ, MsgId(ack) if ack else None, expires, hops,
+                   tuple(PodId(p) for p in published), MsgId(trace) if trace else None)
+
+    def expired(self, now_ms: int) -> bool:
+        return self.expires_at is not None and self.expires_at <= now_ms
 
 
 # A batch body: MAGIC, then per delivery two big-endian u32 lengths, the header

@@ -6,12 +6,17 @@
     ├── SettingsError            a WSNODE_* value is invalid (message names it)
     ├── AuthError                a handshake is refused (has .status: 401 or 403)
     ├── ProtocolError            a client frame is invalid (has .code, .msg_id)
-    ├── BackendUnavailable       Redis or RabbitMQ cannot be reached right now
+    ├── BackendUnavailable       Redis or RabbitMQ cannot serve right now (unreachable,
+    │                            read-only after a failover, out of memory, loading...)
+    ├── BackendError             the backend refused a call for a reason a retry will not fix
+    │   └── CorruptRecord        one stored record cannot be read (has .key); quarantine it
     ├── NotFound                 the thing asked for does not exist (pod, user, message)
     └── SendError                a message could not be accepted for delivery
 
-Third-party errors are translated at the boundary and re-raised ``from`` the
-original, so callers never need to import redis or aio_pika exceptions.
+The Redis and RabbitMQ backends translate every error of their client library
+at the boundary (``redis_conn.translated``, the bus's publish and session
+code) and re-raise it ``from`` the original, so callers catch these classes
+and never redis or aio_pika exceptions.
 """
 
 from __future__ import annotations
@@ -49,6 +54,22 @@ class ProtocolError(WsnodeError):
 
 class BackendUnavailable(WsnodeError):
     """A backend (Redis, RabbitMQ) is unreachable; the caller may retry later."""
+
+
+class BackendError(WsnodeError):
+    """A backend answered with an error that retrying the same call will not fix
+    (a script bug, a command the server refuses). Background loops log it with
+    its traceback and go on."""
+
+
+class CorruptRecord(BackendError):
+    """A stored record has the wrong type or unreadable fields. ``key`` names it,
+    so the caller can move it aside (quarantine) and carry on without it."""
+
+    def __init__(self, key: str, detail: str) -> None:
+        super().__init__(f"corrupt record {key}: {detail}")
+        self.key = key
+        self.detail = detail
 
 
 class NotFound(WsnodeError):

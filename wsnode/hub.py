@@ -83,8 +83,9 @@ class Conn:
         self._queued = 0
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
-        # Routed messages held back while the connection replays (see hold()).
-        self._held: list[tuple[bytes, str | None]] | None = None
+        # Routed messages held back while the connection replays (see hold()):
+        # (frame, ack id, expiresAt).
+        self._held: list[tuple[bytes, str | None, int | None]] | None = None
         self._held_bytes = 0
         # Ids the replay just sent: a send whose store the replay already read can
         # still be on its way here, just after the release.
@@ -101,10 +102,12 @@ class Conn:
         """Queue ``env`` for this connection only (no ACK tracking)."""
         return self.push(env.encode())
 
-    def deliver(self, frame: bytes, ack_id: str | None = None) -> bool:
+    def deliver(self, frame: bytes, ack_id: str | None = None,
+                expires_at: int | None = None) -> bool:
         """A routed message (through the hub): held back while the connection
         replays, so it can neither overtake the replay nor repeat a message the
-        replay carries. False if it will not be sent."""
+        replay carries (nor go out after its ``expires_at``). False if it will
+        not be sent."""
         if ack_id is not None and ack_id in self._replayed:
             return True  # the replay carried it a moment ago
         if self._held is None:
@@ -116,9 +119,9 @@ class Conn:
             # fine, give up what was held. ACK-required messages come back as
             # resends (they are tracked); at-most-once ones are counted as dropped.
             if self._on_held_dropped is not None:
-                self._on_held_dropped(sum(1 for _, a in self._held if a is None))
+                self._on_held_dropped(sum(1 for _, a, _ in self._held if a is None))
             self._held, self._held_bytes = [], 0
-        self._held.append((frame, ack_id))
+        self._held.append((frame, ack_id, expires_at))
         self._held_bytes += len(frame)
         return True
 
@@ -126,17 +129,22 @@ class Conn:
         """Hold routed messages back until :meth:`release`."""
         self._held, self._held_bytes = [], 0
 
-    def release(self, replayed: set[str], echo_s: float = 1.0) -> None:
-        """Send what was held, minus the ACK-required ids the replay already sent;
+    def release(self, replayed: set[str], now_ms: int, echo_s: float = 1.0) -> int:
+        """Send what was held, minus the ACK-required ids the replay already sent
+        and what expired meanwhile (returns how many at-most-once ones expired);
         for ``echo_s`` more (less than a resend interval), drop deliveries of
         those ids: they are sends that were in flight during the replay."""
         held, self._held, self._held_bytes = self._held or [], None, 0
-        for frame, ack_id in held:
-            if ack_id is None or ack_id not in replayed:
+        expired = 0
+        for frame, ack_id, expires_at in held:
+            if expires_at is not None and expires_at <= now_ms:
+                expired += ack_id is None
+            elif ack_id is None or ack_id not in replayed:
                 self.push(frame)
         if replayed:
             self._replayed = replayed
             asyncio.get_running_loop().call_later(echo_s, self._forget_replayed)
+        return expired
 
     def _forget_replayed(self) -> None:
         self._replayed = set()
@@ -264,7 +272,8 @@ class Hub:
         del self._users[conn.user]
         return True
 
-    def deliver(self, user: UserId, frame: bytes, ack_id: str | None = None) -> tuple[int, int]:
+    def deliver(self, user: UserId, frame: bytes, ack_id: str | None = None,
+                expires_at: int | None = None) -> tuple[int, int]:
         """Queue ``frame`` on every connection of ``user``: ``(taken, refused)``,
         refused by connections that are closing (drained, or too slow)."""
         conns = self._users.get(user)
@@ -273,7 +282,7 @@ class Hub:
         taken = 0
         # A copy: a push that overflows closes that connection, which edits the dict.
         for conn in tuple(conns.values()):
-            if conn.deliver(frame, ack_id):
+            if conn.deliver(frame, ack_id, expires_at):
                 taken += 1
         return taken, len(conns) - taken
 
@@ -282,6 +291,10 @@ class Hub:
 
     def has(self, user: UserId) -> bool:
         return user in self._users
+
+    def users(self) -> list[UserId]:
+        """Users with a connection here (a snapshot)."""
+        return list(self._users)
 
     def backed_up(self, user: UserId) -> bool:
         """True when every connection of ``user`` here still has frames queued

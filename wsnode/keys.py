@@ -13,8 +13,18 @@ queue reach a live pod that re-routes them.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from urllib.parse import quote
+
+BUCKETS = 16
+"""Global indexes are split over this many keys, each in a hash slot of its own
+(``{b:<n>}``), so that no single key is hot and Redis Cluster spreads them."""
+
+
+def bucket_of(user: str) -> int:
+    """The bucket of the global indexes that ``user``'s entries live in."""
+    return zlib.crc32(user.encode()) % BUCKETS
 
 
 def encode_id(value: str) -> str:
@@ -61,9 +71,11 @@ class RedisKeys:
     """Redis key names for one ``KEY_PREFIX``.
 
     Slots: ``user_*`` keys of one user share ``{u:<user>}``; ``pod_*`` keys of one
-    pod share ``{p:<pod>}``; ``lives``, ``ack_expiry`` and ``dlq`` are single
-    global keys. Members of global sets name a user and an id (or a pod and an
-    epoch) separated by a space, which the encoding never produces.
+    pod share ``{p:<pod>}``; the global ACK indexes are split over
+    :data:`BUCKETS` buckets by user (:func:`bucket_of`), bucket ``n`` in
+    ``{b:<n>}``; ``lives`` is a single global key. Members of global sets name
+    a user and an id (or a pod and an epoch) separated by a space, which the
+    encoding never produces.
     """
 
     prefix: str = "ws"
@@ -115,19 +127,36 @@ class RedisKeys:
         """ZSET id -> dead_at: the user's dead letters."""
         return f"{self.prefix}:{{u:{_enc(user)}}}:dlq"
 
-    @property
-    def ack_expiry(self) -> str:
-        """ZSET ``"<user> <id>"`` -> expires_at (ms): what the sweeper looks at."""
-        return f"{self.prefix}:acks:expiry"
+    def user_due(self, user: str) -> str:
+        """ZSET id -> next_due (ms): when each pending message is due for a resend."""
+        return f"{self.prefix}:{{u:{_enc(user)}}}:due"
+
+    def user_claim(self, user: str) -> str:
+        """HASH req, ids: the user's last resend claim, so that a re-sent request
+        (its reply was lost) gets the same answer instead of claiming again."""
+        return f"{self.prefix}:{{u:{_enc(user)}}}:claim"
+
+    def ack_due(self, bucket: int) -> str:
+        """ZSET user -> ms: users with a resend due (the earliest of theirs, or
+        earlier), in one bucket. The pods that hold a user claim from it."""
+        return f"{self.prefix}:{{b:{bucket}}}:due"
+
+    def ack_expiry(self, bucket: int) -> str:
+        """ZSET ``"<user> <id>"`` -> expires_at (ms), one bucket: what the sweeper visits."""
+        return f"{self.prefix}:{{b:{bucket}}}:expiry"
+
+    def dlq(self, bucket: int) -> str:
+        """ZSET ``"<user> <id>"`` -> dead_at, one bucket: every dead letter, newest last."""
+        return f"{self.prefix}:{{b:{bucket}}}:dlq"
 
     def trace(self, msg_id: str) -> str:
         """LIST of a message id's trail events (JSON), capped, expiring."""
         return f"{self.prefix}:trace:{{{_enc(msg_id)}}}"
 
-    @property
-    def dlq(self) -> str:
-        """ZSET ``"<user> <id>"`` -> dead_at: every dead letter, newest last."""
-        return f"{self.prefix}:dlq"
+    @staticmethod
+    def quarantined(key: str) -> str:
+        """Where a corrupt record is moved (same hash slot, kept a week)."""
+        return f"{key}:quarantined"
 
 
 def member(a: str, b: str | int) -> str:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from wsnode.errors import BackendUnavailable
+from wsnode.coalescer import Coalescer
+from wsnode.errors import WsnodeError
 from wsnode.ids import UserId
 from wsnode.keys import RedisKeys
 from wsnode.limiter import ALLOW, Decision
-from wsnode.redis_conn import Coalescer, Redis, script, translated
+from wsnode.outage import Outage
+from wsnode.redis_conn import Redis, script, translated
 from wsnode.settings import Rate
 
 log = logging.getLogger("wsnode.limiter")
@@ -31,7 +33,7 @@ class RedisLimiter:
         self._batch = Coalescer(client)
         self._period_ms = rate.period * 1000
         self._on_fail_open = on_fail_open
-        self._failing = False
+        self._outage = Outage(log, "rate limiter store (failing open)")
 
     async def hit(self, user: UserId) -> Decision:
         try:
@@ -39,14 +41,11 @@ class RedisLimiter:
                 key, args = self._k.user_rate(user), [self.rate.count, self._period_ms]
                 # One script call per client message: coalesced with this tick's others.
                 allowed, retry = await self._batch.script(self._script, [key], args)
-        except BackendUnavailable as exc:
-            if not self._failing:
-                self._failing = True
-                log.warning("rate limiter failing open: %s", exc)
+        except WsnodeError as exc:
+            # Unreachable, or a corrupt record: either way a user is not locked out.
+            self._outage.failed(exc)
             if self._on_fail_open is not None:
                 self._on_fail_open()
             return ALLOW
-        if self._failing:
-            self._failing = False
-            log.info("rate limiter store reachable again")
+        self._outage.recovered()
         return ALLOW if allowed else Decision(False, int(retry))

@@ -1,4 +1,4 @@
-"""The node: one pod, and the only module that knows every concept.
+"""The node: one pod. It composes every concept and owns the pod's lifecycle.
 
 Lifecycle (an explicit state machine; every transition is idempotent)::
 
@@ -6,8 +6,22 @@ Lifecycle (an explicit state machine; every transition is idempotent)::
                        └──────────────close()───────────────────┘
 
 ``async with Node(settings) as node:`` starts the WebSocket and admin servers
-and the background loops (presence heartbeat and reaping, resend timers, the
-expiry sweeper), all owned by the node and stopped by ``close()``.
+and the background loops, all supervised (``wsnode.supervisor``) and stopped
+by ``close()``:
+
+========== ============================================== =====================
+loop       does                                           module
+========== ============================================== =====================
+heartbeat  presence lease, re-announce, reaper            ``wsnode.upkeep``
+resend     claims due resends of the users held here      ``wsnode.resend``
+reconcile  every held user back in the due index          ``wsnode.resend``
+sweep      dead-letters expired messages                  ``wsnode.resend``
+trace      writes buffered message trails                 ``wsnode.trace_redis``
+bus        connects the bus (later outages: the bus's own supervisor)
+========== ============================================== =====================
+
+``/readyz`` is 200 only while the pod accepts connections and no loop fails;
+it names every failing loop with its last error.
 """
 
 from __future__ import annotations
@@ -17,8 +31,7 @@ import contextlib
 import logging
 import random
 import socket
-from collections.abc import Callable, Coroutine
-from dataclasses import replace
+from collections.abc import Callable
 from enum import StrEnum
 from types import TracebackType
 from typing import Any
@@ -26,31 +39,34 @@ from typing import Any
 from aiohttp import web
 from websockets.asyncio.server import Server, serve
 
-from wsnode.acks import AckStore, StoredMessage
+from wsnode import failpoints
+from wsnode.acks import AckBackend, DeadLetter, MsgState
 from wsnode.admin import AdminApi
 from wsnode.auth import Authenticator
 from wsnode.backends import Backends, build_backends
-from wsnode.bus import Bus, Delivery
+from wsnode.bus import Bus, Unroutable
 from wsnode.clock import Clock, SystemClock
-from wsnode.errors import BackendUnavailable, NotFound
-from wsnode.gateway import Gateway
+from wsnode.errors import BackendUnavailable, NotFound, WsnodeError
+from wsnode.frames import Frames
+from wsnode.gateway import ConnHooks, Gateway
 from wsnode.hub import Conn, Hub
 from wsnode.ids import MsgId, PodId, UserId
+from wsnode.inbound import Inbound
 from wsnode.metrics import Metrics
 from wsnode.presence import PodState, Presence
 from wsnode.protocol import CloseCode, Envelope, Reserved, control_frame
-from wsnode.resend import Resender
-from wsnode.router import H, Router
+from wsnode.replay import Replayer
+from wsnode.resend import RECONCILE_S, Resender, Sweeper, scan_interval
+from wsnode.router import HandlerT, Router
 from wsnode.sender import Sender, SendReport
 from wsnode.settings import NodeSettings, load_settings
+from wsnode.supervisor import Supervisor
 from wsnode.trace import TracePolicy
+from wsnode.upkeep import PresenceUpkeep
 
 log = logging.getLogger("wsnode.node")
 
 _SWEEP_INTERVAL = 1.0
-# Pending messages per user looked at after a re-announce (the oldest ones; a
-# user with more gets the rest on their next replay).
-_RESUME_LIMIT = 1000
 
 
 class NodeState(StrEnum):
@@ -72,44 +88,48 @@ class Node:
         backends: Backends | None = None,
         clock: Clock | None = None,
     ) -> None:
-        self.settings = settings if settings is not None else load_settings()
-        self.pod = PodId(self.settings.pod_id)
+        s = self.settings = settings if settings is not None else load_settings()
+        if s.failpoints:
+            failpoints.configure(s.failpoints)
+        self.pod = PodId(s.pod_id)
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
         self.router = Router()
         self.hub = Hub()
-        self.auth = Authenticator(self.settings, insecure=insecure)
         self.backends = backends if backends is not None else build_backends(
-            self.settings, self.metrics, self.clock)
-        self.trace_policy = TracePolicy.parse(self.settings.trace,
-                                              int(self.settings.trace_ttl * 1000))
+            s, self.metrics, self.clock)
         self.tracer = self.backends.tracer
-        self.resender = Resender(self.acks, self.metrics, resend=self._redeliver,
-                                 reroute=self._reroute, holds=self.hub.has,
-                                 busy=self.hub.backed_up, clock=self.clock,
-                                 on_dead=lambda d: self._trace_ack(
-                                     d.message.id, d.message.user, "dead",
-                                     reason=d.reason.value))
+        self.trace_policy = TracePolicy.parse(s.trace, int(s.trace_ttl * 1000))
         self.sender = Sender(presence=self.presence, bus=self.bus, acks=self.acks,
-                             metrics=self.metrics, pod=self.pod, local=self, clock=self.clock,
-                             on_unrouted=self.resender.track_unrouted,
-                             remote=self.backends.remote, tracer=self.tracer,
+                             metrics=self.metrics, pod=self.pod, clock=self.clock,
+                             shared_bus=self.backends.shared_bus, tracer=self.tracer,
                              trace_policy=self.trace_policy)
+        self.inbound = Inbound(self.pod, self.hub, self.sender, self.metrics, self.tracer,
+                               self.clock)
+        self.sender.local = self.inbound
+        retry_ms = int(s.ack_retry_interval * 1000)
+        self.resender = Resender(self.acks, self.presence, self.sender, self.metrics,
+                                 holds=self.hub.has, held=self.hub.users,
+                                 busy=self.hub.backed_up,
+                                 interval=scan_interval(s.ack_retry_interval))
+        self.upkeep = PresenceUpkeep(self.presence, self.pod, self.hub, self.metrics,
+                                     state=self._pod_state, on_announced=self._reconcile_soon)
+        replayer = Replayer(self.acks, self.acks, self.metrics, hold_ms=retry_ms,
+                            trace=self._trace_ack)
         self.gateway = Gateway(
-            self.settings, pod=self.pod, auth=self.auth, hub=self.hub, router=self.router,
-            limiter=self.backends.limiter, acks=self.acks, resender=self.resender,
-            metrics=self.metrics, clock=self.clock, accepting=self._accepting,
-            on_open=self._conn_opened, on_close=self._conn_closed,
-            trace=self._trace_ack,
-        )
+            s, auth=Authenticator(s, insecure=insecure), hub=self.hub,
+            hooks=ConnHooks(self._accepting, self.upkeep.opened, self.upkeep.closed),
+            replayer=replayer,
+            frames=Frames(self.router, self.backends.limiter, self.acks, replayer,
+                          self.metrics, self._trace_ack),
+            metrics=self.metrics, clock=self.clock)
+        self.loops = Supervisor()
         self.state = NodeState.NEW
         self._ws_server: Server | None = None
         self._admin: web.AppRunner | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._bus_started = False
         self._drain_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
-        self._presence_ok = True
-        self._presence_dirty = False
 
     # -- public API ----------------------------------------------------------
 
@@ -118,20 +138,24 @@ class Node:
         return self.backends.presence
 
     @property
-    def acks(self) -> AckStore:
+    def acks(self) -> AckBackend:
         return self.backends.acks
 
     @property
     def bus(self) -> Bus:
         return self.backends.bus
 
-    def on(self, msg_type: str) -> Callable[[H], H]:
+    def on(self, msg_type: str) -> Callable[[HandlerT], HandlerT]:
         """Register the handler of a client message type (see :class:`Router`)."""
         return self.router.on(msg_type)
 
     async def send_to_user(self, user: str, env: Envelope) -> SendReport:
         """Deliver ``env`` to every connection of ``user`` on every pod."""
         return await self.sender.send_to_user(UserId(user), env)
+
+    async def retry_dead(self, msg_id: MsgId, user: UserId | None = None) -> list[SendReport]:
+        """Send dead letters with this id again (see :meth:`Sender.retry_dead`)."""
+        return await self.sender.retry_dead(msg_id, user)
 
     @property
     def port(self) -> int:
@@ -157,18 +181,52 @@ class Node:
             host = f"[{host}]"
         return f"http://{host}:{self.admin_port}"
 
+    # -- the admin port's view (wsnode.admin.AdminPort) ------------------------
+
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Whether this pod should receive new connections, and why not."""
-        checks: dict[str, Any] = {
-            "accepting": self.state is NodeState.ACTIVE,
-            "presence": self._presence_ok,
-            "bus": self.bus.ready,
-        }
+        """Whether this pod should receive new connections, and why not: every
+        failing loop is named with its last error."""
+        problems = self.loops.problems()
+        if self.resender.problem:
+            problems.setdefault("resend", self.resender.problem)
+        bus_problem = getattr(self.bus, "problem", None)
+        if self._bus_started and not self.bus.ready:
+            problems.setdefault("bus", bus_problem or "not ready")
+        checks: dict[str, bool] = {"accepting": self.state is NodeState.ACTIVE}
+        for name in ("heartbeat", "bus", "resend", "reconcile", "sweep", "trace"):
+            checks["presence" if name == "heartbeat" else name] = name not in problems
         ready = all(checks.values())
         self.metrics.ready.set(1 if ready else 0)
-        return ready, checks
+        return ready, {"ready": ready, "pod": self.pod, "state": self.state.value,
+                       "checks": checks, "problems": problems}
 
-    async def refresh_gauges(self) -> None:
+    async def metrics_text(self) -> bytes:
+        await self._refresh_gauges()
+        return self.metrics.render()
+
+    async def send(self, user: UserId, env: Envelope, *, trace: bool) -> SendReport:
+        return await self.sender.send_to_user(user, env, trace=trace)
+
+    async def message_state(self, user: UserId, msg_id: MsgId) -> MsgState | None:
+        return await self.acks.status(user, msg_id)
+
+    async def trail(self, msg_id: MsgId, user: UserId | None) -> list[dict[str, Any]]:
+        return await self.tracer.trail(msg_id, user)
+
+    async def dead_letters(self, user: UserId | None, limit: int) -> list[DeadLetter]:
+        return await self.acks.dead_letters(user, limit)
+
+    async def drain_pod(self, pod: PodId, over: float) -> None:
+        """Drain ``pod``: this one directly, another through the bus."""
+        if pod == self.pod:
+            self.start_drain(over)
+            return
+        try:
+            await self.bus.control(pod, {"cmd": "drain", "over": over})
+        except Unroutable as exc:
+            raise NotFound(f"pod {pod!r} is not running") from exc
+
+    async def _refresh_gauges(self) -> None:
         self.metrics.connections.set(len(self.hub))
         # The RabbitMQ bus counts these itself; the in-process bus has none.
         self.metrics.bus_reconnects.set(getattr(self.bus, "reconnects", 0))
@@ -176,76 +234,11 @@ class Node:
         if rtt is not None:
             self.metrics.canary_rtt.set(rtt)
         self.metrics.users.set(self.hub.user_count)
-        with contextlib.suppress(BackendUnavailable):
+        with contextlib.suppress(WsnodeError):
             stats = await self.acks.stats()
             self.metrics.acks_pending.set(stats.pending)
             self.metrics.acks_dead.set(stats.dead)
         self.readiness()
-
-    async def retry_dead(self, msg_id: MsgId, user: UserId | None = None) -> list[SendReport]:
-        """Send dead letters with this id again (see :meth:`Sender.retry_dead`)."""
-        return await self.sender.retry_dead(msg_id, user)
-
-    # -- delivery ------------------------------------------------------------
-
-    def deliver_local(self, delivery: Delivery, *, from_bus: bool = False) -> int:
-        """Queue a delivery on this pod's connections of its user."""
-        count, refused = self.hub.deliver(delivery.user, delivery.frame, delivery.ack_id)
-        if refused and delivery.ack_id is None:
-            self.metrics.count_dropped("conn_closing", refused)
-        if count:
-            self.metrics.count_out(delivery.type, count)
-            if from_bus:
-                self.metrics.bus_delivered.inc(count)
-            if delivery.ack_id is not None:
-                self.resender.track(delivery.user, delivery.ack_id, delivery.due)
-            if delivery.trace_id is not None and from_bus:
-                # Local deliveries are in the sender's "routed" event (local=N).
-                self.tracer.record(delivery.trace_id, delivery.user, "delivered", self.pod,
-                                   conns=count, hops=delivery.hops)
-        return count
-
-    def _trace_ack(self, msg_id: MsgId, user: UserId, event: str, **fields: Any) -> None:
-        """A trail event of an ACK-required message, when those are traced."""
-        if self.trace_policy.ack:
-            self.tracer.record(msg_id, user, event, self.pod, **fields)
-
-    async def _redeliver(self, msg: StoredMessage) -> None:
-        await self.sender.redeliver(msg)
-
-    async def _reroute(self, delivery: Delivery) -> None:
-        await self.sender.route(delivery, SendReport(delivery.user),
-                                local=self.pod not in delivery.reached)
-
-    async def _on_deliveries(self, batch: list[Delivery]) -> None:
-        for delivery in batch:
-            if self.deliver_local(delivery, from_bus=True):
-                continue
-            # The user left this pod after the sender read presence (or this pod is
-            # draining): pass it on once to wherever the user is now.
-            if delivery.hops == 0:
-                await self._pass_on(delivery, "left_pod")
-            elif delivery.ack_id is None:
-                self.metrics.count_dropped("left_pod")
-
-    async def _on_stranded(self, batch: list[Delivery]) -> None:
-        """Deliveries stranded on a dead pod's queue: route them again."""
-        for delivery in batch:
-            await self._pass_on(delivery, "pod_died", local=self.pod not in delivery.reached)
-
-    async def _pass_on(self, delivery: Delivery, reason: str, *, local: bool = False) -> None:
-        moved = replace(delivery, hops=delivery.hops + 1)
-        report = SendReport(delivery.user)
-        await self.sender.route(moved, report, local=local)
-        if not (report.local or report.pods or report.failed_pods) and delivery.ack_id is None:
-            self.metrics.count_dropped(reason)
-
-    async def _on_control(self, command: dict[str, Any]) -> None:
-        if command.get("cmd") == "drain":
-            over = command.get("over", 0)
-            self.start_drain(float(over) if isinstance(over, int | float) else 0.0)
-        else:
-            log.warning("unknown control command %r", command.get("cmd"))
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -272,18 +265,16 @@ class Node:
 
     async def _start(self) -> None:
         s = self.settings
+        if failpoints.ACTIVE:
+            log.warning("failpoints enabled (tests only): %s", s.failpoints)
         # The admin port first: its URL is advertised in presence (wsctl doctor
         # asks each pod's /readyz there).
-        runner = web.AppRunner(AdminApi(self).app(), access_log=None, handle_signals=False)
+        runner = web.AppRunner(AdminApi(self, s.api_key).app(), access_log=None,
+                               handle_signals=False)
         await runner.setup()
         await web.TCPSite(runner, s.admin_host or s.host, s.admin_port).start()
         self._admin = runner
-        try:
-            await self.presence.join(self.pod, admin=self.admin_url)
-        except BackendUnavailable:
-            self._presence_ok, self._presence_dirty = False, True
-            log.warning("presence store unreachable at start; retrying in the background")
-        bus_up = await self._start_bus()
+        await self.upkeep.join(self.admin_url)
         self._ws_server = await serve(
             self.gateway.handle, s.host, s.port,
             process_request=self.gateway.process_request,
@@ -295,33 +286,51 @@ class Node:
             close_timeout=min(5.0, s.drain_timeout),
             server_header="wsnode",
         )
-        self._spawn(self.resender.run())
-        self._spawn(self._heartbeat_loop())
-        self._spawn(self._sweep_loop())
-        if not bus_up:
-            self._spawn(self._bus_retry_loop())
+        loops = self.loops
+        loops.every("bus", self._bus_step, 1.0)
+        loops.every("heartbeat", self.upkeep.step, s.heartbeat_interval,
+                    max_backoff=s.heartbeat_interval)
+        loops.every("resend", self.resender.resend_step, self.resender.interval)
+        loops.every("reconcile", self.resender.reconcile_step, RECONCILE_S)
+        loops.every("sweep", Sweeper(self.acks, self.sender).step, _SWEEP_INTERVAL)
+        self.tracer.on_buffered = loops.every("trace", self.tracer.flush, 1.0).wake
         self.state = NodeState.ACTIVE
-        log.info("pod %s serving ws://%s:%d/ws (admin :%d, %s mode)", self.pod, s.host,
-                 self.port, self.admin_port, "cluster" if s.cluster else "embedded",
-                 extra={"pod": self.pod})
+        log.info("pod %s serving ws://%s:%d/ws (admin :%d, %s)", self.pod, s.host,
+                 self.port, self.admin_port, s.mode, extra={"pod": self.pod})
+
+    async def _bus_step(self) -> float:
+        """Start the bus (fails fast; retried with backoff by the supervisor).
+        Once started, the bus reconnects by itself."""
+        if not self._bus_started:
+            await self.bus.start(self.pod, self.inbound.on_deliveries, self._on_control,
+                                 self.inbound.on_stranded)
+            self._bus_started = True
+        return 3600.0
+
+    async def _on_control(self, command: dict[str, Any]) -> None:
+        if command.get("cmd") == "drain":
+            over = command.get("over", 0)
+            self.start_drain(float(over) if isinstance(over, int | float) else 0.0)
+        else:
+            log.warning("unknown control command %r", command.get("cmd"))
+
+    def _pod_state(self) -> PodState:
+        return PodState.DRAINING if self.state is NodeState.DRAINING else PodState.ACTIVE
+
+    def _reconcile_soon(self) -> None:
+        if "reconcile" in self.loops:
+            self.loops["reconcile"].wake()
+
+    def _trace_ack(self, msg_id: MsgId, user: UserId, event: str, **fields: Any) -> None:
+        """A trail event of an ACK-required message, when those are traced."""
+        if self.trace_policy.ack:
+            self.tracer.record(msg_id, user, event, self.pod, **fields)
 
     def start_drain(self, over: float) -> asyncio.Task[None]:
         """Begin draining in the background (idempotent); returns the drain task."""
         if self._drain_task is None:
             self._drain_task = asyncio.get_running_loop().create_task(self.drain(over))
         return self._drain_task
-
-    async def drain_pod(self, pod: PodId, over: float) -> None:
-        """Drain ``pod``: this one directly, another through the bus."""
-        if pod == self.pod:
-            self.start_drain(over)
-            return
-        from wsnode.bus import Unroutable
-
-        try:
-            await self.bus.control(pod, {"cmd": "drain", "over": over})
-        except Unroutable as exc:
-            raise NotFound(f"pod {pod!r} is not running") from exc
 
     async def drain(self, over: float = 0.0) -> None:
         """Move every client to another pod: ``reconnect`` then close 1012, spread
@@ -370,7 +379,9 @@ class Node:
         await conn.close(CloseCode.DRAIN, "pod draining: reconnect")
 
     async def close(self) -> None:
-        """Stop everything (clients still connected get 1001); bounded in time."""
+        """Stop everything (clients still connected get 1001); bounded in time.
+        Nothing pending is lost: resends are the store's, and any pod that holds
+        the user takes them over."""
         if self.state in (NodeState.STOPPING, NodeState.STOPPED):
             await self._stopped.wait()
             return
@@ -386,13 +397,11 @@ class Node:
                     await self._ws_server.wait_closed()
             except TimeoutError:
                 log.warning("connections did not close in time")
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.loops.stop()
         with contextlib.suppress(Exception):
             await self.bus.stop()
-        with contextlib.suppress(BackendUnavailable):
-            await self.presence.leave(self.pod)
+        with contextlib.suppress(WsnodeError):
+            await self.upkeep.leave()
         if self._admin is not None:
             await self._admin.cleanup()
         await self.backends.close()
@@ -401,102 +410,3 @@ class Node:
 
     def _accepting(self) -> bool:
         return self.state is NodeState.ACTIVE
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        self._tasks.append(asyncio.get_running_loop().create_task(coro))
-
-    # -- connection hooks and loops -----------------------------------------
-
-    async def _conn_opened(self, conn: Conn) -> None:
-        self.metrics.connections.set(len(self.hub))
-        try:
-            await self.presence.add(self.pod, conn.user, conn.id, conn.since)
-        except BackendUnavailable:
-            self._presence_dirty = True  # the heartbeat loop re-announces
-
-    async def _conn_closed(self, conn: Conn) -> None:
-        self.metrics.connections.set(len(self.hub))
-        try:
-            await self.presence.remove(self.pod, conn.user, conn.id)
-        except BackendUnavailable:
-            self._presence_dirty = True
-
-    async def _heartbeat_loop(self) -> None:
-        interval = self.settings.heartbeat_interval
-        backoff = 0.1
-        while True:
-            state = PodState.DRAINING if self.state is NodeState.DRAINING else PodState.ACTIVE
-            try:
-                if self._presence_dirty:
-                    # Writes were lost while the store was unreachable (an add, or a
-                    # remove, which would leave a phantom connection): start a new
-                    # life, announce exactly the connections held now, and let the
-                    # reaper purge the old life.
-                    await self.presence.join(self.pod, state)
-                    await self._announce()
-                elif not await self.presence.heartbeat(self.pod, state):
-                    await self._announce()
-                await self.presence.reap()
-                if not self._presence_ok:
-                    log.info("presence store reachable again", extra={"pod": self.pod})
-                self._presence_ok, backoff = True, 0.1
-                await asyncio.sleep(interval)
-            except BackendUnavailable as exc:
-                if self._presence_ok:
-                    log.warning("presence store unreachable: %s", exc, extra={"pod": self.pod})
-                self._presence_ok, self._presence_dirty = False, True
-                self.metrics.backend_errors.labels("presence").inc()
-                # Full jitter, so pods do not return to a restarted Redis in step.
-                await asyncio.sleep(random.uniform(0, backoff))
-                backoff = min(interval, backoff * 2)
-
-    async def _announce(self) -> None:
-        """Write this pod's connections into presence again (a new life), then
-        take care of what the gap may have cost: a connection that closed while
-        its entry was being written back, and ACK-required messages sent while
-        this pod's users looked offline (stored, routed nowhere, tracked by no
-        pod): they are tracked here, so they are resent without a reconnect."""
-        self._presence_dirty = False
-        snapshot = [(c.user, c.id, c.since) for c in self.hub]
-        await self.presence.add_many(self.pod, snapshot)
-        for user, conn_id, _ in snapshot:
-            if self.hub.get(conn_id) is None:
-                await self.presence.remove(self.pod, user, conn_id)
-        floor = self.clock.now_ms() + int(self.settings.ack_retry_interval * 1000)
-        users = {c.user for c in self.hub}
-        for user in users:
-            for msg in await self.acks.pending(user, limit=_RESUME_LIMIT):
-                self.resender.track(user, msg.id, max(msg.next_due, floor))
-        log.info("presence re-announced (%d connections, %d users)", len(snapshot),
-                 len(users), extra={"pod": self.pod})
-
-    async def _start_bus(self) -> bool:
-        try:
-            await self.bus.start(self.pod, self._on_deliveries, self._on_control,
-                                 self._on_stranded)
-        except BackendUnavailable as exc:
-            log.warning("bus unreachable at start (%s); retrying in the background", exc,
-                        extra={"pod": self.pod})
-            return False
-        return True
-
-    async def _bus_retry_loop(self) -> None:
-        backoff = 0.2
-        while not await self._start_bus():
-            self.metrics.backend_errors.labels("bus").inc()
-            await asyncio.sleep(random.uniform(backoff / 2, backoff))
-            backoff = min(10.0, backoff * 2)
-        log.info("bus connected", extra={"pod": self.pod})
-
-    async def _sweep_loop(self) -> None:
-        while True:
-            try:
-                for dead in await self.acks.sweep():
-                    self.metrics.acks_dead_lettered.labels(dead.reason.value).inc()
-                    self._trace_ack(dead.message.id, dead.message.user, "dead",
-                                    reason=dead.reason.value)
-                    log.info("message %s dead-lettered (%s)", dead.message.id,
-                             dead.reason.value, extra={"user": dead.message.user})
-            except BackendUnavailable:
-                self.metrics.backend_errors.labels("acks").inc()
-            await asyncio.sleep(_SWEEP_INTERVAL)

@@ -72,8 +72,8 @@ class PodInfo:
                 "admin": self.admin}
 
 
-class Presence(Protocol):
-    """Cluster-wide registry of connections (see the module contract)."""
+class PodLifecycle(Protocol):
+    """A pod's own life in the registry: its lease and epochs."""
 
     async def join(self, pod: PodId, state: PodState = PodState.ACTIVE,
                    admin: str | None = None) -> None:
@@ -90,6 +90,19 @@ class Presence(Protocol):
         """Remove the pod, its lease and all its entries (drain, shutdown)."""
         ...
 
+    async def reap(self) -> list[PodId]:
+        """Purge entries of pods whose lease expired; returns the pods reaped."""
+        ...
+
+    async def stale(self) -> list[tuple[PodId, int]]:
+        """Pods whose lease expired but whose connections are still listed (not
+        reaped yet), with how many: if this stays, no live pod is reaping."""
+        ...
+
+
+class PresenceWriter(Protocol):
+    """A pod's connections, as it opens and closes them."""
+
     async def add(self, pod: PodId, user: UserId, conn: ConnId, since: int) -> None: ...
 
     async def add_many(self, pod: PodId, entries: Sequence[tuple[UserId, ConnId, int]]) -> None:
@@ -97,6 +110,10 @@ class Presence(Protocol):
         ...
 
     async def remove(self, pod: PodId, user: UserId, conn: ConnId) -> None: ...
+
+
+class PresenceReader(Protocol):
+    """Who is where: what senders, operators and tools read."""
 
     async def pods_of(self, users: Sequence[UserId]) -> dict[UserId, set[PodId]]:
         """Live pods holding each user (users with none are absent). Batched."""
@@ -108,9 +125,10 @@ class Presence(Protocol):
 
     async def pods(self) -> list[PodInfo]: ...
 
-    async def reap(self) -> list[PodId]:
-        """Purge entries of pods whose lease expired; returns the pods reaped."""
-        ...
+
+class Presence(PodLifecycle, PresenceWriter, PresenceReader, Protocol):
+    """Cluster-wide registry of connections (see the module contract): one
+    backend plays the three roles."""
 
 
 @dataclass
@@ -215,6 +233,11 @@ class MemoryPresence:
             out.append(PodInfo(pod_id, entry.state, len(entry.conns), len(users),
                                entry.last_heartbeat, self._admin.get(pod_id)))
         return out
+
+    async def stale(self) -> list[tuple[PodId, int]]:
+        now = self._clock.now_ms()
+        return [(p, len(e.conns)) for p, e in self._pods.items()
+                if e.lease_until <= now and e.conns]
 
     async def reap(self) -> list[PodId]:
         now = self._clock.now_ms()

@@ -14,26 +14,35 @@ removes (index first on add, entry first on remove).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import unquote
 
+from redis.exceptions import ResponseError
+
+from wsnode.coalescer import Coalescer
+from wsnode.errors import CorruptRecord
 from wsnode.ids import ConnId, PodId, UserId
 from wsnode.keys import RedisKeys, encode_id, member, split_member
+from wsnode.outage import LogThrottle
 from wsnode.presence import ConnInfo, PodInfo, PodState, UserPresence
 from wsnode.redis_conn import (
-    Coalescer,
     Redis,
+    as_str,
     execute,
     queue_script,
     script,
-    text,
+    translate,
     translated,
 )
 
+log = logging.getLogger("wsnode.presence")
+
 _SCAN_BATCH = 500
+_QUARANTINE_MS = 7 * 86_400_000
 
 
 class RedisPresence:
@@ -55,6 +64,7 @@ class RedisPresence:
         self._dead_lives: set[tuple[str, int]] = set()
         self._asked: dict[tuple[str, int], float] = {}
         self._batch = Coalescer(client)
+        self._throttle = LogThrottle(log)
 
     # -- writes (a pod's own) ---------------------------------------------
 
@@ -96,14 +106,23 @@ class RedisPresence:
             return
         index, life = self._k.pod_index(pod, epoch), member(pod, epoch)
         entry, key, value = member(user, conn), self._k.user_conns(user), f"{life} {since}"
-        with translated("presence add"):
+
+        async def write() -> None:
             # One connect: coalesced with this tick's others. Within the pipeline
             # the index comes first (an entry is never written without a way to
             # reap it), and the life is listed again in case a reaper dropped it.
-            await asyncio.gather(
-                self._batch.run(lambda pipe: pipe.sadd(index, entry)),
-                self._batch.run(lambda pipe: pipe.sadd(self._k.lives, life)),
-                self._batch.run(lambda pipe: pipe.hset(key, conn, value)))
+            with translated("presence add"):
+                await asyncio.gather(
+                    self._batch.run(lambda pipe: pipe.sadd(index, entry)),
+                    self._batch.run(lambda pipe: pipe.sadd(self._k.lives, life)))
+            with translated("presence add", key):
+                await self._batch.run(lambda pipe: pipe.hset(key, conn, value))
+
+        try:
+            await write()
+        except CorruptRecord as exc:
+            await self._quarantine(exc)
+            await write()
 
     async def add_many(self, pod: PodId, entries: Sequence[tuple[UserId, ConnId, int]]) -> None:
         epoch = self._epochs.get(pod)
@@ -146,12 +165,21 @@ class RedisPresence:
             if len(users) == 1:
                 # One lookup per message: coalesced with the others of this tick.
                 key = self._k.user_conns(users[0])
-                rows = [await self._batch.run(lambda pipe: pipe.hvals(key))]
+                try:
+                    rows = [await self._batch.run(lambda pipe: pipe.hvals(key))]
+                except ResponseError as exc:
+                    rows = [exc]
             else:
                 async with self._r.pipeline(transaction=False) as pipe:
                     for user in users:
                         pipe.hvals(self._k.user_conns(user))
-                    rows = await pipe.execute()
+                    rows = await pipe.execute(raise_on_error=False)
+        for i, (user, row) in enumerate(zip(users, rows, strict=True)):
+            if isinstance(row, Exception):
+                # A user's record that cannot be read: moved aside, the user offline.
+                await self._quarantine(translate(row, "presence lookup",
+                                                 self._k.user_conns(user)))
+                rows[i] = []
         entries = [list(map(_parse, values)) for values in rows]
         unknown = {(p, e) for row in entries for p, e, _ in row if live.get(p) != e}
         if unknown:
@@ -165,9 +193,9 @@ class RedisPresence:
 
     async def connections(self, user: UserId) -> list[ConnInfo]:
         live = await self._live_lives()
-        with translated("presence lookup"):
+        with translated("presence lookup", self._k.user_conns(user)):
             raw = await self._r.hgetall(self._k.user_conns(user))
-        entries = [(text(conn), *_parse(value)) for conn, value in raw.items()]
+        entries = [(as_str(conn), *_parse(value)) for conn, value in raw.items()]
         unknown = {(p, e) for _, p, e, _ in entries if live.get(p) != e}
         if unknown:
             live = await self._fresher_lives(live, unknown)
@@ -202,27 +230,43 @@ class RedisPresence:
             async for user, _ in self._index(pod_id, epoch):
                 users.add(user)
                 conns += 1
-            state = text(info.get(b"state", b"active"))
-            admin = text(info[b"admin"]) if info.get(b"admin") else None
+            state = as_str(info.get(b"state", b"active"))
+            admin = as_str(info[b"admin"]) if info.get(b"admin") else None
+            if state not in {s.value for s in PodState}:
+                state = PodState.ACTIVE.value
             out.append(PodInfo(pod_id, PodState(state), conns, len(users),
                                int(info.get(b"heartbeat", 0)), admin))
         return out
 
     async def reap(self) -> list[PodId]:
+        lives = await self._lives()
         with translated("presence reap"):
-            lives = [split_member(text(m)) for m in await self._r.smembers(self._k.lives)]
             async with self._r.pipeline(transaction=False) as pipe:
                 for pod, _ in lives:
                     pipe.get(self._k.pod_lease(pod))
                 leases = await pipe.execute()
         reaped = []
         for (pod, epoch), lease in zip(lives, leases, strict=True):
-            if lease is None or text(lease) != epoch:
-                await self._reap_life(PodId(pod), int(epoch))
+            if lease is None or as_str(lease) != str(epoch):
+                await self._reap_life(PodId(pod), epoch)
                 reaped.append(PodId(pod))
         if reaped:
             self._live_until = 0.0
         return reaped
+
+    async def stale(self) -> list[tuple[PodId, int]]:
+        lives = await self._lives()
+        with translated("presence stale"):
+            async with self._r.pipeline(transaction=False) as pipe:
+                for pod, epoch in lives:
+                    pipe.get(self._k.pod_lease(pod))
+                    pipe.scard(self._k.pod_index(pod, epoch))
+                rows = await pipe.execute()
+        out = []
+        for (pod, epoch), lease, left in zip(lives, rows[0::2], rows[1::2], strict=True):
+            if (lease is None or as_str(lease) != str(epoch)) and left:
+                out.append((PodId(pod), int(left)))
+        return out
 
     # -- internals ------------------------------------------------------------
 
@@ -238,7 +282,7 @@ class RedisPresence:
                 if members:
                     def unlink_all(pipe: Any, members: list[Any] = members) -> None:
                         for raw in members:
-                            user, conn = split_member(text(raw))
+                            user, conn = split_member(as_str(raw))
                             queue_script(pipe, self._script, [self._k.user_conns(user)],
                                          ["unlink", conn, prefix])
                     await execute(self._r, unlink_all, [self._script])
@@ -284,10 +328,26 @@ class RedisPresence:
         self._live_until = 0.0
         return await self._live_lives()
 
+    async def _lives(self) -> list[tuple[str, int]]:
+        """Every listed pod life; a member that is not one is logged and removed
+        (one bad member must not stop the reaper or the readers)."""
+        with translated("presence lives"):
+            raw = await self._r.smembers(self._k.lives)
+            out = []
+            for m in raw:
+                life = _life(m)
+                if life is None:
+                    self._throttle.warn("life", "removing a corrupt member %r of %s", m,
+                                        self._k.lives)
+                    await self._r.srem(self._k.lives, m)
+                else:
+                    out.append(life)
+        return out
+
     async def _read_lives(self) -> dict[str, int]:
         now = time.monotonic()
+        lives = await self._lives()
         with translated("presence lives"):
-            lives = [split_member(text(m)) for m in await self._r.smembers(self._k.lives)]
             async with self._r.pipeline(transaction=False) as pipe:
                 for pod, _ in lives:
                     pipe.get(self._k.pod_lease(pod))
@@ -295,23 +355,47 @@ class RedisPresence:
         live: dict[str, int] = {}
         dead: set[tuple[str, int]] = set()
         for (pod, epoch), lease in zip(lives, leases, strict=True):
-            if lease is not None and text(lease) == epoch:
-                live[encode_id(pod)] = int(epoch)
+            if lease is not None and as_str(lease) == str(epoch):
+                live[encode_id(pod)] = epoch
             else:
-                dead.add((encode_id(pod), int(epoch)))
+                dead.add((encode_id(pod), epoch))
         self._live, self._live_until = live, now + self._live_cache_s
         self._dead_lives = dead
         return live
+
+    async def _quarantine(self, exc: Exception) -> None:
+        if not isinstance(exc, CorruptRecord) or not exc.key.startswith(f"{self._k.prefix}:{{"):
+            raise exc
+        dest = self._k.quarantined(exc.key)
+        with translated("quarantine"):
+            async with self._r.pipeline(transaction=True) as pipe:
+                pipe.rename(exc.key, dest)
+                pipe.pexpire(dest, _QUARANTINE_MS)
+                await pipe.execute()
+        log.error("quarantined a corrupt record: %s moved to %s (%s)", exc.key, dest,
+                  exc.detail)
 
     async def _index(self, pod: PodId, epoch: int) -> AsyncIterator[tuple[str, str]]:
         with translated("presence index"):
             async for raw in self._r.sscan_iter(self._k.pod_index(pod, epoch),
                                                 count=_SCAN_BATCH):
-                user, conn = split_member(text(raw))
+                user, conn = split_member(as_str(raw))
                 yield user, conn
 
 
 def _parse(value: bytes | str) -> tuple[str, int, int]:
-    """``"<encoded pod> <epoch> <since>"`` -> (encoded pod, epoch, since)."""
-    pod, epoch, since = text(value).split(" ")
-    return pod, int(epoch), int(since)
+    """``"<encoded pod> <epoch> <since>"`` -> (encoded pod, epoch, since); an entry
+    that does not parse names no life (epoch -1), so no reader counts it."""
+    try:
+        pod, epoch, since = as_str(value).split(" ")
+        return pod, int(epoch), int(since)
+    except ValueError:
+        return "", -1, 0
+
+
+def _life(raw: bytes | str) -> tuple[str, int] | None:
+    """A member of the lives set, ``(pod, epoch)``, or None when it is not one."""
+    pod, epoch = split_member(as_str(raw))
+    if not pod or not epoch.isdigit():
+        return None
+    return pod, int(epoch)

@@ -1,15 +1,23 @@
-"""Redis connections for the Redis backends: one bounded pool, errors translated.
+"""Redis connections for the Redis backends: one bounded pool, every error translated.
 
 The pool blocks (up to ``timeout``) instead of failing when every connection is
 busy: redis-py's default pool raises past ``max_connections``, which turns a
-burst of 1,000 connects into errors. Connection failures surface as
-:class:`~wsnode.errors.BackendUnavailable` and never as redis exceptions.
+burst of 1,000 connects into errors.
+
+redis-py retries a command (or a whole pipeline) whose connection dropped. A
+reply lost that way means the command may run twice, so every script that
+changes state takes a request token and answers a repeat of the same request
+as it answered the first (``lua/acks.lua``); the other commands we send are
+idempotent (SADD, HSET, ZADD, ZREM, PEXPIRE) or harmless to repeat.
+
+:func:`translated` is the boundary: no redis exception leaves a backend.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import itertools
+import os
 from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from typing import Any
@@ -19,12 +27,17 @@ from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from wsnode.errors import BackendUnavailable
+from wsnode.errors import BackendError, BackendUnavailable, CorruptRecord
 
 Redis = aioredis.Redis
+
+# Replies that mean "this server cannot serve now; another moment (or another
+# server after a failover) will": the caller retries with backoff.
+_UNAVAILABLE = ("LOADING", "MASTERDOWN", "READONLY", "OOM", "MISCONF", "NOREPLICAS",
+                "TRYAGAIN", "CLUSTERDOWN", "BUSY", "NOSCRIPT", "UNBLOCKED", "MOVED", "ASK")
 
 
 def connect(url: str, *, max_connections: int = 64, pool_timeout: float = 5.0) -> Redis:
@@ -42,17 +55,37 @@ def connect(url: str, *, max_connections: int = 64, pool_timeout: float = 5.0) -
     return aioredis.Redis(connection_pool=pool)
 
 
+def translate(exc: BaseException, what: str, key: str | None = None) -> Exception:
+    """The wsnode error for a redis (or socket) error met while doing ``what``.
+    ``key`` is the key the call was about, named in a CorruptRecord."""
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError | TimeoutError):
+        return BackendUnavailable(f"redis unavailable ({what}): {exc}")
+    if isinstance(exc, ResponseError):
+        message = str(exc)
+        if message.startswith("CORRUPT "):
+            # Raised by our scripts: "CORRUPT <key> <detail> script: ..."
+            _, bad_key, detail = message.split(" ", 2)
+            return CorruptRecord(bad_key, detail.split(" script:")[0])
+        if message.startswith("WRONGTYPE") or "not an integer" in message \
+                or "not a valid float" in message:
+            return CorruptRecord(key or "?", f"{what}: {message.split(' script:')[0]}")
+        if message.startswith(_UNAVAILABLE) or isinstance(exc, NoScriptError):
+            return BackendUnavailable(f"redis cannot serve ({what}): {message}")
+        return BackendError(f"redis refused {what}: {message}")
+    if isinstance(exc, RedisError):
+        return BackendError(f"redis client error ({what}): {exc}")
+    return exc if isinstance(exc, Exception) else BackendError(str(exc))
+
+
 @contextlib.contextmanager
-def translated(what: str) -> Iterator[None]:
-    """Re-raise redis connection trouble as BackendUnavailable (``from`` the original)."""
+def translated(what: str, key: str | None = None) -> Iterator[None]:
+    """Re-raise every redis error as a wsnode error (``from`` the original):
+    BackendUnavailable (retry later), CorruptRecord (naming the record) or
+    BackendError (see :mod:`wsnode.errors`)."""
     try:
         yield
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        raise BackendUnavailable(f"redis unavailable ({what}): {exc}") from exc
-    except RedisError as exc:
-        if "LOADING" in str(exc) or "MASTERDOWN" in str(exc):
-            raise BackendUnavailable(f"redis not ready ({what}): {exc}") from exc
-        raise
+    except (RedisError, OSError) as exc:
+        raise translate(exc, what, key) from exc
 
 
 def script(client: Redis, name: str) -> AsyncScript:
@@ -61,9 +94,20 @@ def script(client: Redis, name: str) -> AsyncScript:
     return client.register_script(source)
 
 
-def text(value: Any) -> str:
+def as_str(value: Any) -> str:
     """A reply value as str (replies are bytes: the client does not decode)."""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+_instance = os.urandom(4).hex()
+_counter = itertools.count(1)
+
+
+def request_token() -> str:
+    """A token naming one request, unique across processes: a script that sees
+    the same token twice (redis-py re-sent a request whose reply was lost)
+    answers as it did the first time instead of acting again."""
+    return f"{_instance}.{next(_counter)}"
 
 
 def queue_script(pipe: Any, script: AsyncScript, keys: Sequence[Any],
@@ -93,76 +137,3 @@ async def execute(client: Redis, build: Callable[[Any], None],
         if isinstance(reply, Exception):
             raise reply
     return list(replies)
-
-
-class Coalescer:
-    """Runs the Redis commands issued in one event-loop tick as one pipeline.
-
-    Each ``await run(queue)`` call gets the reply of the one command its
-    ``queue(pipe)`` adds to the shared pipeline (``await script(...)`` the
-    reply of one script call). Under load, hundreds of concurrent lookups (one
-    per message) become one round trip and one socket write, instead of one
-    each: the difference between a few thousand and tens of thousands of
-    commands per second from one process. Idle, a lone command waits for one
-    loop iteration at most.
-    """
-
-    def __init__(self, client: Redis, *, max_batch: int = 512) -> None:
-        self._client = client
-        self._max = max_batch
-        self._pending: list[tuple[Callable[[Any], Any], asyncio.Future[Any]]] = []
-        self._scheduled = False
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def run(self, queue: Callable[[Any], Any]) -> Any:
-        """``queue(pipe)`` adds one command to ``pipe``; returns that command's
-        reply, or raises its error."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((queue, future))
-        if len(self._pending) >= self._max:
-            self._flush()
-        elif not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
-        return await future
-
-    async def script(self, script: AsyncScript, keys: Sequence[Any],
-                     args: Sequence[Any]) -> Any:
-        """One script call, coalesced; a NOSCRIPT (Redis restarted) is retried
-        on its own, which loads the script again."""
-        try:
-            return await self.run(lambda pipe: queue_script(pipe, script, keys, args))
-        except NoScriptError:
-            return await script(keys=keys, args=args)
-
-    def _flush(self) -> None:
-        self._scheduled = False
-        batch, self._pending = self._pending, []
-        if batch:
-            task = asyncio.get_running_loop().create_task(self._execute(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _execute(
-        self, batch: list[tuple[Callable[[Any], Any], asyncio.Future[Any]]]
-    ) -> None:
-        try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for queue, _ in batch:
-                    queue(pipe)
-                replies = await pipe.execute(raise_on_error=False)
-        except BaseException as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for (_, future), reply in zip(batch, replies, strict=True):
-            if future.done():
-                continue
-            if isinstance(reply, Exception):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)

@@ -1,209 +1,160 @@
-"""Resend timers for ACK-required messages delivered to this pod's connections,
-and re-route timers for ACK-required deliveries that could not reach a pod.
+"""The timed duties of the ACK store on a pod: resends, expiry, reconciliation.
 
-Every pod that delivers an ACK-required message to one of its connections
-tracks it here. When it falls due the pod asks the store to ``claim`` the
-resend: the store decides atomically, so with a user on several pods exactly
-one of them resends (to every pod of the user) and the others wait. Timers are
-only an optimisation of who asks when; the store holds the truth, so a pod that
-dies loses nothing but its timers, and the pod that next holds the user
-(replay on connect) tracks the message again.
+The store owns the schedule (``wsnode.acks.ResendSchedule``); a pod only does
+the work for the users it holds. Three supervised loops (``wsnode.supervisor``):
 
-A delivery the bus could not take (broker down, queue gone) is routed again
-with backoff while the store still has it pending; that does not count as a
-delivery attempt, because no client saw it.
+* **resend** scans the store's due index on the store's clock. For each due
+  user this pod holds it claims the user's due messages (atomic per user, so a
+  user on several pods gets one resend per attempt) and delivers them to every
+  pod of the user. A user nobody holds any more (due for longer than
+  ``grace``, and presence shows no pod) is dropped from the index: they get
+  their messages in the replay of their next connect. A user whose client has
+  not read what it was sent yet is skipped (a resend would only pile onto its
+  queue); one user whose claim fails does not hold back the others.
+* **sweep** dead-letters pending messages whose expiry passed, whoever holds
+  them (an offline user's too).
+* **reconcile**, every ``RECONCILE_S``, puts every user this pod holds back
+  into the due index with their earliest due message: the repair for index
+  entries lost to a crash between two writes.
+
+Every message that becomes dead on this pod is counted, traced and logged
+once (``Sender.dead_lettered``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import heapq
 import logging
-from collections.abc import Awaitable, Callable
-from enum import IntEnum
+import time
+from collections.abc import Callable, Iterable
 
-from wsnode.acks import AckStore, ClaimKind, DeadLetter, MsgState, StoredMessage
-from wsnode.bus import Delivery
-from wsnode.clock import Clock, SystemClock
+from wsnode import failpoints
+from wsnode.acks import AckBackend
 from wsnode.errors import BackendUnavailable
-from wsnode.ids import MsgId, UserId
+from wsnode.ids import UserId
 from wsnode.metrics import Metrics
+from wsnode.outage import LogThrottle
+from wsnode.presence import PresenceReader
+from wsnode.sender import Sender
 
 log = logging.getLogger("wsnode.resend")
 
-_BATCH = 256
-_CONCURRENCY = 256
-_BACKEND_RETRY_MS = 1000
-_BUSY_RETRY_MS = 1000
-_REROUTE_FIRST_MS = 250
-_REROUTE_MAX_MS = 10_000
-_MAX_UNROUTED = 50_000
+SCAN_LIMIT = 2000
+SWEEP_LIMIT = 1000
+RECONCILE_S = 30.0
+_CONCURRENCY = 64
 
 
-class _Kind(IntEnum):
-    CLAIM = 0
-    REROUTE = 1
-
-
-_Key = tuple[_Kind, UserId, MsgId]
+def scan_interval(retry_interval: float) -> float:
+    """How often a pod scans the due index: a quarter of the first resend delay
+    (so resends are at most that late), between 50 ms and 1 s."""
+    return min(1.0, max(0.05, retry_interval / 4))
 
 
 class Resender:
+    """The resend and reconcile loops of one pod (see the module)."""
+
     def __init__(
         self,
-        acks: AckStore,
+        acks: AckBackend,
+        presence: PresenceReader,
+        sender: Sender,
         metrics: Metrics,
         *,
-        resend: Callable[[StoredMessage], Awaitable[object]],
-        reroute: Callable[[Delivery], Awaitable[object]],
         holds: Callable[[UserId], bool],
+        held: Callable[[], Iterable[UserId]],
         busy: Callable[[UserId], bool] = lambda user: False,
-        on_dead: Callable[[DeadLetter], None] = lambda dead: None,
-        clock: Clock | None = None,
+        interval: float = 1.0,
     ) -> None:
         self._acks = acks
+        self._presence = presence
+        self._sender = sender
         self._metrics = metrics
-        self._resend = resend
-        self._reroute = reroute
         self._holds = holds
+        self._held = held
         self._busy = busy
-        self._on_dead = on_dead
-        self._clock = clock or SystemClock()
-        self._heap: list[tuple[int, _Kind, UserId, MsgId]] = []
-        self._due: dict[_Key, int] = {}
-        self._unrouted: dict[tuple[UserId, MsgId], tuple[Delivery, int]] = {}
-        self._wake = asyncio.Event()
-        self._capped = False
+        self.interval = interval
+        self.grace_ms = int(1000 * max(2.0, 4 * interval))
+        self._elsewhere: dict[UserId, float] = {}  # held by another pod, as seen at
+        self._throttle = LogThrottle(log)
+        self.problem: str | None = None  # users whose claims failed in the last round
 
-    def track(self, user: UserId, msg_id: MsgId, due_ms: int) -> None:
-        """Ask the store about ``(user, msg_id)`` at ``due_ms`` (the latest call wins)."""
-        self._schedule((_Kind.CLAIM, user, msg_id), due_ms)
+    async def resend_step(self) -> float:
+        """One scan of the due index; returns when to scan again."""
+        scan = await self._acks.due(SCAN_LIMIT)
+        mine = [u for u, _ in scan.users if self._holds(u) and not self._busy(u)]
+        failed = await self._claim_all(mine)
+        self.problem = f"resend claims failing for {failed} user(s)" if failed else None
+        stale = [(u, since) for u, since in scan.users
+                 if since <= scan.now_ms - self.grace_ms and not self._holds(u)]
+        if stale:
+            await self._forget_unheld(stale)
+        if len(scan.users) >= SCAN_LIMIT:
+            return 0.0
+        if scan.next_in_ms is not None:
+            return min(self.interval, scan.next_in_ms / 1000)
+        return self.interval
 
-    def track_unrouted(self, delivery: Delivery) -> None:
-        """Route ``delivery`` again soon, backing off while it keeps failing.
-        Bounded: past ``_MAX_UNROUTED`` (a long bus outage) further ones are
-        left to the store: they reach their users on reconnect or restore."""
-        assert delivery.ack_id is not None
-        key = (delivery.user, delivery.ack_id)
-        previous = self._unrouted.get(key)
-        if previous is None and len(self._unrouted) >= _MAX_UNROUTED:
-            if not self._capped:
-                self._capped = True
-                log.warning("over %d ACK-required deliveries wait for the bus; further ones "
-                            "wait in the store for their users' next connect", _MAX_UNROUTED)
-            return
-        self._capped = False
-        wait = min(previous[1] * 2, _REROUTE_MAX_MS) if previous else _REROUTE_FIRST_MS
-        self._unrouted[key] = (delivery, wait)
-        self._schedule((_Kind.REROUTE, *key), self._clock.now_ms() + wait)
-
-    def __len__(self) -> int:
-        return len(self._due)
-
-    async def run(self) -> None:
-        """Fire timers forever (cancel to stop). Each due timer runs in a task of
-        its own, at most ``_CONCURRENCY`` at once, so one slow backend call (a
-        confirm that takes seconds) never holds back the others."""
+    async def _claim_all(self, users: list[UserId]) -> int:
         slots = asyncio.Semaphore(_CONCURRENCY)
-        running: set[asyncio.Task[None]] = set()
 
-        async def fire(key: _Key) -> None:
-            try:
-                await self._fire(key)
-            finally:
-                slots.release()
+        async def one(user: UserId) -> None:
+            async with slots:
+                await self._claim(user)
 
-        try:
-            while True:
-                batch = self._pop_due()
-                for key in batch:
-                    await slots.acquire()
-                    task = asyncio.get_running_loop().create_task(fire(key))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
-                if batch:
-                    continue
-                await self._sleep()
-        finally:
-            for task in running:
-                task.cancel()
+        outcomes = await asyncio.gather(*(one(u) for u in users), return_exceptions=True)
+        failed = 0
+        for user, outcome in zip(users, outcomes, strict=True):
+            if isinstance(outcome, BackendUnavailable):
+                raise outcome  # the store is down: the whole round failed
+            if isinstance(outcome, BaseException):
+                failed += 1
+                self._throttle.warn("claim", "resend claim for user %r failed: %r", user,
+                                    outcome, exc_info=outcome)
+        return failed
 
-    async def _sleep(self) -> None:
-        """Until the earliest timer is due, or an earlier one is scheduled."""
-        self._wake.clear()
-        delay = None
-        if self._heap:
-            delay = max(0.0, (self._heap[0][0] - self._clock.now_ms()) / 1000)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), delay)
-
-    def _schedule(self, key: _Key, due_ms: int) -> None:
-        if self._due.get(key) == due_ms:
-            return
-        self._due[key] = due_ms
-        heapq.heappush(self._heap, (due_ms, *key))
-        if self._heap[0][0] == due_ms:
-            self._wake.set()
-
-    def _pop_due(self) -> list[_Key]:
-        now = self._clock.now_ms()
-        out: list[_Key] = []
-        while self._heap and self._heap[0][0] <= now and len(out) < _BATCH:
-            due, kind, user, msg_id = heapq.heappop(self._heap)
-            key = (kind, user, msg_id)
-            if self._due.get(key) != due:
-                continue  # superseded by a later schedule
-            del self._due[key]
-            out.append(key)
-        return out
-
-    async def _fire(self, key: _Key) -> None:
-        kind, user, msg_id = key
-        try:
-            if kind is _Kind.REROUTE:
-                await self._fire_reroute(user, msg_id)
-            else:
-                await self._fire_claim(user, msg_id)
-        except BackendUnavailable:
-            self._metrics.backend_errors.labels("acks").inc()
-            self._schedule(key, self._clock.now_ms() + _BACKEND_RETRY_MS)
-        except Exception:
-            log.exception("resend of %s failed; it stays stored", msg_id, extra={"user": user})
-            if kind is _Kind.REROUTE:
-                self._unrouted.pop((user, msg_id), None)
-
-    async def _fire_reroute(self, user: UserId, msg_id: MsgId) -> None:
-        entry = self._unrouted.get((user, msg_id))
-        if entry is None:
-            return
-        if await self._acks.status(user, msg_id) is not MsgState.PENDING:
-            del self._unrouted[(user, msg_id)]
-            return
-        # A failure calls track_unrouted again (longer wait); success ends it here.
-        delivery = entry[0]
-        await self._reroute(delivery)
-        if self._due.get((_Kind.REROUTE, user, msg_id)) is None:
-            self._unrouted.pop((user, msg_id), None)
-
-    async def _fire_claim(self, user: UserId, msg_id: MsgId) -> None:
-        if not self._holds(user):
-            return  # the user left this pod; whoever holds them now tracks it
-        if self._busy(user):
-            # The client has not read what it was sent yet: a resend would only
-            # pile onto its send queue (and close it for slowness). Ask later,
-            # without spending an attempt.
-            self.track(user, msg_id, self._clock.now_ms() + _BUSY_RETRY_MS)
-            return
-        claim = await self._acks.claim(user, msg_id)
-        if claim.kind is ClaimKind.RESEND and claim.message is not None:
+    async def _claim(self, user: UserId) -> None:
+        if failpoints.ACTIVE:
+            await failpoints.hit("resend.claim")
+        claimed = await self._acks.claim_due(user)
+        for dead in claimed.dead:
+            self._sender.dead_lettered(dead)
+        for msg in claimed.resend:
             self._metrics.acks_resent.inc()
-            self.track(user, msg_id, claim.message.next_due)
-            await self._resend(claim.message)
-        elif claim.kind is ClaimKind.WAIT and claim.message is not None:
-            self.track(user, msg_id, claim.message.next_due)
-        elif claim.kind is ClaimKind.DEAD and claim.dead is not None:
-            self._metrics.acks_dead_lettered.labels(claim.dead.reason.value).inc()
-            self._on_dead(claim.dead)
-            log.info("message %s dead-lettered (%s)", msg_id, claim.dead.reason.value,
-                     extra={"user": user})
+            await self._sender.redeliver(msg)
+
+    async def _forget_unheld(self, stale: list[tuple[UserId, int]]) -> None:
+        now = time.monotonic()
+        for user, seen in list(self._elsewhere.items()):
+            if now - seen > self.grace_ms / 1000:
+                del self._elsewhere[user]
+        ask = [u for u, _ in stale if u not in self._elsewhere]
+        if not ask:
+            return
+        where = await self._presence.pods_of(ask)
+        for user, since in stale:
+            if user in where:
+                self._elsewhere[user] = now  # its pod claims it; do not ask each round
+            elif user in ask:
+                await self._acks.forget(user, since)
+
+    async def reconcile_step(self) -> None:
+        """Every held user back into the due index (see the module)."""
+        users = list(self._held())
+        for start in range(0, len(users), 500):
+            chunk = users[start:start + 500]
+            await asyncio.gather(*(self._acks.schedule(u) for u in chunk))
+
+
+class Sweeper:
+    """The expiry loop of one pod (see the module)."""
+
+    def __init__(self, acks: AckBackend, sender: Sender) -> None:
+        self._acks = acks
+        self._sender = sender
+
+    async def step(self) -> float | None:
+        dead = await self._acks.sweep(SWEEP_LIMIT)
+        for d in dead:
+            self._sender.dead_lettered(d)
+        return 0.0 if len(dead) >= SWEEP_LIMIT else None

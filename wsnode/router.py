@@ -18,14 +18,14 @@ if TYPE_CHECKING:
     from wsnode.protocol import Envelope
 
 Handler = Callable[["Conn", "Envelope"], Awaitable[None]]
-H = TypeVar("H", bound=Handler)
+HandlerT = TypeVar("HandlerT", bound=Handler)
 
 
 class Router:
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
 
-    def on(self, msg_type: str) -> Callable[[H], H]:
+    def on(self, msg_type: str) -> Callable[[HandlerT], HandlerT]:
         """Decorator registering the handler of ``msg_type``.
 
         Raises ValueError for a reserved or malformed type, or a second handler.
@@ -35,7 +35,7 @@ class Router:
         if msg_type in RESERVED_TYPES:
             raise ValueError(f"{msg_type!r} is reserved by the protocol")
 
-        def register(handler: H) -> H:
+        def register(handler: HandlerT) -> HandlerT:
             if msg_type in self._handlers:
                 raise ValueError(f"a handler for {msg_type!r} is already registered")
             self._handlers[msg_type] = handler

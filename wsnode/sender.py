@@ -7,31 +7,38 @@ through the broker.
 
 Contract of :meth:`Sender.send_to_user`:
 
-* ACK-required: stored first (idempotent on ``id``); a duplicate is neither
-  stored nor delivered again. Whatever happens to routing afterwards, the
-  store keeps it until acked or dead-lettered.
+* ACK-required: stored first (idempotent on ``id``). A repeat of an id that
+  is still pending is routed again (a producer retrying after a crash must not
+  leave the message unrouted) and reported ``duplicate``; a repeat of an id
+  that was acked or dead-lettered is neither stored nor delivered. Whatever
+  happens to routing afterwards, the store keeps the message and resends it
+  until it is acked or dead-lettered.
 * Then delivered to local connections and published once per remote pod that
   holds the user (never to every pod).
 * Never raises for routing trouble: what could not be routed is counted in
   ``wsnode_messages_dropped_total{reason}`` and visible in the report.
+  An ACK-required delivery that reached no connection because a publish
+  failed is due again soon in the store, without spending an attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from wsnode.acks import AckStore, StoredMessage
+from wsnode import failpoints
+from wsnode.acks import AckBackend, DeadLetter, MsgState, StoredMessage
 from wsnode.bus import Bus, Delivery, Unroutable
 from wsnode.clock import Clock, SystemClock
 from wsnode.errors import BackendUnavailable, NotFound, SendError
 from wsnode.ids import MsgId, PodId, UserId
 from wsnode.metrics import Metrics
-from wsnode.presence import Presence
+from wsnode.outage import LogThrottle
+from wsnode.presence import PresenceReader
 from wsnode.protocol import MAX_ID_LENGTH, RESERVED_TYPES, TYPE_PATTERN, Envelope
 from wsnode.trace import NoTracer, TracePolicy, Tracer
 
@@ -40,7 +47,9 @@ log = logging.getLogger("wsnode.sender")
 
 @dataclass(slots=True)
 class SendReport:
-    """What ``send_to_user`` did (the body of ``POST /v1/send``)."""
+    """What ``send_to_user`` did (the body of ``POST /v1/send``). ``evicted``
+    names the user's oldest pending messages this store dead-lettered
+    (reason ``overflow``) because the user was at the pending cap."""
 
     user: UserId
     local: int = 0
@@ -49,11 +58,16 @@ class SendReport:
     seq: int | None = None
     duplicate: bool = False
     failed_pods: list[PodId] = field(default_factory=list)
+    evicted: list[MsgId] = field(default_factory=list)
+
+    @property
+    def reached_nobody(self) -> bool:
+        return not (self.local or self.pods)
 
     def to_json(self) -> dict[str, object]:
         return {"user": self.user, "local": self.local, "pods": self.pods,
                 "stored": self.stored, "seq": self.seq, "duplicate": self.duplicate,
-                "failedPods": self.failed_pods}
+                "failedPods": self.failed_pods, "evicted": self.evicted}
 
 
 class LocalDeliverer(Protocol):
@@ -83,15 +97,14 @@ class Sender:
     def __init__(
         self,
         *,
-        presence: Presence,
+        presence: PresenceReader,
         bus: Bus,
-        acks: AckStore,
+        acks: AckBackend,
         metrics: Metrics,
         pod: PodId | None = None,
         local: LocalDeliverer | None = None,
         clock: Clock | None = None,
-        on_unrouted: Callable[[Delivery], None] | None = None,
-        remote: bool = True,
+        shared_bus: bool = True,
         tracer: Tracer | None = None,
         trace_policy: TracePolicy | None = None,
     ) -> None:
@@ -102,12 +115,12 @@ class Sender:
         self.pod = pod
         self.local = local
         self._clock = clock or SystemClock()
-        # Told about ACK-required deliveries a publish failed for (bus down, queue
-        # gone), so they are routed again without waiting for a reconnect.
-        self._on_unrouted = on_unrouted
-        self._remote = remote
+        # False when no other pod can be reached: sends skip the presence lookup,
+        # which could only name this pod.
+        self._shared_bus = shared_bus
         self.tracer: Tracer = tracer or NoTracer()
         self.trace_policy = trace_policy or TracePolicy(ack=False)
+        self._throttle = LogThrottle(log)
 
     async def send_to_user(self, user: UserId, env: Envelope, *,
                            trace: bool = False) -> SendReport:
@@ -124,17 +137,24 @@ class Sender:
             if trace_id:
                 self.tracer.record(trace_id, user, "duplicate" if result.duplicate else "stored",
                                    self.pod, seq=result.seq)
-            if result.duplicate or result.message is None:
-                return report
-            self.metrics.acks_stored.inc()
+            for dead in result.evicted:
+                report.evicted.append(dead.message.id)
+                self.dead_lettered(dead)
+            if result.state is not MsgState.PENDING or result.message is None:
+                return report  # a repeat of an id that is settled or dead: done with
+            if not result.duplicate:
+                self.metrics.acks_stored.inc()
+            if failpoints.ACTIVE:
+                await failpoints.hit("sender.after_store")
             await self.route(_ack_delivery(result.message, trace_id), report)
         else:
-            await self.route(Delivery(user, env.encode(), env.type, trace_id=trace_id), report)
-            if not (report.local or report.pods or report.failed_pods):
+            await self.route(Delivery(user, env.encode(), env.type, expires_at=env.expires_at,
+                                      trace_id=trace_id), report)
+            if report.reached_nobody and not report.failed_pods:
                 self.metrics.count_dropped("offline")
         if trace_id:
             self._trace_route(trace_id, report, "routed")
-        if env.requires_ack or self._remote:
+        if env.requires_ack or self._shared_bus:
             # Sends that only touch local connections take microseconds; timing
             # them would cost more than the send (this is the in-process hot path).
             self.metrics.send_latency.observe(time.perf_counter() - started)
@@ -148,6 +168,15 @@ class Sender:
         if trace_id:
             self._trace_route(trace_id, report, "resent", attempt=msg.attempts)
         return report
+
+    def dead_lettered(self, dead: DeadLetter) -> None:
+        """Count, trace and log a message that just became a dead letter."""
+        msg, reason = dead.message, dead.reason.value
+        self.metrics.acks_dead_lettered.labels(reason).inc()
+        if self.trace_policy.ack:
+            self.tracer.record(msg.id, msg.user, "dead", self.pod, reason=reason)
+        self._throttle.warn(f"dead:{reason}", "message %s of user %r dead-lettered (%s)",
+                            msg.id, msg.user, reason)
 
     def _trace_route(self, msg_id: MsgId, report: SendReport, event: str,
                      **extra: Any) -> None:
@@ -176,20 +205,17 @@ class Sender:
     async def route(self, delivery: Delivery, report: SendReport, *,
                     local: bool = True) -> None:
         """Deliver locally (unless ``local`` is False) and publish once per other
-        pod holding the user, skipping the pods ``delivery.reached`` names."""
+        pod holding the user, skipping the pods ``delivery.published_to`` names."""
         if local and self.local is not None:
             report.local = self.local.deliver_local(delivery)
-        if self._remote:
+        if self._shared_bus:
             await self._publish(delivery, report)
-        if delivery.ack_id is not None and report.failed_pods and self._on_unrouted:
-            # Routed again later to the pods it did not reach (never again to those
-            # it did, this one included when its own connections got it). A
-            # message that reached nobody needs no retry: it was stored before
-            # presence was read, so a connection that presence did not show yet
-            # reads it in its replay.
-            here = (self.pod,) if report.local and self.pod else ()
-            done = tuple(sorted({*delivery.reached, *report.pods, *here}))
-            self._on_unrouted(replace(delivery, reached=done))
+        if delivery.ack_id is not None and report.failed_pods and report.reached_nobody:
+            # Stored, so not lost; but the user's devices would wait a whole
+            # retry interval. Due again soon instead, without spending an attempt.
+            # If the store fails here, its own schedule resends it.
+            with contextlib.suppress(BackendUnavailable):
+                await self.acks.defer(delivery.user, [delivery.ack_id])
 
     async def _publish(self, delivery: Delivery, report: SendReport) -> None:
         try:
@@ -197,15 +223,17 @@ class Sender:
         except BackendUnavailable:
             self.metrics.backend_errors.labels("presence").inc()
             report.failed_pods.append(PodId("?"))  # unknown: treat as a failed publish
+            if delivery.ack_id is None:
+                self.metrics.count_dropped("presence_unavailable")
             return
         pods = where.get(delivery.user)
         if not pods:
             return
-        skip = {*delivery.reached, *((self.pod,) if self.pod else ())}
+        skip = {*delivery.published_to, *((self.pod,) if self.pod else ())}
         remote = sorted(pods - skip)
         if not remote:
             return
-        out = replace(delivery, reached=tuple(sorted(skip.union(remote))))
+        out = replace(delivery, published_to=tuple(sorted(skip.union(remote))))
         if len(remote) == 1:
             outcomes: list[BaseException | None] = [await self._publish_one(remote[0], out)]
         else:
@@ -224,7 +252,7 @@ class Sender:
             else:
                 reason = "bus_error"
                 log.error("publish to %s failed", pod, exc_info=outcome)
-            # An ACK-required message stays stored: it is routed again or replayed later.
+            # An ACK-required message stays stored: it is resent or replayed later.
             if delivery.ack_id is None:
                 self.metrics.count_dropped(reason)
 
@@ -237,6 +265,5 @@ class Sender:
 
 
 def _ack_delivery(msg: StoredMessage, trace_id: MsgId | None = None) -> Delivery:
-    return Delivery(msg.user, msg.frame(), msg.type, ack_id=msg.id, due=msg.next_due,
-                    trace_id=trace_id)
-
+    return Delivery(msg.user, msg.frame(), msg.type, ack_id=msg.id,
+                    expires_at=msg.expires_at, trace_id=trace_id)

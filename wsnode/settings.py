@@ -162,6 +162,9 @@ class NodeSettings(BaseSettings):
     trace_ttl: Duration = 86400.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+    # Tests only: make this pod fail at named places (wsnode.failpoints). Off
+    # by default, and costs nothing when off.
+    failpoints: str = ""
 
     @field_validator("api_key")
     @classmethod
@@ -180,6 +183,14 @@ class NodeSettings(BaseSettings):
         except ValueError as exc:
             raise ValueError("use off, ack, all, or a share such as 0.01") from exc
         return value.strip().lower()
+
+    @field_validator("failpoints")
+    @classmethod
+    def _failpoints(cls, value: str) -> str:
+        from wsnode.failpoints import parse
+
+        parse(value)  # its ValueError names the bad item
+        return value.strip()
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -223,6 +234,15 @@ class NodeSettings(BaseSettings):
     def cluster(self) -> bool:
         """True when Redis and RabbitMQ are configured (cluster mode)."""
         return self.redis_url is not None and self.amqp_url is not None
+
+    @property
+    def mode(self) -> str:
+        """The mode in words, for the log line a pod starts with."""
+        if self.cluster:
+            return "cluster mode"
+        if self.redis_url is not None:
+            return "single pod, state in Redis (no WSNODE_AMQP_URL: no other pod is reached)"
+        return "embedded mode"
 
     @property
     def lease_seconds(self) -> float:

@@ -8,14 +8,18 @@ events per id, kept ``ttl`` after their last event.
 
 Contract of :class:`Tracer`: ``record`` never blocks and never raises (a trail
 is diagnostics: losing an event to a backend outage must not cost a message);
-``trail`` returns the events of an id in time order (by the clock of the pod
-that recorded each), of one user when given.
+``flush`` writes what ``record`` buffered (a pod runs it as a supervised loop,
+woken by ``on_buffered``; it raises BackendUnavailable when the store cannot
+take the batch, which is then dropped); ``trail`` returns the events of an id
+in time order (by the clock of the pod that recorded each), of one user when
+given.
 """
 
 from __future__ import annotations
 
 import random
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -58,14 +62,25 @@ class TracePolicy:
 
 
 class Tracer(Protocol):
+    on_buffered: Callable[[], None]
+    """Called when ``record`` buffers into an empty buffer (wakes the flusher)."""
+
     def record(self, msg_id: MsgId, user: UserId, event: str, pod: PodId | None,
                **fields: Any) -> None: ...
+
+    async def flush(self) -> None:
+        """Write what is buffered (see the module contract)."""
+        ...
 
     async def trail(self, msg_id: MsgId, user: UserId | None = None) -> list[dict[str, Any]]: ...
 
     async def aclose(self) -> None:
         """Write what is buffered (bounded in time)."""
         ...
+
+
+def _nothing() -> None:
+    return None
 
 
 def make_event(at: int, user: UserId, event: str, pod: PodId | None,
@@ -82,6 +97,7 @@ class MemoryTracer:
         self._max_ids = max_ids
         self._clock = clock or SystemClock()
         self._trails: OrderedDict[MsgId, list[dict[str, Any]]] = OrderedDict()
+        self.on_buffered: Callable[[], None] = _nothing
 
     def record(self, msg_id: MsgId, user: UserId, event: str, pod: PodId | None,
                **fields: Any) -> None:
@@ -90,6 +106,9 @@ class MemoryTracer:
         self._trails[msg_id] = trail[-MAX_EVENTS:]  # most recently touched last
         while len(self._trails) > self._max_ids:
             self._trails.popitem(last=False)
+
+    async def flush(self) -> None:
+        return None  # nothing is buffered
 
     async def trail(self, msg_id: MsgId, user: UserId | None = None) -> list[dict[str, Any]]:
         events = self._trails.get(msg_id, [])
@@ -104,6 +123,12 @@ class MemoryTracer:
 
 class NoTracer:
     """``TRACE=off``."""
+
+    def __init__(self) -> None:
+        self.on_buffered: Callable[[], None] = _nothing
+
+    async def flush(self) -> None:
+        return None
 
     def record(self, msg_id: MsgId, user: UserId, event: str, pod: PodId | None,
                **fields: Any) -> None:

@@ -2,11 +2,12 @@
 read by ``wsctl trace`` without a pod.
 
 One list per message id (``keys.RedisKeys.trace``), capped and expiring.
-``record`` only appends to a buffer; every ``FLUSH_S`` the buffer goes out as
-one pipeline, in a task of the tracer's own, so tracing adds no round trip to
-a send, and the events of one id that arrive together (stored and routed, say)
-cost one RPUSH and one PEXPIRE. Write failures are dropped and logged once
-per outage.
+``record`` only appends to a buffer and wakes the flusher (the pod's
+supervised ``trace`` loop), which waits ``FLUSH_S`` to gather more and writes
+the buffer as one pipeline: tracing adds no round trip to a send, and the
+events of one id that arrive together (stored and routed, say) cost one RPUSH
+and one PEXPIRE. A batch the store cannot take is dropped (the loop reports
+the outage); a trail key that cannot be written (corrupt) is skipped and logged.
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from wsnode.clock import Clock, SystemClock
-from wsnode.errors import BackendUnavailable
+from wsnode.errors import WsnodeError
 from wsnode.ids import MsgId, PodId, UserId
 from wsnode.keys import RedisKeys
-from wsnode.redis_conn import Redis, execute, translated
+from wsnode.outage import LogThrottle
+from wsnode.redis_conn import Redis, translated
 from wsnode.trace import MAX_EVENTS, make_event
 
 log = logging.getLogger("wsnode.trace")
@@ -32,6 +35,7 @@ FLUSH_S = 0.02
 # over is replayed each time; a producer retrying one id): only lists that got
 # one are trimmed.
 _UNBOUNDED = frozenset({"replayed", "resent", "duplicate"})
+_MAX_BUFFERED = 100_000
 
 
 class RedisTracer:
@@ -43,44 +47,43 @@ class RedisTracer:
         self._clock = clock or SystemClock()
         self._buffer: dict[str, list[bytes]] = {}
         self._trim: set[str] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._failing = False
+        self._throttle = LogThrottle(log)
+        self.on_buffered: Callable[[], None] = lambda: None
 
     def record(self, msg_id: MsgId, user: UserId, event: str, pod: PodId | None,
                **fields: Any) -> None:
         entry = orjson.dumps(make_event(self._clock.now_ms(), user, event, pod, fields))
         if not self._buffer:
-            with contextlib.suppress(RuntimeError):  # no running loop: nothing to flush with
-                asyncio.get_running_loop().call_later(FLUSH_S, self._flush)
+            self.on_buffered()
         key = self._k.trace(msg_id)
         self._buffer.setdefault(key, []).append(entry)
         if event in _UNBOUNDED:
             self._trim.add(key)
+        if len(self._buffer) > _MAX_BUFFERED:
+            # The store has been away a long time: keep the newest, drop the oldest.
+            del self._buffer[next(iter(self._buffer))]
 
-    def _flush(self) -> None:
+    async def flush(self) -> None:
+        if not self._buffer:
+            return
+        await asyncio.sleep(FLUSH_S)  # gather what else this send or burst records
         batch, self._buffer = self._buffer, {}
         trim, self._trim = self._trim, set()
-        if batch:
-            task = asyncio.get_running_loop().create_task(self._write(batch, trim))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
 
-    async def _write(self, batch: dict[str, list[bytes]], trim: set[str]) -> None:
         def build(pipe: Any) -> None:
             for key, entries in batch.items():
                 pipe.rpush(key, *entries)
                 if key in trim:
                     pipe.ltrim(key, -MAX_EVENTS, -1)
                 pipe.pexpire(key, self.ttl_ms)
-        try:
-            with translated("trace"):
-                await execute(self._r, build)
-        except BackendUnavailable as exc:
-            if not self._failing:
-                self._failing = True
-                log.warning("message trails not written: %s", exc)
-            return
-        self._failing = False
+
+        with translated("trace"):
+            async with self._r.pipeline(transaction=False) as pipe:
+                build(pipe)
+                replies = await pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                self._throttle.warn("write", "a message trail was not written: %s", reply)
 
     async def trail(self, msg_id: MsgId, user: UserId | None = None) -> list[dict[str, Any]]:
         with translated("trace"):
@@ -91,6 +94,7 @@ class RedisTracer:
         return [e for e in events if user is None or e.get("user") == user]
 
     async def aclose(self) -> None:
-        self._flush()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=2.0)
+        """Write what is buffered, within two seconds; what cannot be is dropped."""
+        with contextlib.suppress(WsnodeError, TimeoutError):
+            async with asyncio.timeout(2.0):
+                await self.flush()

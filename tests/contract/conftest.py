@@ -24,8 +24,9 @@ import pytest
 
 from tests.contract.factories import AcksFactory, LimiterFactory, PresenceFactory
 from wsnode import redis_conn
-from wsnode.acks import AckPolicy, AckStore, MemoryAckStore
-from wsnode.acks_redis import RedisAckStore
+from wsnode.acks import AckBackend, AckPolicy
+from wsnode.acks_memory import MemoryAcks
+from wsnode.acks_redis import RedisAcks
 from wsnode.keys import RedisKeys
 from wsnode.limiter import MemoryLimiter, RateLimiter
 from wsnode.limiter_redis import RedisLimiter
@@ -100,12 +101,12 @@ def make_limiter(backend: str, key_prefix: str,
 
 @pytest.fixture
 def make_acks(backend: str, key_prefix: str, redis_client: Redis | None) -> AcksFactory:
-    """``await make_acks(AckPolicy(...))`` -> a fresh, empty AckStore."""
+    """``await make_acks(AckPolicy(...))`` -> a fresh, empty ACK store (every role)."""
 
-    async def make(policy: AckPolicy) -> AckStore:
+    async def make(policy: AckPolicy) -> AckBackend:
         if backend == "memory":
-            return MemoryAckStore(policy)
+            return MemoryAcks(policy)
         assert redis_client is not None
-        return RedisAckStore(redis_client, RedisKeys(key_prefix), policy)
+        return RedisAcks(redis_client, RedisKeys(key_prefix), policy)
 
     return make

@@ -1,4 +1,4 @@
-"""Contract of :class:`wsnode.acks.AckStore`, run against every backend.
+"""Contract of :class:`wsnode.acks.AckBackend`, run against every backend.
 
 Only the Protocol's public methods are used. Time-dependent checks (resend
 schedule, expiry, ttl) use short real durations and bounded polls, because a
@@ -15,7 +15,7 @@ import pytest
 
 from tests.contract.factories import AcksFactory
 from tests.contract.poll import eventually
-from wsnode.acks import AckPolicy, AckStore, Claim, ClaimKind, DeadLetter, DeadReason, MsgState
+from wsnode.acks import AckBackend, AckPolicy, Claimed, DeadLetter, DeadReason, MsgState
 from wsnode.ids import MsgId, UserId
 from wsnode.protocol import Envelope
 
@@ -34,23 +34,23 @@ def env(msg_id: str, **kw: object) -> Envelope:
 
 
 @pytest.fixture
-async def acks(make_acks: AcksFactory) -> AckStore:
+async def acks(make_acks: AcksFactory) -> AckBackend:
     return await make_acks(SLOW)
 
 
-async def ids(store: AckStore, user: UserId, since_ms: int | None = None) -> list[str]:
+async def ids(store: AckBackend, user: UserId, since_ms: int | None = None) -> list[str]:
     return [m.id for m in await store.pending(user, since_ms)]
 
 
 # -- store, seq, idempotency --------------------------------------------------
 
 
-async def test_seq_per_user_from_one(acks: AckStore) -> None:
+async def test_seq_per_user_from_one(acks: AckBackend) -> None:
     assert [(await acks.store(ALICE, env(f"a{i}"))).seq for i in range(3)] == [1, 2, 3]
     assert (await acks.store(BOB, env("b0"))).seq == 1
 
 
-async def test_store_returns_the_message(acks: AckStore) -> None:
+async def test_store_returns_the_message(acks: AckBackend) -> None:
     before = now_ms()
     result = await acks.store(ALICE, env("m1"))
     assert not result.duplicate
@@ -63,7 +63,7 @@ async def test_store_returns_the_message(acks: AckStore) -> None:
     assert msg.expires_at > msg.next_due
 
 
-async def test_frame_is_envelope_plus_seq(acks: AckStore) -> None:
+async def test_frame_is_envelope_plus_seq(acks: AckBackend) -> None:
     original = Envelope(type="note", payload={"s": 'quote " brace } ユ'}, id="m1",
                         requires_ack=True, expires_at=now_ms() + 3_600_000)
     await acks.store(ALICE, env("m0"))
@@ -74,7 +74,7 @@ async def test_frame_is_envelope_plus_seq(acks: AckStore) -> None:
     assert pending.frame() == msg.frame()
 
 
-async def test_duplicate_while_pending(acks: AckStore) -> None:
+async def test_duplicate_while_pending(acks: AckBackend) -> None:
     first = await acks.store(ALICE, env("m1"))
     again = await acks.store(ALICE, env("m1"))
     assert (again.duplicate, again.seq, again.state) == (True, first.seq, MsgState.PENDING)
@@ -83,7 +83,7 @@ async def test_duplicate_while_pending(acks: AckStore) -> None:
     assert (await acks.store(ALICE, env("m2"))).seq == 2
 
 
-async def test_duplicate_after_ack(acks: AckStore) -> None:
+async def test_duplicate_after_ack(acks: AckBackend) -> None:
     first = await acks.store(ALICE, env("m1"))
     assert await acks.settle(ALICE, MsgId("m1")) is MsgState.PENDING
     again = await acks.store(ALICE, env("m1"))
@@ -91,7 +91,7 @@ async def test_duplicate_after_ack(acks: AckStore) -> None:
     assert await ids(acks, ALICE) == []
 
 
-async def test_duplicate_after_dead(acks: AckStore) -> None:
+async def test_duplicate_after_dead(acks: AckBackend) -> None:
     first = await acks.store(ALICE, env("m1"))
     for i in range(3):  # overflow kills m1
         await acks.store(ALICE, env(f"x{i}"))
@@ -100,14 +100,14 @@ async def test_duplicate_after_dead(acks: AckStore) -> None:
     assert await ids(acks, ALICE) == ["x0", "x1", "x2"]
 
 
-async def test_ids_are_per_user(acks: AckStore) -> None:
+async def test_ids_are_per_user(acks: AckBackend) -> None:
     await acks.store(ALICE, env("m1"))
     assert not (await acks.store(BOB, env("m1"))).duplicate
     await acks.settle(BOB, MsgId("m1"))
     assert await acks.status(ALICE, MsgId("m1")) is MsgState.PENDING
 
 
-async def test_odd_user_and_message_ids(acks: AckStore) -> None:
+async def test_odd_user_and_message_ids(acks: AckBackend) -> None:
     user = UserId("ユーザー a b:c{d}")
     msg_id = "id:{x} ü/1"
     assert (await acks.store(user, env(msg_id))).seq == 1
@@ -119,7 +119,7 @@ async def test_odd_user_and_message_ids(acks: AckStore) -> None:
 # -- pending ------------------------------------------------------------------
 
 
-async def test_pending_in_seq_order(acks: AckStore) -> None:
+async def test_pending_in_seq_order(acks: AckBackend) -> None:
     for i in range(3):
         await acks.store(ALICE, env(f"m{i}"))
     await acks.settle(ALICE, MsgId("m1"))
@@ -127,7 +127,7 @@ async def test_pending_in_seq_order(acks: AckStore) -> None:
     assert await acks.pending(UserId("nobody")) == []
 
 
-async def test_pending_since(acks: AckStore) -> None:
+async def test_pending_since(acks: AckBackend) -> None:
     await acks.store(ALICE, env("old"))
     [old] = await acks.pending(ALICE)
     stored = ["old"]
@@ -149,7 +149,7 @@ async def test_pending_since(acks: AckStore) -> None:
 # -- settle / status ----------------------------------------------------------
 
 
-async def test_settle_and_status(acks: AckStore) -> None:
+async def test_settle_and_status(acks: AckBackend) -> None:
     await acks.store(ALICE, env("m1"))
     assert await acks.status(ALICE, MsgId("m1")) is MsgState.PENDING
     assert await acks.settle(ALICE, MsgId("m1")) is MsgState.PENDING
@@ -161,25 +161,17 @@ async def test_settle_and_status(acks: AckStore) -> None:
     assert (await acks.stats()).pending == 0
 
 
-# -- claim --------------------------------------------------------------------
+# -- the resend schedule -------------------------------------------------------
 
 
-async def test_claim_waits_before_due(acks: AckStore) -> None:
-    stored = (await acks.store(ALICE, env("m1"))).message
-    assert stored is not None
-    claim = await acks.claim(ALICE, MsgId("m1"))
-    assert claim.kind is ClaimKind.WAIT
-    assert claim.message is not None
-    assert claim.message.next_due == stored.next_due
-    assert claim.message.attempts == 1
-
-
-async def test_claim_gone_when_settled_or_unknown(acks: AckStore) -> None:
+async def test_nothing_is_due_before_the_first_interval(acks: AckBackend) -> None:
     await acks.store(ALICE, env("m1"))
-    await acks.settle(ALICE, MsgId("m1"))
-    assert (await acks.claim(ALICE, MsgId("m1"))).kind is ClaimKind.GONE
-    assert (await acks.claim(ALICE, MsgId("never"))).kind is ClaimKind.GONE
-    assert (await acks.claim(UserId("nobody"), MsgId("m1"))).kind is ClaimKind.GONE
+    scan = await acks.due()
+    assert scan.users == []
+    assert scan.next_in_ms is not None and 50_000 < scan.next_in_ms <= 60_000
+    claimed = await acks.claim_due(ALICE)
+    assert (claimed.resend, claimed.dead) == ([], [])
+    assert (await acks.pending(ALICE))[0].attempts == 1
 
 
 async def test_resend_schedule_then_dead(make_acks: AcksFactory) -> None:
@@ -188,48 +180,103 @@ async def test_resend_schedule_then_dead(make_acks: AcksFactory) -> None:
     assert stored is not None
     m1 = MsgId("m1")
 
-    async def claim() -> Claim:
-        return await acks.claim(ALICE, m1)
+    async def claim() -> Claimed:
+        return await acks.claim_due(ALICE)
 
-    first = await eventually(claim, lambda c: c.kind is not ClaimKind.WAIT)
-    assert first.kind is ClaimKind.RESEND
-    assert first.message is not None
-    assert (first.message.attempts, first.message.seq, first.message.id) == (2, 1, "m1")
-    assert first.message.next_due - stored.next_due >= 80  # the wait doubled
-    assert first.message.frame() == stored.frame()  # the same frame: clients dedup
+    def got_any(c: Claimed) -> bool:
+        return bool(c.resend or c.dead)
 
-    second = await eventually(claim, lambda c: c.kind is not ClaimKind.WAIT)
-    assert second.kind is ClaimKind.RESEND
-    assert second.message is not None
-    assert second.message.attempts == 3
+    scan = await eventually(acks.due, lambda s: bool(s.users))
+    assert [u for u, _ in scan.users] == [ALICE]
+    [first] = (await eventually(claim, got_any)).resend
+    assert (first.attempts, first.seq, first.id) == (2, 1, "m1")
+    assert first.next_due - stored.next_due >= 80  # the wait doubled
+    assert first.frame() == stored.frame()  # the same frame: clients dedup
 
-    dead = await eventually(claim, lambda c: c.kind is not ClaimKind.WAIT)
-    assert dead.kind is ClaimKind.DEAD
-    assert dead.dead is not None
-    assert dead.dead.reason is DeadReason.MAX_ATTEMPTS
-    assert dead.dead.message.id == "m1"
+    [second] = (await eventually(claim, got_any)).resend
+    assert second.attempts == 3
+
+    last = await eventually(claim, got_any)
+    assert last.resend == []
+    [dead] = last.dead
+    assert (dead.reason, dead.message.id) == (DeadReason.MAX_ATTEMPTS, "m1")
     assert await acks.pending(ALICE) == []
     assert await acks.status(ALICE, m1) is MsgState.DEAD
-    assert (await acks.claim(ALICE, m1)).kind is ClaimKind.GONE
     assert [d.reason for d in await acks.dead_letters(ALICE)] == [DeadReason.MAX_ATTEMPTS]
+    scan = await acks.due()
+    assert (scan.users, scan.next_in_ms) == ([], None)
 
 
 async def test_one_claimant_per_attempt(make_acks: AcksFactory) -> None:
     acks = await make_acks(AckPolicy(retry_interval_ms=40, max_attempts=5))
+    for i in range(3):
+        await acks.store(ALICE, env(f"m{i}"))
+    await eventually(acks.due, lambda s: bool(s.users))
+    # Ten pods holding the user claim at once: each message goes to one of them.
+    claims = await asyncio.gather(*(acks.claim_due(ALICE) for _ in range(10)))
+    resent = sorted(m.id for c in claims for m in c.resend)
+    assert resent == ["m0", "m1", "m2"]
+
+
+async def test_a_settled_message_is_not_resent(make_acks: AcksFactory) -> None:
+    acks = await make_acks(AckPolicy(retry_interval_ms=40, max_attempts=5))
     await acks.store(ALICE, env("m1"))
-    await eventually(lambda: acks.claim(ALICE, MsgId("m1")),
-                     lambda c: c.kind is ClaimKind.RESEND)
-    # the next attempt is due in 80 ms: racing claimants get one RESEND between them
-    claims = await eventually(
-        lambda: asyncio.gather(*(acks.claim(ALICE, MsgId("m1")) for _ in range(10))),
-        lambda cs: any(c.kind is not ClaimKind.WAIT for c in cs))
-    assert [c.kind for c in claims].count(ClaimKind.RESEND) == 1
+    await acks.settle(ALICE, MsgId("m1"))
+    await eventually(acks.due, lambda s: bool(s.users) or s.next_in_ms is None)
+    claimed = await acks.claim_due(ALICE)
+    assert (claimed.resend, claimed.dead) == ([], [])
+    assert (await acks.due()).users == []  # the claim cleared the stale entry
+
+
+async def test_forget_then_schedule(make_acks: AcksFactory) -> None:
+    acks = await make_acks(AckPolicy(retry_interval_ms=40, max_attempts=5))
+    await acks.store(ALICE, env("m1"))
+    [(user, since)] = (await eventually(acks.due, lambda s: bool(s.users))).users
+    assert user == ALICE
+    assert not await acks.forget(ALICE, since - 1)  # changed meanwhile: kept
+    assert await acks.forget(ALICE, since)
+    assert (await acks.due()).users == []
+    assert [m.id for m in await acks.pending(ALICE)] == ["m1"]  # the message stays
+    await acks.schedule(ALICE)
+    assert [u for u, _ in (await acks.due()).users] == [ALICE]
+
+
+async def test_defer_gives_the_attempt_back(make_acks: AcksFactory) -> None:
+    acks = await make_acks(AckPolicy(retry_interval_ms=60_000, max_attempts=5,
+                                     reroute_first_ms=40, reroute_max_ms=40))
+    await acks.store(ALICE, env("m1"))
+    await acks.defer(ALICE, [MsgId("m1")])
+    [msg] = (await _claim_soon(acks)).resend
+    assert msg.attempts == 1  # the first delivery reached nobody: not counted
+    await acks.defer(ALICE, [MsgId("unknown")])
+
+
+async def _claim_soon(acks: AckBackend) -> Claimed:
+    return await eventually(lambda: acks.claim_due(ALICE), lambda c: bool(c.resend))
+
+
+async def test_a_replay_holds_off_the_next_resend(make_acks: AcksFactory) -> None:
+    acks = await make_acks(AckPolicy(retry_interval_ms=40, max_attempts=5))
+    await acks.store(ALICE, env("m1"))
+    await eventually(acks.due, lambda s: bool(s.users))
+    [msg] = await acks.pending(ALICE, hold_ms=60_000)
+    assert msg.next_due - now_ms() > 50_000
+    assert (await acks.claim_due(ALICE)).resend == []
+
+
+async def test_store_reports_what_the_cap_evicted(acks: AckBackend) -> None:
+    for i in range(3):
+        assert (await acks.store(ALICE, env(f"m{i}"))).evicted == []
+    result = await acks.store(ALICE, env("m3"))
+    assert [(d.message.id, d.reason) for d in result.evicted] == [("m0", DeadReason.OVERFLOW)]
+    again = await acks.store(ALICE, env("m3"))  # a duplicate evicts nothing more
+    assert again.duplicate and again.evicted == []
 
 
 # -- expiry, ttl, overflow ----------------------------------------------------
 
 
-async def _swept(acks: AckStore) -> list[DeadLetter]:
+async def _swept(acks: AckBackend) -> list[DeadLetter]:
     found: list[DeadLetter] = []
 
     async def sweep() -> list[DeadLetter]:
@@ -239,7 +286,7 @@ async def _swept(acks: AckStore) -> list[DeadLetter]:
     return await eventually(sweep, lambda rows: len(rows) > 0)
 
 
-async def test_expires_at_dead_letters_on_sweep(acks: AckStore) -> None:
+async def test_expires_at_dead_letters_on_sweep(acks: AckBackend) -> None:
     await acks.store(ALICE, env("short", expires_at=now_ms() + 150))
     await acks.store(ALICE, env("long"))
     dead = await _swept(acks)
@@ -249,7 +296,7 @@ async def test_expires_at_dead_letters_on_sweep(acks: AckStore) -> None:
     assert await acks.sweep() == []
 
 
-async def test_expired_is_not_pending_even_before_sweep(acks: AckStore) -> None:
+async def test_expired_is_not_pending_even_before_sweep(acks: AckBackend) -> None:
     await acks.store(ALICE, env("short", expires_at=now_ms() + 100))
     await eventually(lambda: acks.pending(ALICE), lambda rows: rows == [])
     dead = await _swept(acks)
@@ -264,7 +311,7 @@ async def test_ttl_dead_letters_on_sweep(make_acks: AcksFactory) -> None:
     assert (await acks.stats()).pending == 0
 
 
-async def test_overflow_dead_letters_the_oldest(acks: AckStore) -> None:
+async def test_overflow_dead_letters_the_oldest(acks: AckBackend) -> None:
     for i in range(4):
         await acks.store(ALICE, env(f"m{i}"))
     assert await ids(acks, ALICE) == ["m1", "m2", "m3"]
@@ -278,7 +325,7 @@ async def test_overflow_dead_letters_the_oldest(acks: AckStore) -> None:
 # -- dead letters -------------------------------------------------------------
 
 
-async def _overflow(acks: AckStore, user: UserId, victim: str) -> None:
+async def _overflow(acks: AckBackend, user: UserId, victim: str) -> None:
     """Dead-letter ``victim`` for ``user`` through overflow (no waiting)."""
     await acks.store(user, env(victim))
     for i in range(3):
@@ -287,7 +334,7 @@ async def _overflow(acks: AckStore, user: UserId, victim: str) -> None:
         await acks.settle(user, MsgId(f"{victim}-filler{i}"))
 
 
-async def test_dead_letters_newest_first_by_user(acks: AckStore) -> None:
+async def test_dead_letters_newest_first_by_user(acks: AckBackend) -> None:
     await _overflow(acks, ALICE, "a1")
     await _overflow(acks, BOB, "b1")
     await _overflow(acks, ALICE, "a2")
@@ -302,7 +349,7 @@ async def test_dead_letters_newest_first_by_user(acks: AckStore) -> None:
     assert (doc["id"], doc["user"], doc["reason"]) == ("b1", "bob", "overflow")
 
 
-async def test_revive_makes_a_dead_letter_pending_as_a_new_message(acks: AckStore) -> None:
+async def test_revive_makes_a_dead_letter_pending_as_a_new_message(acks: AckBackend) -> None:
     await _overflow(acks, ALICE, "m2")
     revived = await acks.revive(MsgId("m2"))
     assert [(m.id, m.user, m.seq, m.attempts) for m in revived] == [("m2", ALICE, 5, 1)]
@@ -316,7 +363,7 @@ async def test_revive_makes_a_dead_letter_pending_as_a_new_message(acks: AckStor
     assert "expiresAt" not in frame
 
 
-async def test_revive_drops_an_old_expiry(acks: AckStore) -> None:
+async def test_revive_drops_an_old_expiry(acks: AckBackend) -> None:
     await acks.store(BOB, env("late", expires_at=9_999_999_999_999))
     for i in range(3):
         await acks.store(BOB, env(f"f{i}"))
@@ -325,7 +372,7 @@ async def test_revive_drops_an_old_expiry(acks: AckStore) -> None:
     assert "expiresAt" not in orjson.loads(revived[0].frame())
 
 
-async def test_revive_of_one_user(acks: AckStore) -> None:
+async def test_revive_of_one_user(acks: AckBackend) -> None:
     await _overflow(acks, ALICE, "m1")
     await _overflow(acks, BOB, "m1")
     revived = await acks.revive(MsgId("m1"), BOB)
@@ -335,7 +382,7 @@ async def test_revive_of_one_user(acks: AckStore) -> None:
     assert await acks.status(BOB, MsgId("m1")) == MsgState.PENDING
 
 
-async def test_revive_of_every_user(acks: AckStore) -> None:
+async def test_revive_of_every_user(acks: AckBackend) -> None:
     await _overflow(acks, ALICE, "m1")
     await _overflow(acks, BOB, "m1")
     revived = await acks.revive(MsgId("m1"))
@@ -343,7 +390,7 @@ async def test_revive_of_every_user(acks: AckStore) -> None:
     assert await acks.dead_letters() == []
 
 
-async def test_stats(acks: AckStore) -> None:
+async def test_stats(acks: AckBackend) -> None:
     assert (await acks.stats()).pending == 0
     assert (await acks.stats()).dead == 0
     await acks.store(ALICE, env("m1"))

@@ -25,7 +25,7 @@ A, B, C = PodId("A"), PodId("B"), PodId("C")
 def delivery(n: int, user: str = "alice", ack: bool = False) -> Delivery:
     frame = orjson.dumps({"type": "chat_message", "payload": {"n": n}})
     return Delivery(UserId(user), frame, "chat_message",
-                    ack_id=MsgId(f"m{n}") if ack else None, due=0)
+                    ack_id=MsgId(f"m{n}") if ack else None)
 
 
 def numbers(deliveries: list[Delivery]) -> list[int]:

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from websockets.asyncio.client import connect
 
 from wsnode import Envelope, Node, load_settings
-from wsnode.acks import MemoryAckStore
+from wsnode.acks_memory import MemoryAcks
 from wsnode.backends import Backends, ack_policy
 from wsnode.bus import Delivery, MemoryBus
 from wsnode.ids import ConnId, PodId, UserId
@@ -36,9 +36,9 @@ async def pods(*names: str) -> AsyncIterator[list[Node]]:
     """Several nodes sharing in-memory presence, ACK store and bus."""
     presence, bus = MemoryPresence(), MemoryBus()
     first = settings(names[0])
-    acks = MemoryAckStore(ack_policy(first))  # type: ignore[arg-type]
+    acks = MemoryAcks(ack_policy(first))  # type: ignore[arg-type]
     nodes = [Node(settings(n), insecure=True,  # type: ignore[arg-type]
-                  backends=Backends(presence, NoLimiter(), acks, bus.attach(), remote=True))
+                  backends=Backends(presence, NoLimiter(), acks, bus.attach(), shared_bus=True))
              for n in names]
     async with contextlib.AsyncExitStack() as stack:
         for node in nodes:
@@ -129,11 +129,33 @@ async def test_stranded_delivery_is_not_delivered_twice_where_it_already_was() -
             await phone.recv()
         frame = Envelope(type="n", payload="once").encode()
         # pod-a got its copy from the sender; the copy for a pod that died comes
-        # back through the stranded queue naming pod-a among those it reached.
+        # back through the stranded queue naming pod-a among those published to.
         await a.send_to_user("sam", Envelope(type="n", payload="once"))
-        await a._on_stranded([Delivery(UserId("sam"), frame, "n",
-                                       reached=(PodId("pod-a"), PodId("pod-dead")))])
+        await a.inbound.on_stranded([Delivery(
+            UserId("sam"), frame, "n", published_to=(PodId("pod-a"), PodId("pod-dead")),
+            stranded_from=PodId("pod-dead"))])
         assert orjson.loads(await phone.recv())["payload"] == "once"
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(phone.recv(), 0.5)
+
+
+async def test_a_copy_stranded_from_a_live_pod_reaches_that_pods_clients() -> None:
+    """pod-a stopped consuming longer than its queue's message TTL (paused, not
+    dead): the copy published to it expired into the stranded queue. Its
+    clients stayed connected and must still get it."""
+    async with pods("pod-a", "pod-b") as (a, b), \
+            connect(f"ws://127.0.0.1:{a.port}/ws?user=sam") as phone:
+        for _ in range(2):  # welcome, restore
+            await phone.recv()
+        frame = Envelope(type="n", payload="late").encode()
+        await b.inbound.on_stranded([Delivery(
+            UserId("sam"), frame, "n", published_to=(PodId("pod-a"), PodId("pod-b")),
+            stranded_from=PodId("pod-a"))])
+        assert orjson.loads(await asyncio.wait_for(phone.recv(), 5))["payload"] == "late"
+        expired = Envelope(type="n", payload="too late", expires_at=1).encode()
+        await b.inbound.on_stranded([Delivery(
+            UserId("sam"), expired, "n", expires_at=1, published_to=(PodId("pod-a"),),
+            stranded_from=PodId("pod-a"))])
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(phone.recv(), 0.5)
 
@@ -150,7 +172,7 @@ async def test_ack_sent_while_a_pod_rejoins_reaches_its_online_user(redis_prefix
         for _ in range(2):
             await ann.recv()
         await a.presence.leave(a.pod)  # what a Redis outage costs the pod
-        a._presence_dirty = True
+        a.upkeep.dirty = True
         report = await b.send_to_user("ann", Envelope(type="n", id="m1", requires_ack=True))
         assert report.stored and report.local == 0 and report.pods == []
         got = orjson.loads(await asyncio.wait_for(ann.recv(), 5))

@@ -11,7 +11,7 @@ import pytest
 from tests.support.redis_server import RedisServer
 from wsnode import redis_conn
 from wsnode.acks import AckPolicy, MsgState
-from wsnode.acks_redis import RedisAckStore
+from wsnode.acks_redis import RedisAcks
 from wsnode.ids import ConnId, MsgId, PodId, UserId
 from wsnode.keys import RedisKeys
 from wsnode.limiter_redis import RedisLimiter
@@ -36,7 +36,7 @@ async def client(tmp_path: Path) -> AsyncIterator[Redis]:
 async def test_every_script_path_reloads_after_a_script_flush(client: Redis) -> None:
     keys = RedisKeys("ws")
     presence = RedisPresence(client, keys, live_cache_ms=0)
-    acks = RedisAckStore(client, keys, AckPolicy())
+    acks = RedisAcks(client, keys, AckPolicy(retry_interval_ms=50))
     limiter = RedisLimiter(client, keys, Rate(10, 1.0))
     alice, pod = UserId("alice"), PodId("p")
     await presence.join(pod)
@@ -50,6 +50,14 @@ async def test_every_script_path_reloads_after_a_script_flush(client: Redis) -> 
     assert stored.seq == 1
     await client.script_flush()
     assert [m.id for m in await acks.pending(alice)] == ["m1"]
+    await client.script_flush()
+    assert (await acks.due()).now_ms > 0
+    await client.script_flush()
+    await acks.defer(alice, [MsgId("m1")])
+    await client.script_flush()
+    assert (await acks.claim_due(alice)).dead == []
+    await client.script_flush()
+    assert await acks.sweep() == []
     await client.script_flush()
     assert await acks.settle(alice, MsgId("m1")) is MsgState.PENDING
     # Settled: only the idempotency record stays, not the body.

@@ -1,205 +1,223 @@
-"""Resender timers, driven by a ManualClock: only timers already due fire, so
-nothing here waits on real time (the e2e tests cover resends end to end)."""
+"""The resend loop's steps over the memory backends, on a ManualClock: which
+pod resends what, and when a user leaves the due index. Two pods share one
+store, one presence and one in-process bus, as two pods share Redis and
+RabbitMQ (the e2e and fault tests cover the real thing)."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-
 import pytest
 
-from wsnode.acks import AckPolicy, ClaimKind, MemoryAckStore, StoredMessage
-from wsnode.bus import Delivery
+from wsnode import failpoints
+from wsnode.acks import AckPolicy
+from wsnode.acks_memory import MemoryAcks
+from wsnode.bus import Delivery, MemoryBus
 from wsnode.clock import ManualClock
-from wsnode.ids import MsgId, UserId
+from wsnode.ids import ConnId, MsgId, PodId, UserId
 from wsnode.metrics import Metrics
+from wsnode.presence import MemoryPresence
 from wsnode.protocol import Envelope
-from wsnode.resend import Resender
+from wsnode.resend import Resender, Sweeper
+from wsnode.sender import Sender
 
-ALICE = UserId("alice")
-BOB = UserId("bob")
-CAROL = UserId("carol")
-FAR = 3_600_000  # a due time no test reaches
+ALICE, BOB, CAROL = UserId("alice"), UserId("bob"), UserId("carol")
+POLICY = AckPolicy(retry_interval_ms=100, max_attempts=3, ttl_ms=60_000)
 
 
 class Pod:
-    """The pod side of a Resender: which users it holds, what it resent."""
+    """One pod's view: the users it holds, and the frames its connections got."""
 
-    def __init__(self, clock: ManualClock, held: set[UserId]) -> None:
-        self.clock = clock
-        self.held = held
-        self.asked: list[UserId] = []
-        self.resent: list[tuple[UserId, str, int]] = []
-        self.rerouted: list[Delivery] = []
-        self.changed = asyncio.Event()
-        self.acks = MemoryAckStore(AckPolicy(retry_interval_ms=100, max_attempts=3), clock)
+    def __init__(self, name: str, clock: ManualClock, acks: MemoryAcks,
+                 presence: MemoryPresence, bus: MemoryBus) -> None:
+        self.name = PodId(name)
+        self.held: set[UserId] = set()
+        self.busy: set[UserId] = set()
+        self.got: list[tuple[UserId, MsgId | None]] = []
+        self.presence = presence
         self.metrics = Metrics()
-        self.resender = Resender(self.acks, self.metrics, resend=self.resend,
-                                 reroute=self.reroute, holds=self.holds, clock=clock)
+        self.bus = bus
+        self.sender = Sender(presence=presence, bus=bus, acks=acks, metrics=self.metrics,
+                             pod=self.name, local=self, clock=clock)
+        self.resender = Resender(acks, presence, self.sender, self.metrics,
+                                 holds=self.held.__contains__, held=lambda: self.held,
+                                 busy=self.busy.__contains__, interval=0.1)
 
-    def holds(self, user: UserId) -> bool:
-        self.asked.append(user)
-        return user in self.held
+    def deliver_local(self, delivery: Delivery) -> int:
+        if delivery.user not in self.held:
+            return 0
+        self.got.append((delivery.user, delivery.ack_id))
+        return 1
 
-    async def resend(self, msg: StoredMessage) -> None:
-        self.resent.append((msg.user, msg.id, msg.attempts))
-        self.changed.set()
+    async def on_deliveries(self, batch: list[Delivery]) -> None:
+        for d in batch:
+            self.deliver_local(d)
 
-    async def reroute(self, delivery: Delivery) -> None:
-        self.rerouted.append(delivery)
+    async def start(self) -> Pod:
+        async def nothing(_: object) -> None:
+            return None
+        await self.presence.join(self.name)
+        await self.bus.start(self.name, self.on_deliveries, nothing, self.on_deliveries)
+        return self
 
-    async def store(self, user: UserId, msg_id: str) -> StoredMessage:
-        result = await self.acks.store(user, Envelope(type="n", id=msg_id, requires_ack=True))
-        assert result.message is not None
-        return result.message
+    async def hold(self, user: UserId) -> None:
+        self.held.add(user)
+        await self.presence.add(self.name, user, ConnId(f"{self.name}-{user}"), 0)
 
-    async def resends(self, count: int) -> None:
-        async with asyncio.timeout(5):
-            while len(self.resent) < count:
-                self.changed.clear()
-                await self.changed.wait()
-        for _ in range(20):  # let any other timer of the same batch finish
-            await asyncio.sleep(0)
+    def resends(self) -> int:
+        return int(self.metrics.acks_resent._value.get())
 
 
 @pytest.fixture
-def pod() -> Pod:
-    return Pod(ManualClock(), {ALICE, BOB})
+def clock() -> ManualClock:
+    return ManualClock()
 
 
 @pytest.fixture
-async def running(pod: Pod) -> AsyncIterator[Pod]:
-    task = asyncio.create_task(pod.resender.run())
-    yield pod
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+def acks(clock: ManualClock) -> MemoryAcks:
+    return MemoryAcks(POLICY, clock)
 
 
-async def test_due_timer_claims_and_resends(running: Pod) -> None:
-    pod = running
-    msg = await pod.store(ALICE, "m1")
-    pod.clock.advance(100)
-    pod.resender.track(ALICE, msg.id, msg.next_due)
-    await pod.resends(1)
-    assert pod.resent == [(ALICE, "m1", 2)]
-    # the claim re-armed the timer at the new due time, in the future
-    assert len(pod.resender) == 1
-    [pending] = await pod.acks.pending(ALICE)
-    assert pending.attempts == 2
-    assert pending.next_due == pod.clock.now_ms() + 200
+@pytest.fixture
+async def pods(clock: ManualClock, acks: MemoryAcks) -> tuple[Pod, Pod]:
+    presence, bus = MemoryPresence(lease_ms=3_600_000, clock=clock), MemoryBus()
+    a = await Pod("a", clock, acks, presence, bus).start()
+    b = await Pod("b", clock, acks, presence, bus.attach()).start()
+    return a, b
 
 
-async def test_later_track_supersedes_an_earlier_one(running: Pod) -> None:
-    pod = running
-    m1 = await pod.store(ALICE, "m1")
-    m2 = await pod.store(BOB, "m2")
-    pod.clock.advance(100)
-    pod.resender.track(ALICE, m1.id, m1.next_due)
-    pod.resender.track(ALICE, m1.id, pod.clock.now_ms() + FAR)  # superseded: not due now
-    pod.resender.track(BOB, m2.id, m2.next_due)
-    await pod.resends(1)
-    assert pod.resent == [(BOB, "m2", 2)]
-    assert ALICE not in pod.asked
-    assert [m.attempts for m in await pod.acks.pending(ALICE)] == [1]
+async def store(acks: MemoryAcks, user: UserId, msg_id: str) -> None:
+    await acks.store(user, Envelope(type="n", id=msg_id, requires_ack=True))
 
 
-async def test_earlier_track_supersedes_a_later_one(running: Pod) -> None:
-    pod = running
-    msg = await pod.store(ALICE, "m1")
-    pod.resender.track(ALICE, msg.id, pod.clock.now_ms() + FAR)
-    pod.clock.advance(100)
-    pod.resender.track(ALICE, msg.id, msg.next_due)
-    await pod.resends(1)
-    assert pod.resent == [(ALICE, "m1", 2)]
-    assert pod.asked == [ALICE]
+async def test_a_pod_resends_what_is_due_for_the_users_it_holds(
+        pods: tuple[Pod, Pod], acks: MemoryAcks, clock: ManualClock) -> None:
+    a, _ = pods
+    await a.hold(ALICE)
+    await store(acks, ALICE, "m1")  # stored but never routed: a sender died
+    await store(acks, BOB, "m2")
+    assert await a.resender.resend_step() == pytest.approx(0.1)
+    assert a.got == []
+    clock.advance(100)
+    await a.resender.resend_step()
+    assert a.got == [(ALICE, "m1")]  # bob is held nowhere: his waits for his connect
+    [msg] = await acks.pending(ALICE)
+    assert msg.attempts == 2
 
 
-async def test_timer_of_a_user_no_longer_held_does_nothing(running: Pod) -> None:
-    pod = running
-    gone = await pod.store(CAROL, "gone")
-    here = await pod.store(BOB, "here")
-    pod.clock.advance(100)
-    pod.resender.track(CAROL, gone.id, gone.next_due)
-    pod.resender.track(BOB, here.id, here.next_due)
-    await pod.resends(1)
-    assert CAROL in pod.asked
-    assert pod.resent == [(BOB, "here", 2)]
-    # carol's message was not claimed: its attempts are untouched for whoever holds her
-    [carol_msg] = await pod.acks.pending(CAROL)
-    assert carol_msg.attempts == 1
-    assert len(pod.resender) == 1  # only bob's re-armed timer remains
+async def test_a_user_on_two_pods_gets_one_resend_per_attempt(
+        pods: tuple[Pod, Pod], acks: MemoryAcks, clock: ManualClock) -> None:
+    a, b = pods
+    await a.hold(ALICE)
+    await b.hold(ALICE)
+    await store(acks, ALICE, "m1")
+    clock.advance(100)
+    await a.resender.resend_step()
+    await b.resender.resend_step()
+    # One claim won; its pod delivered here and published to the other.
+    assert (a.got, b.got) == ([(ALICE, "m1")], [(ALICE, "m1")])
+    assert a.resends() + b.resends() == 1
 
 
-async def test_settled_message_is_dropped(running: Pod) -> None:
-    pod = running
-    acked = await pod.store(ALICE, "acked")
-    live = await pod.store(BOB, "live")
-    await pod.acks.settle(ALICE, MsgId("acked"))
-    pod.clock.advance(100)
-    pod.resender.track(ALICE, acked.id, acked.next_due)
-    pod.resender.track(BOB, live.id, live.next_due)
-    await pod.resends(1)
-    assert pod.resent == [(BOB, "live", 2)]
-    assert len(pod.resender) == 1  # only bob's re-armed timer remains
+async def test_the_wait_follows_the_store(pods: tuple[Pod, Pod], acks: MemoryAcks,
+                                          clock: ManualClock) -> None:
+    a, _ = pods
+    await a.hold(ALICE)
+    await store(acks, ALICE, "m1")
+    clock.advance(70)
+    assert await a.resender.resend_step() == pytest.approx(0.03)
 
 
-async def test_not_yet_due_in_store_is_rearmed(running: Pod) -> None:
-    pod = running
-    msg = await pod.store(ALICE, "m1")
-    other = await pod.store(BOB, "m2")
-    pod.clock.advance(100)
-    # the store says m1 is due at next_due; a timer that fires early gets WAIT
-    pod.resender.track(ALICE, msg.id, pod.clock.now_ms() - 50)
-    early = await pod.acks.claim(ALICE, msg.id)  # another pod resent it just now
-    assert early.kind is ClaimKind.RESEND
-    pod.resender.track(BOB, other.id, other.next_due)
-    await pod.resends(1)
-    assert pod.resent == [(BOB, "m2", 2)]
-    assert [m.attempts for m in await pod.acks.pending(ALICE)] == [2]
-    assert len(pod.resender) == 2  # both re-armed at their store due times
+async def test_a_user_nobody_holds_leaves_the_index_and_comes_back_on_connect(
+        pods: tuple[Pod, Pod], acks: MemoryAcks, clock: ManualClock) -> None:
+    a, b = pods
+    await store(acks, CAROL, "m1")
+    clock.advance(100)
+    await a.resender.resend_step()
+    assert [u for u, _ in (await acks.due()).users] == [CAROL]  # within the grace
+    clock.advance(a.resender.grace_ms)
+    await a.resender.resend_step()
+    assert (await acks.due()).users == []
+    assert (await acks.pending(CAROL))[0].attempts == 1  # nothing was spent
+    await b.hold(CAROL)  # connects, gets the replay, and the pod schedules her
+    await acks.schedule(CAROL)
+    await b.resender.resend_step()
+    assert b.got == [(CAROL, "m1")]
 
 
-async def test_exhausted_message_is_dead_lettered(running: Pod) -> None:
-    pod = running
-    msg = await pod.store(ALICE, "m1")
-    for advance in (100, 200):
-        pod.clock.advance(advance)
-        assert (await pod.acks.claim(ALICE, msg.id)).kind is ClaimKind.RESEND
-    pod.clock.advance(400)
-    sentinel = await pod.store(BOB, "sentinel")
-    pod.clock.advance(100)
-    pod.resender.track(ALICE, msg.id, pod.clock.now_ms())
-    pod.resender.track(BOB, sentinel.id, sentinel.next_due)
-    await pod.resends(1)
-    assert [d.reason.value for d in await pod.acks.dead_letters(ALICE)] == ["max_attempts"]
-    assert pod.resent == [(BOB, "sentinel", 2)]
+async def test_a_user_held_elsewhere_is_left_to_that_pod(
+        pods: tuple[Pod, Pod], acks: MemoryAcks, clock: ManualClock) -> None:
+    a, b = pods
+    await b.hold(ALICE)
+    b.busy.add(ALICE)  # b skips her for now
+    await store(acks, ALICE, "m1")
+    clock.advance(100 + a.resender.grace_ms)
+    await a.resender.resend_step()
+    assert [u for u, _ in (await acks.due()).users] == [ALICE]
+    b.busy.clear()
+    await b.resender.resend_step()
+    assert b.got == [(ALICE, "m1")]
 
 
-def unrouted(msg: StoredMessage) -> Delivery:
-    return Delivery(msg.user, msg.frame(), msg.type, msg.id, msg.next_due)
+async def test_a_backed_up_client_is_skipped_without_spending_an_attempt(
+        pods: tuple[Pod, Pod], acks: MemoryAcks, clock: ManualClock) -> None:
+    a, _ = pods
+    await a.hold(ALICE)
+    a.busy.add(ALICE)
+    await store(acks, ALICE, "m1")
+    clock.advance(100)
+    await a.resender.resend_step()
+    assert a.got == [] and (await acks.pending(ALICE))[0].attempts == 1
+    a.busy.clear()
+    await a.resender.resend_step()
+    assert a.got == [(ALICE, "m1")]
 
 
-async def test_unrouted_pending_delivery_is_routed_again(running: Pod) -> None:
-    pod = running
-    msg = await pod.store(CAROL, "m1")  # a user this pod does not hold: rerouting is not a resend
-    sentinel = await pod.store(BOB, "sentinel")
-    pod.resender.track_unrouted(unrouted(msg))
-    pod.clock.advance(250)
-    pod.resender.track(BOB, sentinel.id, pod.clock.now_ms())  # wakes the loop, due now
-    await pod.resends(1)
-    assert [(d.user, d.ack_id, d.frame) for d in pod.rerouted] == [(CAROL, "m1", msg.frame())]
-    [pending] = await pod.acks.pending(CAROL)
-    assert pending.attempts == 1  # no client saw it: not a delivery attempt
+async def test_one_failing_claim_holds_back_no_other_user(
+        pods: tuple[Pod, Pod], acks: MemoryAcks, clock: ManualClock) -> None:
+    a, _ = pods
+    await a.hold(ALICE)
+    await a.hold(BOB)
+    await store(acks, ALICE, "a1")
+    await store(acks, BOB, "b1")
+    clock.advance(100)
+    failpoints.configure("resend.claim=1*raise")
+    try:
+        await a.resender.resend_step()  # does not raise
+    finally:
+        failpoints.configure("")
+    assert len(a.got) == 1
+    assert a.resender.problem == "resend claims failing for 1 user(s)"
+    await a.resender.resend_step()  # the failed one is still due: claimed now
+    assert sorted(a.got) == [(ALICE, "a1"), (BOB, "b1")]
+    assert a.resender.problem is None
 
 
-async def test_unrouted_delivery_of_a_settled_message_is_dropped(running: Pod) -> None:
-    pod = running
-    msg = await pod.store(ALICE, "m1")
-    sentinel = await pod.store(BOB, "sentinel")
-    pod.resender.track_unrouted(unrouted(msg))
-    await pod.acks.settle(ALICE, msg.id)
-    pod.clock.advance(250)
-    pod.resender.track(BOB, sentinel.id, pod.clock.now_ms())
-    await pod.resends(1)
-    assert pod.rerouted == []
+async def test_reconcile_puts_held_users_back_in_the_index(
+        pods: tuple[Pod, Pod], acks: MemoryAcks, clock: ManualClock) -> None:
+    a, _ = pods
+    await a.hold(ALICE)
+    await store(acks, ALICE, "m1")
+    clock.advance(100)
+    [(_, since)] = (await acks.due()).users
+    assert await acks.forget(ALICE, since)  # an index entry lost to a crash
+    await a.resender.resend_step()
+    assert a.got == []
+    await a.resender.reconcile_step()
+    await a.resender.resend_step()
+    assert a.got == [(ALICE, "m1")]
+
+
+async def test_out_of_attempts_and_expired_messages_are_reported_once(
+        pods: tuple[Pod, Pod], acks: MemoryAcks, clock: ManualClock) -> None:
+    a, _ = pods
+    await a.hold(ALICE)
+    await store(acks, ALICE, "m1")
+    for wait in (100, 200, 400):
+        clock.advance(wait)
+        await a.resender.resend_step()
+    dead = a.metrics.acks_dead_lettered.labels("max_attempts")._value.get()
+    assert dead == 1 and a.resends() == 2
+    await acks.store(BOB, Envelope(type="n", id="b1", requires_ack=True,
+                                   expires_at=clock.now_ms() + 10))
+    clock.advance(10)
+    await Sweeper(acks, a.sender).step()
+    assert a.metrics.acks_dead_lettered.labels("expired")._value.get() == 1

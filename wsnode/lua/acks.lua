@@ -1,7 +1,15 @@
--- ACK store scripts: every call touches ONE user's keys ({u:<user>}). ARGV[1]
--- names the op. Message ids appear percent-encoded (ENCID) in zsets and keys.
--- A message is a hash: seq type body stored_at expires_at attempts next_due state
--- [dead_at reason]. Times are the Redis clock in ms.
+-- ACK store scripts. ARGV[1] names the op. Every key a call touches is in KEYS,
+-- and every call touches one hash slot: one user's keys ({u:<user>}) or one
+-- bucket of the global indexes ({b:<n>}). Message ids appear percent-encoded
+-- (ENCID) in zsets. Times are this server's clock, in ms.
+--
+-- A message is a hash: seq type body stored_at expires_at attempts next_due
+-- state [dead_at reason] req [defers]. `req` is the token of the last request
+-- that changed it: redis-py re-sends a request whose reply was lost, and the
+-- repeat must get the first answer, not act twice.
+--
+-- Data that cannot be read (a key of the wrong type, a non-numeric field) fails
+-- the call with "CORRUPT <key> <why>", so the caller can quarantine that key.
 local FIELDS = {'seq', 'type', 'body', 'stored_at', 'expires_at', 'attempts', 'next_due'}
 
 local function now_ms()
@@ -9,8 +17,30 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+local function corrupt(key, why)
+  error({err = 'CORRUPT ' .. key .. ' ' .. why})
+end
+
+-- redis.call on `key`, turning a type or value error into CORRUPT <key>.
+local function kcall(cmd, key, ...)
+  local ok, res = pcall(redis.call, cmd, key, ...)
+  if ok then return res end
+  local msg = type(res) == 'table' and res.err or tostring(res)
+  if string.find(msg, 'WRONGTYPE', 1, true) or string.find(msg, 'not an integer', 1, true)
+      or string.find(msg, 'not a valid float', 1, true) then
+    corrupt(key, cmd .. ': ' .. msg)
+  end
+  error(res)
+end
+
+local function num(key, value)
+  local n = tonumber(value)
+  if n == nil then corrupt(key, 'has a non-numeric field') end
+  return n
+end
+
 local function fields(key)
-  return redis.call('HMGET', key, unpack(FIELDS))
+  return kcall('HMGET', key, unpack(FIELDS))
 end
 
 local function backoff(retry, attempts)
@@ -18,133 +48,274 @@ local function backoff(retry, attempts)
 end
 
 -- Move a pending message to the user's dead letters; kept dead_ttl for operators.
-local function kill(key, encid, pending, dlq, reason, now, dead_ttl)
-  redis.call('HSET', key, 'state', 'dead', 'dead_at', now, 'reason', reason)
+local function kill(key, encid, pending, due, dlq, reason, now, dead_ttl, token)
+  redis.call('HSET', key, 'state', 'dead', 'dead_at', now, 'reason', reason, 'req', token)
   redis.call('PEXPIREAT', key, now + dead_ttl)
-  redis.call('ZREM', pending, encid)
-  redis.call('ZADD', dlq, now, encid)
+  kcall('ZREM', pending, encid)
+  kcall('ZREM', due, encid)
+  kcall('ZADD', dlq, now, encid)
   redis.call('ZREMRANGEBYSCORE', dlq, '-inf', now - dead_ttl)
   redis.call('PEXPIRE', dlq, dead_ttl)
 end
 
 local function expiry_reason(key, ttl)
-  local f = redis.call('HMGET', key, 'expires_at', 'stored_at')
-  if tonumber(f[1]) < tonumber(f[2]) + ttl then return 'expired' end
+  local f = kcall('HMGET', key, 'expires_at', 'stored_at')
+  if num(key, f[1]) < num(key, f[2]) + ttl then return 'expired' end
   return 'ttl'
 end
 
+local function dead_reply(key)
+  local f = kcall('HMGET', key, 'reason', 'dead_at')
+  return {'dead', f[1], f[2], fields(key)}
+end
+
+-- The earliest next_due of the user, or '' when nothing is pending.
+local function next_due(due)
+  local first = kcall('ZRANGE', due, 0, 0, 'WITHSCORES')
+  if #first == 0 then return '' end
+  return first[2]
+end
+
 local op = ARGV[1]
+local token = ARGV[2]
 
 if op == 'store' then
-  -- KEYS: msg, seq, pending, dlq.
-  -- ARGV: op, encid, type, body, ttl, retry, env_expires|'', max_pending, dead_ttl, msg_prefix.
+  -- KEYS: msg, seq, pending, due. ARGV: op, token, encid, type, body, ttl, retry,
+  -- env_expires|'', max_pending, dead_ttl.
+  -- Returns {0, seq, now, expires, next_due, overflow ids...} for a new message
+  -- (or a repeat of this request), {1, seq, state} for a duplicate.
+  local max_pending = tonumber(ARGV[9])
   if redis.call('EXISTS', KEYS[1]) == 1 then
-    local f = redis.call('HMGET', KEYS[1], 'seq', 'state')
-    return {1, tonumber(f[1]), f[2]}
+    local f = kcall('HMGET', KEYS[1], 'seq', 'state', 'req', 'stored_at', 'expires_at',
+                    'next_due')
+    if not f[2] then corrupt(KEYS[1], 'has no state') end
+    if f[3] ~= token then return {1, num(KEYS[1], f[1]), f[2]} end
+    local out = {0, num(KEYS[1], f[1]), f[4], f[5], f[6]}
+    local over = kcall('ZCARD', KEYS[3]) - max_pending
+    if over > 0 then
+      for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, over - 1)) do table.insert(out, id) end
+    end
+    return out
   end
   local now = now_ms()
-  local ttl, retry, dead_ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[9])
-  local seq = redis.call('INCR', KEYS[2])
+  local ttl, retry, dead_ttl = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[10])
+  if redis.call('EXISTS', KEYS[2]) == 0 then
+    -- A lost counter (expired, or quarantined) restarts above every pending seq.
+    local top = kcall('ZRANGE', KEYS[3], 0, 0, 'REV', 'WITHSCORES')
+    if #top > 0 then redis.call('SET', KEYS[2], top[2]) end
+  end
+  local seq = kcall('INCR', KEYS[2])
   redis.call('PEXPIRE', KEYS[2], 2 * ttl)
   local expires = now + ttl
-  if ARGV[7] ~= '' then expires = math.min(expires, tonumber(ARGV[7])) end
-  redis.call('HSET', KEYS[1], 'seq', seq, 'type', ARGV[3], 'body', ARGV[4], 'stored_at', now,
-             'expires_at', expires, 'attempts', 1, 'next_due', now + retry, 'state', 'pending')
+  if ARGV[8] ~= '' then expires = math.min(expires, tonumber(ARGV[8])) end
+  local due = now + retry
+  kcall('ZADD', KEYS[3], seq, ARGV[3])
+  kcall('ZADD', KEYS[4], due, ARGV[3])
+  redis.call('HSET', KEYS[1], 'seq', seq, 'type', ARGV[4], 'body', ARGV[5], 'stored_at', now,
+             'expires_at', expires, 'attempts', 1, 'next_due', due, 'state', 'pending',
+             'req', token)
   redis.call('PEXPIREAT', KEYS[1], expires + dead_ttl)
-  redis.call('ZADD', KEYS[3], seq, ARGV[2])
-  local overflow = ''
-  if redis.call('ZCARD', KEYS[3]) > tonumber(ARGV[8]) then
-    overflow = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
-    kill(ARGV[10] .. overflow, overflow, KEYS[3], KEYS[4], 'overflow', now, dead_ttl)
+  local out = {0, seq, now, expires, due}
+  local over = redis.call('ZCARD', KEYS[3]) - max_pending
+  if over > 0 then
+    for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, over - 1)) do table.insert(out, id) end
   end
-  return {0, seq, now, expires, now + retry, overflow}
+  return out
+
+elseif op == 'evict' then
+  -- KEYS: msg, pending, due, dlq. ARGV: op, token, encid, dead_ttl, max_pending.
+  -- Dead-letters a message the user's pending cap pushed out (reason overflow),
+  -- if it is still pending and the user still over the cap.
+  local f = kcall('HMGET', KEYS[1], 'state', 'req')
+  if f[1] == 'dead' and f[2] == token then return dead_reply(KEYS[1]) end
+  if f[1] ~= 'pending' or kcall('ZCARD', KEYS[2]) <= tonumber(ARGV[5]) then return {'kept'} end
+  kill(KEYS[1], ARGV[3], KEYS[2], KEYS[3], KEYS[4], 'overflow', now_ms(), tonumber(ARGV[4]),
+       token)
+  return dead_reply(KEYS[1])
 
 elseif op == 'settle' then
-  -- KEYS: msg, pending. ARGV: op, encid, ttl. Returns the state before.
-  local f = redis.call('HMGET', KEYS[1], 'state', 'stored_at')
+  -- KEYS: msg, pending, due. ARGV: op, token, encid, ttl. Returns the state before.
+  local f = kcall('HMGET', KEYS[1], 'state', 'stored_at', 'req')
   if not f[1] then return '' end
+  if f[1] == 'acked' and f[3] == token then return 'pending' end
   if f[1] == 'pending' then
-    redis.call('HSET', KEYS[1], 'state', 'acked')
+    redis.call('HSET', KEYS[1], 'state', 'acked', 'req', token)
     -- What stays is the idempotency record (state, seq); the body is done with.
     redis.call('HDEL', KEYS[1], 'body', 'type')
-    redis.call('ZREM', KEYS[2], ARGV[2])
+    kcall('ZREM', KEYS[2], ARGV[3])
+    kcall('ZREM', KEYS[3], ARGV[3])
     -- Keep the id for the rest of the idempotency window (ack_ttl from storing).
-    redis.call('PEXPIREAT', KEYS[1], math.max(tonumber(f[2]) + tonumber(ARGV[3]), now_ms() + 1000))
+    redis.call('PEXPIREAT', KEYS[1],
+               math.max(num(KEYS[1], f[2]) + tonumber(ARGV[4]), now_ms() + 1000))
   end
   return f[1]
 
-elseif op == 'claim' then
-  -- KEYS: msg, pending, dlq. ARGV: op, encid, max_attempts, retry, ttl, dead_ttl.
-  -- Atomic: of many pods asking at once, one gets 'resend' per attempt.
-  local state = redis.call('HGET', KEYS[1], 'state')
-  if state ~= 'pending' then return {'gone'} end
+elseif op == 'page' then
+  -- KEYS: due, pending, msg1..msgN. ARGV: op, token, hold_ms, since|'', encid1..encidN.
+  -- One page of a replay: the messages that are pending, unexpired and stored
+  -- at or after `since`, as {encid, fields}. With hold_ms, none of them falls
+  -- due sooner than hold_ms from now (the client is getting them right now).
   local now = now_ms()
-  local f = redis.call('HMGET', KEYS[1], 'expires_at', 'next_due', 'attempts')
-  local expires, due, attempts = tonumber(f[1]), tonumber(f[2]), tonumber(f[3])
-  if expires <= now then
-    local reason = expiry_reason(KEYS[1], tonumber(ARGV[5]))
-    kill(KEYS[1], ARGV[2], KEYS[2], KEYS[3], reason, now, tonumber(ARGV[6]))
-    return {'dead', reason, now, fields(KEYS[1])}
-  end
-  if due > now then return {'wait', '', now, fields(KEYS[1])} end
-  if attempts >= tonumber(ARGV[3]) then
-    kill(KEYS[1], ARGV[2], KEYS[2], KEYS[3], 'max_attempts', now, tonumber(ARGV[6]))
-    return {'dead', 'max_attempts', now, fields(KEYS[1])}
-  end
-  attempts = attempts + 1
-  redis.call('HSET', KEYS[1], 'attempts', attempts,
-             'next_due', now + backoff(tonumber(ARGV[4]), attempts))
-  return {'resend', '', now, fields(KEYS[1])}
-
-elseif op == 'expire' then
-  -- KEYS: msg, pending, dlq. ARGV: op, encid, ttl, dead_ttl. For the sweeper.
-  local f = redis.call('HMGET', KEYS[1], 'state', 'expires_at')
-  if f[1] ~= 'pending' then return {'gone'} end
-  local now = now_ms()
-  if tonumber(f[2]) > now then return {'alive'} end
-  local reason = expiry_reason(KEYS[1], tonumber(ARGV[3]))
-  kill(KEYS[1], ARGV[2], KEYS[2], KEYS[3], reason, now, tonumber(ARGV[4]))
-  return {'dead', reason, now, fields(KEYS[1])}
-
-elseif op == 'revive' then
-  -- KEYS: msg, seq, pending, dlq. ARGV: op, encid, body, ttl, retry, dead_ttl.
-  -- A dead letter becomes pending again in one step, as a new message (new seq,
-  -- first attempt, stored now): an operator's retry never loses it in between.
-  if redis.call('HGET', KEYS[1], 'state') ~= 'dead' then return {} end
-  local now = now_ms()
-  local ttl, retry = tonumber(ARGV[4]), tonumber(ARGV[5])
-  local seq = redis.call('INCR', KEYS[2])
-  redis.call('PEXPIRE', KEYS[2], 2 * ttl)
-  redis.call('HDEL', KEYS[1], 'dead_at', 'reason')
-  redis.call('HSET', KEYS[1], 'seq', seq, 'body', ARGV[3], 'stored_at', now,
-             'expires_at', now + ttl, 'attempts', 1, 'next_due', now + retry, 'state', 'pending')
-  redis.call('PEXPIREAT', KEYS[1], now + ttl + tonumber(ARGV[6]))
-  redis.call('ZREM', KEYS[4], ARGV[2])
-  redis.call('ZADD', KEYS[3], seq, ARGV[2])
-  return fields(KEYS[1])
-
-elseif op == 'pending' then
-  -- KEYS: pending. ARGV: op, msg_prefix, since|'', after_seq, limit (0: all).
-  -- Pending, unexpired, seq > after_seq, in seq order: one page of a replay.
-  local now = now_ms()
-  local since = tonumber(ARGV[3] ~= '' and ARGV[3] or '0')
-  local limit = tonumber(ARGV[5])
+  local hold = tonumber(ARGV[3])
+  local since = tonumber(ARGV[4] ~= '' and ARGV[4] or '0')
   local out = {}
-  local after = '(' .. ARGV[4]
-  while true do
-    -- Read a little more than asked: expired entries are skipped, not returned.
-    local ids = redis.call('ZRANGEBYSCORE', KEYS[1], after, '+inf', 'WITHSCORES', 'LIMIT', 0,
-                           limit > 0 and limit or 1000)
-    if #ids == 0 then break end
-    for i = 1, #ids, 2 do
-      local f = fields(ARGV[2] .. ids[i])
-      if f[1] and tonumber(f[5]) > now and tonumber(f[4]) >= since then
-        table.insert(out, {ids[i], f})
-        if limit > 0 and #out >= limit then return out end
+  for i = 3, #KEYS do
+    local key, encid = KEYS[i], ARGV[i + 2]
+    local f = fields(key)
+    local state = redis.call('HGET', key, 'state')
+    if not state then
+      -- Its record expired or was quarantined: the id must not linger.
+      kcall('ZREM', KEYS[2], encid)
+      kcall('ZREM', KEYS[1], encid)
+    elseif state == 'pending' and num(key, f[5]) > now and num(key, f[4]) >= since then
+      if hold > 0 and num(key, f[7]) < now + hold then
+        f[7] = now + hold
+        redis.call('HSET', key, 'next_due', f[7])
+        kcall('ZADD', KEYS[1], f[7], encid)
       end
-      after = '(' .. ids[i + 1]
+      table.insert(out, {encid, f})
     end
   end
   return out
+
+elseif op == 'claim' then
+  -- KEYS: due, pending, dlq, claim, msg1..msgN. ARGV: op, token, max_attempts,
+  -- retry, ttl, dead_ttl, encid1..encidN.
+  -- Atomic per user: of many pods asking at once, one gets each due message per
+  -- attempt. Returns {now, next_due|'', {'resend', encid, fields}... |
+  -- {'dead', encid, reason, dead_at, fields}...}. A repeat of the same request
+  -- gets what the first got (recorded in the claim hash for a minute).
+  local now = now_ms()
+  local rec = kcall('HMGET', KEYS[4], 'req', 'ids')
+  local out = {now, ''}
+  if rec[1] == token then
+    for kind, encid in string.gmatch(rec[2] or '', '(%a):(%S+)') do
+      local key = KEYS[4 + tonumber(string.match(encid, '^(%d+)/'))]
+      local id = string.match(encid, '/(.*)$')
+      if kind == 'r' then
+        table.insert(out, {'resend', id, fields(key)})
+      else
+        local d = dead_reply(key)
+        table.insert(out, {'dead', id, d[2], d[3], d[4]})
+      end
+    end
+    out[2] = next_due(KEYS[1])
+    return out
+  end
+  local max_attempts, retry = tonumber(ARGV[3]), tonumber(ARGV[4])
+  local ttl, dead_ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
+  local done = {}
+  for i = 5, #KEYS do
+    local key, encid = KEYS[i], ARGV[i + 2]
+    local f = kcall('HMGET', key, 'state', 'expires_at', 'next_due', 'attempts')
+    if f[1] ~= 'pending' then
+      kcall('ZREM', KEYS[1], encid)  -- settled or dead meanwhile: not due any more
+      if not f[1] then kcall('ZREM', KEYS[2], encid) end  -- record gone: forget the id
+    elseif num(key, f[2]) <= now then
+      local reason = expiry_reason(key, ttl)
+      kill(key, encid, KEYS[2], KEYS[1], KEYS[3], reason, now, dead_ttl, token)
+      table.insert(out, {'dead', encid, reason, now, fields(key)})
+      table.insert(done, 'd:' .. (i - 4) .. '/' .. encid)
+    elseif num(key, f[3]) <= now then
+      local attempts = num(key, f[4])
+      if attempts >= max_attempts then
+        kill(key, encid, KEYS[2], KEYS[1], KEYS[3], 'max_attempts', now, dead_ttl, token)
+        table.insert(out, {'dead', encid, 'max_attempts', now, fields(key)})
+        table.insert(done, 'd:' .. (i - 4) .. '/' .. encid)
+      else
+        attempts = attempts + 1
+        local due = now + backoff(retry, attempts)
+        redis.call('HSET', key, 'attempts', attempts, 'next_due', due, 'req', token)
+        kcall('ZADD', KEYS[1], due, encid)
+        table.insert(out, {'resend', encid, fields(key)})
+        table.insert(done, 'r:' .. (i - 4) .. '/' .. encid)
+      end
+    end
+  end
+  redis.call('DEL', KEYS[4])
+  redis.call('HSET', KEYS[4], 'req', token, 'ids', table.concat(done, ' '))
+  redis.call('PEXPIRE', KEYS[4], 60000)
+  out[2] = next_due(KEYS[1])
+  return out
+
+elseif op == 'defer' then
+  -- KEYS: due, msg1..msgN. ARGV: op, token, first_ms, max_ms, encid1..encidN.
+  -- Deliveries that reached no connection: due again soon (doubling per defer,
+  -- capped), and the attempt they spent is given back. Returns next_due|''.
+  local now = now_ms()
+  local first, cap = tonumber(ARGV[3]), tonumber(ARGV[4])
+  for i = 2, #KEYS do
+    local key, encid = KEYS[i], ARGV[i + 3]
+    local f = kcall('HMGET', key, 'state', 'req', 'attempts', 'defers')
+    if f[1] == 'pending' and f[2] ~= token then
+      local defers = (tonumber(f[4]) or 0) + 1
+      local due = now + math.min(cap, first * math.pow(2, math.min(defers - 1, 16)))
+      redis.call('HSET', key, 'attempts', math.max(num(key, f[3]) - 1, 0), 'defers', defers,
+                 'next_due', due, 'req', token)
+      kcall('ZADD', KEYS[1], due, encid)
+    end
+  end
+  return next_due(KEYS[1])
+
+elseif op == 'expire' then
+  -- KEYS: msg, pending, due, dlq. ARGV: op, token, encid, ttl, dead_ttl. For the sweeper.
+  local f = kcall('HMGET', KEYS[1], 'state', 'expires_at', 'req')
+  if f[1] == 'dead' and f[3] == token then return dead_reply(KEYS[1]) end
+  if f[1] ~= 'pending' then return {'gone'} end
+  local now = now_ms()
+  if num(KEYS[1], f[2]) > now then return {'alive', f[2]} end
+  local reason = expiry_reason(KEYS[1], tonumber(ARGV[4]))
+  kill(KEYS[1], ARGV[3], KEYS[2], KEYS[3], KEYS[4], reason, now, tonumber(ARGV[5]), token)
+  return dead_reply(KEYS[1])
+
+elseif op == 'revive' then
+  -- KEYS: msg, seq, pending, due, dlq. ARGV: op, token, encid, body, ttl, retry, dead_ttl.
+  -- A dead letter becomes pending again in one step, as a new message (new seq,
+  -- first attempt, stored now): an operator's retry never loses it in between.
+  local f = kcall('HMGET', KEYS[1], 'state', 'req')
+  if f[1] == 'pending' and f[2] == token then return fields(KEYS[1]) end
+  if f[1] ~= 'dead' then return {} end
+  local now = now_ms()
+  local ttl, retry = tonumber(ARGV[5]), tonumber(ARGV[6])
+  local seq = kcall('INCR', KEYS[2])
+  redis.call('PEXPIRE', KEYS[2], 2 * ttl)
+  redis.call('HDEL', KEYS[1], 'dead_at', 'reason', 'defers')
+  redis.call('HSET', KEYS[1], 'seq', seq, 'body', ARGV[4], 'stored_at', now,
+             'expires_at', now + ttl, 'attempts', 1, 'next_due', now + retry,
+             'state', 'pending', 'req', token)
+  redis.call('PEXPIREAT', KEYS[1], now + ttl + tonumber(ARGV[7]))
+  kcall('ZREM', KEYS[5], ARGV[3])
+  kcall('ZADD', KEYS[3], seq, ARGV[3])
+  kcall('ZADD', KEYS[4], now + retry, ARGV[3])
+  return fields(KEYS[1])
+
+elseif op == 'due' then
+  -- KEYS: due index bucket. ARGV: op, token, limit.
+  -- {now, next|'', user, since, ...}: users due by this server's clock (the
+  -- caller's clock may be skewed), and when the first one not yet due falls due.
+  local now = now_ms()
+  local rows = kcall('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0,
+                     tonumber(ARGV[3]))
+  local later = kcall('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  local out = {now, later[2] or ''}
+  for i = 1, #rows do table.insert(out, rows[i]) end
+  return out
+
+elseif op == 'forget' then
+  -- KEYS: due index bucket. ARGV: op, token, user, since.
+  -- Drop the user only if still due since `since` (nobody rescheduled it).
+  local score = kcall('ZSCORE', KEYS[1], ARGV[3])
+  if score and tonumber(score) == tonumber(ARGV[4]) then
+    redis.call('ZREM', KEYS[1], ARGV[3])
+    return 1
+  end
+  return 0
+
+elseif op == 'quarantine' then
+  -- KEYS: a corrupt key, where it goes. ARGV: op, token, keep_ms.
+  if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+  redis.call('RENAME', KEYS[1], KEYS[2])
+  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[3]))
+  return 1
 end
 return redis.error_reply('acks.lua: unknown op ' .. tostring(op))
