@@ -55,6 +55,7 @@ def ack_policy(settings: NodeSettings) -> AckPolicy:
         retry_interval_ms=int(settings.ack_retry_interval * 1000),
         max_attempts=settings.ack_max_attempts,
         ttl_ms=int(settings.ack_ttl * 1000),
+        max_pending_per_user=settings.ack_max_pending,
     )
 
 
@@ -99,7 +100,8 @@ def build_backends(settings: NodeSettings, metrics: Metrics, clock: Clock | None
         from wsnode.bus_rabbitmq import RabbitBus
 
         bus = RabbitBus(settings.amqp_url, AmqpNames(settings.key_prefix),
-                        canary_interval=settings.heartbeat_interval)
+                        canary_interval=settings.heartbeat_interval,
+                        message_ttl_ms=int(settings.bus_message_ttl * 1000))
     else:
         if not tool:
             log.warning("WSNODE_REDIS_URL without WSNODE_AMQP_URL: state is shared in Redis, "

@@ -47,6 +47,9 @@ class Metrics:
             registry=r)
         self.acks_resent = Counter(
             "wsnode_acks_resent_total", "Resends of unacked messages", registry=r)
+        self.acks_claims = Counter(
+            "wsnode_acks_claims_total",
+            "Resend claims this pod made (one per due user it holds, per scan)", registry=r)
         self.acks_dead_lettered = Counter(
             "wsnode_acks_dead_lettered_total", "Messages moved to the dead-letter store",
             ["reason"], registry=r)

@@ -116,6 +116,7 @@ class Resender:
     async def _claim(self, user: UserId) -> None:
         if failpoints.ACTIVE:
             await failpoints.hit("resend.claim")
+        self._metrics.acks_claims.inc()
         claimed = await self._acks.claim_due(user)
         for dead in claimed.dead:
             self._sender.dead_lettered(dead)

@@ -152,6 +152,14 @@ class NodeSettings(BaseSettings):
     ack_retry_interval: Duration = 5.0
     ack_max_attempts: int = Field(5, ge=1, le=1000)
     ack_ttl: Duration = 86400.0
+    # Pending messages kept per user; past it the oldest is dead-lettered
+    # (reason overflow), and the send's report names it in "evicted".
+    ack_max_pending: int = Field(10_000, ge=1, le=1_000_000)
+    # How long a delivery may wait in a pod's queue before it is stranded
+    # (re-routed by another pod): a pod that stops consuming this long is
+    # treated as gone for that message. Must stay well under a minute (the
+    # queue itself expires a minute after its pod stops consuming).
+    bus_message_ttl: Duration = 30.0
     drain_timeout: Duration = 30.0
     # How long a SIGTERM drain spreads its reconnects over (bounded by drain_timeout),
     # so a deploy does not send every client to the other pods in the same instant.
@@ -205,6 +213,13 @@ class NodeSettings(BaseSettings):
                 raise ValueError(
                     f"{alg!r} is not allowed; choose from HS256, RS256, ES256 (and their sizes)"
                 )
+        return value
+
+    @field_validator("bus_message_ttl")
+    @classmethod
+    def _under_a_minute(cls, value: float) -> float:
+        if not 0.1 <= value <= 50:
+            raise ValueError("must be between 100ms and 50s (queues expire after 60s)")
         return value
 
     @field_validator("ping_interval", "heartbeat_interval", "ack_retry_interval", "ack_ttl")

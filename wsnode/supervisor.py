@@ -96,7 +96,7 @@ class Supervisor:
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def every(self, name: str, step: Step, interval: float, *,
-              max_backoff: float = 10.0) -> Loop:
+              max_backoff: float = 2.0) -> Loop:
         """Start calling ``step`` about every ``interval`` seconds, supervised."""
         if name in self._loops:
             raise ValueError(f"a loop named {name!r} already runs")

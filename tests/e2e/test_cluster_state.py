@@ -193,10 +193,12 @@ async def test_redis_restart_with_aof_loses_nothing(
                 return False
             return {u["user"]: u["connections"] for u in body["users"]} == {
                 "u0": 1, "u1": 1, "u2": 1, "u3": 1}
-        await eventually(whole, 3, "presence whole again after the restart")
-        for pod in (a, b):
+        await eventually(whole, 15, "presence whole again after the restart")
+        async def ready(pod: PodProcess) -> bool:
             status, _ = await asyncio.to_thread(pod.api, "GET", "/readyz", None, None)
-            assert status == 200
+            return status == 200
+        for pod in (a, b):
+            await eventually(lambda pod=pod: ready(pod), 15, f"{pod.pod_id} ready again")
         late = await Client.open(b.ws_url, b.token("offline"))
         assert [f["id"] for f in late.replay] == [f"m{i}" for i in range(20)]
         for client in online:
