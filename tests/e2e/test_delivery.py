@@ -135,7 +135,12 @@ async def test_slow_handler_does_not_stall_other_connections(app_pod: PodProcess
         await slow.expect("slow_done", timeout=5)
 
 
-async def test_duplicate_id_is_stored_and_delivered_once(app_pod: PodProcess) -> None:
+async def test_duplicate_id_is_stored_once_and_routed_again_while_pending(
+        app_pod: PodProcess) -> None:
+    """A producer that retries (its first call may have died between the store
+    and the routing) gets its message routed again while it is pending: same id,
+    same seq, so the client dedups. Once acked, the id is neither stored nor
+    delivered again."""
     async with await Client.open(app_pod.ws_url, app_pod.token("fay")) as fay:
         env = {"type": "note", "id": "same", "requiresAck": True, "payload": 1}
         _, first = await asyncio.to_thread(app_pod.api, "POST", "/v1/send",
@@ -143,7 +148,13 @@ async def test_duplicate_id_is_stored_and_delivered_once(app_pod: PodProcess) ->
         _, second = await asyncio.to_thread(app_pod.api, "POST", "/v1/send",
                                             {"user": "fay", "envelope": env})
         assert first["duplicate"] is False and second["duplicate"] is True
-        assert first["seq"] == second["seq"]
-        await fay.expect("note")
+        assert first["seq"] == second["seq"] and second["local"] == 1
+        copies = [await fay.expect("note"), await fay.expect("note")]
+        assert {(c["id"], c["seq"]) for c in copies} == {("same", first["seq"])}
         await fay.ack("same")
+        _, third = await asyncio.to_thread(app_pod.api, "POST", "/v1/send",
+                                           {"user": "fay", "envelope": env})
+        assert third["duplicate"] is True and third["local"] == 0
         await fay.nothing_within(0.8)
+
+
