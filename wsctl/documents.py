@@ -2,13 +2,22 @@
 
 Every :class:`~wsctl.target.Target` returns these documents, whatever it talks
 to, and ``wsctl ... --json`` prints them unchanged (``send`` adds ``id`` and,
-with ``--wait``, ``state``). Times are epoch milliseconds. Keys a pod adds later
-pass through untouched: these types name what wsctl reads, not all there is.
+with ``--wait``, ``state``; ``drain --wait`` adds ``drained``). Times are epoch
+milliseconds.
+
+The types are closed: they name every key there is, no more. A ``NotRequired``
+key is one that only some answers carry. tests/e2e/test_documents.py validates
+real answers of pods and of ``wsctl --json`` (both targets) against them
+strictly, so a change of shape in the pod must be made here too.
 """
 
 from __future__ import annotations
 
-from typing import Any, NotRequired, TypedDict
+from typing import Any, Literal, NotRequired
+
+# typing_extensions, not typing: pydantic (which the tests validate these with)
+# only reads typing.TypedDict from Python 3.12 on.
+from typing_extensions import TypedDict
 
 
 class SendReport(TypedDict):
@@ -19,8 +28,8 @@ class SendReport(TypedDict):
     pods: list[str]  # other pods it was published to
     stored: bool  # stored for ACK (redelivered until acked or dead-lettered)
     seq: int | None
-    duplicate: NotRequired[bool]  # an ACK-required id already stored: not sent again
-    failedPods: NotRequired[list[str]]
+    duplicate: bool  # an ACK-required id already stored: not stored again
+    failedPods: list[str]  # pods that hold the user but could not be published to
     id: NotRequired[str]  # added by wsctl: the message id, when it has one
     state: NotRequired[str]  # added by ``wsctl send --wait``: pending, acked or dead
 
@@ -64,6 +73,7 @@ class PodSummary(TypedDict):
     connections: int
     users: int
     lastHeartbeat: int
+    admin: str | None  # the pod's admin URL as it advertises it (None: not known)
 
 
 class PodList(TypedDict):
@@ -87,10 +97,12 @@ class DeadLetter(TypedDict):
     seq: int
     type: str
     storedAt: int
+    expiresAt: int  # when it would have expired (ack_ttl or the envelope's expiresAt)
     attempts: int
-    reason: str
+    nextDue: int  # when the next resend was due when it died
+    reason: str  # expired, ttl, max_attempts or overflow
     deadAt: int
-    envelope: dict[str, Any]
+    envelope: dict[str, Any]  # the wire frame, seq included
 
 
 class DeadLetterList(TypedDict):
@@ -105,11 +117,66 @@ class RetryResult(TypedDict):
     retried: list[SendReport]
 
 
-class TraceEvent(TypedDict):
-    at: int  # epoch ms
-    event: str  # stored, routed, delivered, replayed, resent, acked, dead, revived
+class _Event(TypedDict):
+    at: int  # epoch ms, by the clock of the pod that recorded it
     user: str
-    pod: str | None  # None: sent by wsctl (no pod)
+    pod: str | None  # None: recorded by wsctl (no pod)
+
+
+class StoreEvent(_Event):
+    """Stored (or a duplicate of a stored id), or revived from the DLQ, as ``seq``."""
+
+    event: Literal["stored", "duplicate", "revived"]
+    seq: int
+
+
+class RoutedEvent(_Event):
+    """Routed when sent: connections reached here, pods published to, pods failed."""
+
+    event: Literal["routed"]
+    local: int
+    pods: list[str]
+    failed: list[str]
+
+
+class ResentEvent(_Event):
+    """Resent by the pod holding the user, as delivery number ``attempt``."""
+
+    event: Literal["resent"]
+    local: int
+    pods: list[str]
+    failed: list[str]
+    attempt: int
+
+
+class DeliveredEvent(_Event):
+    """Delivered by a pod that took it from the bus."""
+
+    event: Literal["delivered"]
+    conns: int
+    hops: int  # times it was passed on after its first route
+
+
+class AckedEvent(_Event):
+    event: Literal["acked"]
+    conn: str
+
+
+class ReplayedEvent(_Event):
+    """Replayed to a connection on connect or ``restore``."""
+
+    event: Literal["replayed"]
+    conn: str
+    seq: int
+
+
+class DeadEvent(_Event):
+    event: Literal["dead"]
+    reason: str
+
+
+TraceEvent = (StoreEvent | RoutedEvent | ResentEvent | DeliveredEvent | AckedEvent
+              | ReplayedEvent | DeadEvent)
 
 
 class Trail(TypedDict):

@@ -81,7 +81,7 @@ export interface ClientOptions {
   dedupWindow?: number;
   /** Messages waiting for handlers before new ones are dropped (the server resends ACK-required ones). */
   maxBuffered?: number;
-  /** Exponential backoff with full jitter (defaults 200 ms, 10 s). */
+  /** Exponential backoff with full jitter (defaults 200 ms, 10 s); 0 < baseMs <= maxMs. */
   backoff?: { baseMs?: number; maxMs?: number };
   /** Handshake plus welcome must take less (default 10 s). */
   openTimeoutMs?: number;
@@ -157,11 +157,34 @@ export declare class DedupWindow {
   has(id: string): boolean;
 }
 
+/** Exponential backoff with full jitter; throws RangeError unless 0 < baseMs <= maxMs. */
 export declare function backoffDelay(
   attempt: number,
   options?: { baseMs?: number; maxMs?: number },
   rng?: () => number,
 ): number;
+
+/** A pod's `reconnect` frame payload, read defensively. */
+export interface DrainHint {
+  readonly reason: string;
+  readonly delayMs: number;
+}
+export declare function drainHint(payload: unknown): DrainHint;
+
+/** What the end of a connection means: reported `reason` and `code`; a drain
+ * (`drainDelayMs`) moves on after that delay; `final` stops the client (1008);
+ * anything else reconnects after a backoff delay. */
+export interface ConnectionEnding {
+  readonly reason: string;
+  readonly code: number | null;
+  readonly drainDelayMs: number | null;
+  readonly final: boolean;
+}
+export declare function connectionEnding(
+  code: number | null,
+  reason: string,
+  hint?: DrainHint | null,
+): ConnectionEnding;
 
 export declare function messageFromFrame(frame: Record<string, unknown>): Message;
 
@@ -188,6 +211,12 @@ export declare class AckTimeout extends WsnodeError {
 }
 export declare class NotConnected extends WsnodeError {}
 export declare class ClientClosed extends WsnodeError {}
+/** Closed 1008 (policy): the client stopped, no reconnect can help. */
+export declare class Disconnected extends WsnodeError {
+  readonly code: number | null;
+  readonly reason: string;
+  readonly url: string | null;
+}
 export declare class HandlerError extends WsnodeError {
   readonly delivery: Message;
 }

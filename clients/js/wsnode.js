@@ -4,8 +4,9 @@
 // have to: acks ACK-required messages once the app's handler returned, gives
 // each one to the app once (dedup by id over a bounded window), stays connected
 // (exponential backoff with full jitter; a pod's `reconnect` frame moves it to
-// the next URL at once), takes the replay of pending messages on every connect,
-// and sends messages that wait for the server's ack.
+// the next URL at once; only a close 1008, policy, stops it), takes the replay
+// of pending messages on every connect, and sends messages that wait for the
+// server's ack.
 //
 //   import { WsnodeClient } from './wsnode.js';
 //   const client = new WsnodeClient({ urls: ['wss://pod-a/ws', 'wss://pod-b/ws'], token });
@@ -26,6 +27,8 @@ export const State = Object.freeze({
 
 export const Verdict = Object.freeze({ NEW: 'new', REACK: 'reack', HOLD: 'hold' });
 
+const CLOSE_ABNORMAL = 1006; // what a connection lost without a close frame reports
+const CLOSE_POLICY = 1008;
 const CLOSE_DRAIN = 1012;
 const CLOSE_TOKEN_EXPIRED = 4401;
 const DRAIN_CLOSE_GRACE_MS = 2000;
@@ -99,6 +102,18 @@ export class NotConnected extends WsnodeError {}
 /** The client was closed before the call finished. */
 export class ClientClosed extends WsnodeError {}
 
+/** The server closed the connection for a reason no reconnect can fix (1008:
+ * policy, such as abuse); the client stopped. `code` and `reason` are the close
+ * frame's, `url` the connection's. */
+export class Disconnected extends WsnodeError {
+  constructor(code, reason, url = null) {
+    super(`disconnected for good${url ? ` by ${url}` : ''}: ${reason}`);
+    this.code = code;
+    this.reason = reason;
+    this.url = url;
+  }
+}
+
 /** A 'message' handler threw: the message is not acked, the server resends it. */
 export class HandlerError extends WsnodeError {
   constructor(delivery, cause) {
@@ -145,9 +160,39 @@ export class DedupWindow {
   }
 }
 
-/** Exponential backoff with full jitter: uniform(0, min(maxMs, baseMs * 2^attempt)). */
+/** Exponential backoff with full jitter: uniform(0, min(maxMs, baseMs * 2^attempt)).
+ * Throws RangeError unless 0 < baseMs <= maxMs. */
 export function backoffDelay(attempt, { baseMs = 200, maxMs = 10000 } = {}, rng = Math.random) {
+  if (!(baseMs > 0 && maxMs >= baseMs)) throw new RangeError('backoff needs 0 < baseMs <= maxMs');
   return rng() * Math.min(maxMs, baseMs * 2 ** Math.min(attempt, 32));
+}
+
+/** A pod's `reconnect` frame payload: `reason` a non-empty string (else 'drain'),
+ * `delayMs` from `retryAfterMs`, a number (else 0), never below 0. */
+export function drainHint(payload) {
+  const body = isObject(payload) ? payload : {};
+  const retry = typeof body.retryAfterMs === 'number' && body.retryAfterMs > 0 ? body.retryAfterMs : 0;
+  const reason = typeof body.reason === 'string' && body.reason ? body.reason : 'drain';
+  return Object.freeze({ reason, delayMs: retry });
+}
+
+/**
+ * How a connection closed with `code` (null: no close frame) and `reason` ends,
+ * after the pod's `reconnect` frame `hint` (from drainHint) if one came.
+ * `reason` and `code` are reported; a drain (`drainDelayMs` set) moves to the
+ * next URL after that delay and starts the attempt count over; a `final` end
+ * stops the client; any other end reconnects after a backoff delay.
+ * 1008 (policy: origin, abuse) is final, as the 403 of a refused origin is at the
+ * handshake: reconnecting cannot help and would only repeat the offence.
+ */
+export function connectionEnding(code, reason, hint = null) {
+  const known = code === CLOSE_ABNORMAL || code == null ? null : code;
+  const end = (why, more = {}) => Object.freeze({ reason: why, code: known, drainDelayMs: null, final: false, ...more });
+  if (hint) return end(hint.reason, { drainDelayMs: hint.delayMs });
+  if (known === CLOSE_DRAIN) return end('drain', { drainDelayMs: 0 });
+  if (known === CLOSE_TOKEN_EXPIRED) return end('token expired');
+  if (known === null) return end('connection lost');
+  return end(`closed ${known}${reason ? ` ${reason}` : ''}`, { final: known === CLOSE_POLICY });
 }
 
 /** A message from the server, as given to 'message' handlers. */
@@ -177,13 +222,6 @@ function newId() {
   let out = '';
   for (let i = 0; i < 32; i += 1) out += Math.floor(Math.random() * 16).toString(16);
   return out;
-}
-
-function closeReason(code, reason, hint) {
-  if (hint || code === CLOSE_DRAIN) return hint || 'drain';
-  if (code === CLOSE_TOKEN_EXPIRED) return 'token expired';
-  if (code === 1006 || code == null) return 'connection lost';
-  return `closed ${code}${reason ? ` ${reason}` : ''}`;
 }
 
 function finalStatus(status) {
@@ -221,6 +259,7 @@ export class WsnodeClient {
     this._window = new DedupWindow(options.dedupWindow ?? 1024);
     this._maxBuffered = options.maxBuffered ?? 10000;
     this._backoff = { baseMs: 200, maxMs: 10000, ...(options.backoff ?? {}) };
+    backoffDelay(0, this._backoff, () => 0); // a bad `backoff` option throws now, not at the first loss
     this._openTimeoutMs = options.openTimeoutMs ?? 10000;
     this._ackTimeoutMs = options.ackTimeoutMs ?? 5000;
     this._heartbeat = options.heartbeat ?? true;
@@ -584,6 +623,10 @@ export class WsnodeClient {
         why = { reason: ended.reason, code: ended.code };
         index += 1; // this pod is gone or going: try the next one
         if (this._closing) return;
+        if (ended.final) {
+          this._stop(new Disconnected(ended.code, ended.reason, this.url));
+          return;
+        }
         if (ended.drainDelayMs !== null) {
           attempt = 0;
           delay = ended.drainDelayMs;
@@ -683,7 +726,7 @@ export class WsnodeClient {
     return new Promise((resolve) => {
       let connected = false;
       let initialRestore = true;
-      let drainHint = null;
+      let hint = null; // the pod's reconnect frame, if one came
       let grace = null;
       let lastSeen = Date.now();
       let heartbeat = null;
@@ -740,9 +783,8 @@ export class WsnodeClient {
           this._setState(State.CONNECTED, { podId: this.podId, connId: this.connId, replayed: this.replayed });
           this._first?.resolve();
         } else if (frame.type === 'reconnect') {
-          if (!drainHint) {
-            const retry = Number(field(frame, 'retryAfterMs'));
-            drainHint = { reason: String(field(frame, 'reason') ?? 'drain'), delayMs: retry > 0 ? retry : 0 };
+          if (!hint) {
+            hint = drainHint(frame.payload);
             grace = setTimeout(() => ws.close(1000, 'draining'), DRAIN_CLOSE_GRACE_MS);
           }
         } else {
@@ -759,13 +801,7 @@ export class WsnodeClient {
         if (this._socket === ws) this._socket = null;
         if (this._ws === ws) this._ws = null;
         this._welcomed = false;
-        const code = event?.code ?? null;
-        resolve({
-          reason: closeReason(code, event?.reason ?? '', drainHint?.reason),
-          code: code === 1006 ? null : code,
-          drainDelayMs: drainHint ? drainHint.delayMs : code === CLOSE_DRAIN ? 0 : null,
-          connected,
-        });
+        resolve({ ...connectionEnding(event?.code ?? null, event?.reason ?? '', hint), connected });
       };
       ws.onclose = onClose;
       const early = ws.wsnodeEarly ?? { events: [], closed: null };

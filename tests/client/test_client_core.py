@@ -1,4 +1,5 @@
-"""The client's pure parts, and its public names."""
+"""The client's pure parts, and its public names (the dedup window, the backoff and
+the close codes are in the scenarios both clients run: test_scenarios.py)."""
 
 from __future__ import annotations
 
@@ -6,48 +7,20 @@ import pytest
 
 import wsnode.client
 from wsnode.client import (
-    Backoff,
     Client,
-    DedupWindow,
     Message,
     RateLimited,
     ServerError,
-    Verdict,
 )
 
 
 def test_public_names() -> None:
     assert sorted(wsnode.client.__all__) == sorted([
         "AckTimeout", "Backoff", "Client", "ClientClosed", "ClientError", "ConnectError",
-        "DedupWindow", "HandshakeRefused", "Message", "NotConnected", "RateLimited",
-        "ServerError", "State", "StateChange", "TokenProvider", "Verdict"])
+        "DedupWindow", "Disconnected", "HandshakeRefused", "Message", "NotConnected",
+        "RateLimited", "ServerError", "State", "StateChange", "TokenProvider", "Verdict"])
     for name in wsnode.client.__all__:
         assert getattr(wsnode.client, name) is not None
-
-
-def test_dedup_window_holds_then_reacks_and_forgets_the_oldest() -> None:
-    window = DedupWindow(3)
-    assert window.check("a") is Verdict.NEW
-    assert window.check("a") is Verdict.HOLD  # still in the app's hands: drop the copy
-    window.handled("a")
-    assert window.check("a") is Verdict.REACK  # done: ack the copy again, do not deliver
-    for msg_id in ("b", "c", "d"):
-        assert window.check(msg_id) is Verdict.NEW
-    assert len(window) == 3 and "a" not in window
-    assert window.check("a") is Verdict.NEW  # out of the window: new again
-    window.forget("a")
-    assert "a" not in window
-    with pytest.raises(ValueError, match="at least one"):
-        DedupWindow(0)
-
-
-def test_backoff_is_full_jitter_under_an_exponential_cap() -> None:
-    top = Backoff(base=0.5, cap=4.0, rng=lambda: 0.999999)
-    assert [round(top.delay(n), 3) for n in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
-    assert Backoff(base=0.5, cap=4.0, rng=lambda: 0.0).delay(5) == 0.0
-    assert Backoff().ceiling(10_000) == 10.0
-    with pytest.raises(ValueError, match="base"):
-        Backoff(base=0)
 
 
 def test_message_from_frame() -> None:

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 from tests.client.conftest import start_cluster
+from tests.client.test_scenarios import KINDS, SCENARIOS, load
 from tests.client.tooling import JS_DIR, node_binary
 from tests.conftest import PodFactory
 from tests.support.cluster import ClusterSlice
@@ -37,6 +38,19 @@ async def test_node_test_runner_against_two_pods(
     # Every test ran and passed: none skipped for want of pods.
     counts = dict(re.findall(r"^# (tests|pass|fail|skipped|cancelled) (\d+)$", report, re.M))
     assert counts["pass"] == counts["tests"] and int(counts["tests"]) >= 10, report
+
+
+def test_node_runs_every_shared_scenario() -> None:
+    """clients/js/test/scenarios.test.mjs runs tests/client/scenarios.json: each
+    scenario is a test of its own, and every one ran and passed."""
+    done = run_node("--test", "--test-reporter=tap", "test/scenarios.test.mjs",
+                    env={"WSNODE_SCENARIOS": str(SCENARIOS)})
+    report = done.stdout + done.stderr
+    assert done.returncode == 0, report
+    passed = set(re.findall(r"^ok \d+ - (.+)$", report, re.M))
+    scenarios = load()
+    wanted = {f"{kind}: {s['name']}" for kind in KINDS for s in scenarios[kind]}
+    assert wanted <= passed, sorted(wanted - passed)
 
 
 def test_type_declarations_match_the_api(npm_modules: Path) -> None:

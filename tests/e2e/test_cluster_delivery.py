@@ -103,7 +103,7 @@ async def test_thousand_acked_messages_survive_a_broker_cut(
                           WSNODE_AMQP_URL=proxy.url(), WSNODE_RATE_LIMIT="0")
         receiver = await Client.open(a.ws_url, a.token("rx"))
         sender = await Client.open(b.ws_url, b.token("tx"))
-        seen: dict[str, int] = {}
+        seen: dict[str, list[tuple[Any, Any]]] = {}  # id -> (seq, payload) of every copy
         got_all = asyncio.Event()
 
         async def receive() -> None:
@@ -111,7 +111,7 @@ async def test_thousand_acked_messages_survive_a_broker_cut(
                 frame = await receiver.recv(timeout=60)
                 if frame["type"] != "burst":
                     continue
-                seen[frame["id"]] = seen.get(frame["id"], 0) + 1
+                seen.setdefault(frame["id"], []).append((frame.get("seq"), frame.get("payload")))
                 await receiver.ack(frame["id"])
             got_all.set()
 
@@ -124,8 +124,17 @@ async def test_thousand_acked_messages_survive_a_broker_cut(
         await asyncio.wait_for(got_all.wait(), 90)
         await reader
         assert set(seen) == {f"k{i}" for i in range(1000)}
-        # Duplicates can only be resends: the same id, so the client could dedup.
-        assert all(count >= 1 for count in seen.values())
+        # Duplicates can only be resends of the same message: every copy of an id
+        # carries its seq and payload, and no id arrives more often than the timer's
+        # attempts plus one replay on reconnect allow.
+        allowed = int(a.env["WSNODE_ACK_MAX_ATTEMPTS"]) + 1
+        for msg_id, copies in seen.items():
+            first_seq, first_payload = copies[0]
+            assert isinstance(first_seq, int), (msg_id, copies)
+            assert first_payload == {"i": int(msg_id.removeprefix("k"))}, (msg_id, copies)
+            assert all(copy == copies[0] for copy in copies), (msg_id, copies)
+            assert len(copies) <= allowed, (msg_id, len(copies), allowed)
+        assert len({copies[0][0] for copies in seen.values()}) == 1000, "a seq was reused"
 
         async def settled() -> bool:
             _, text = await asyncio.to_thread(a.api, "GET", "/metrics", None, None)

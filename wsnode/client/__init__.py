@@ -4,8 +4,8 @@ It does what DESIGN §3 asks of clients so that apps do not have to: acks
 ACK-required messages once the app is done with them, gives each one to the
 app once (dedup by ``id`` over a bounded window), stays connected (exponential
 backoff with full jitter; a pod's ``reconnect`` frame moves it to the next URL
-at once), collects the replay of pending messages on every connect, and sends
-messages that wait for the server's ``ack``::
+at once; only a close 1008, policy, stops it), collects the replay of pending
+messages on every connect, and sends messages that wait for the server's ``ack``::
 
     from wsnode.client import Client
 
@@ -22,6 +22,7 @@ Errors::
         │   └── HandshakeRefused  HTTP status instead of an upgrade (.status); 401/403 are final
         ├── ServerError         an ``error`` frame (.code, .message, .id, .payload)
         │   └── RateLimited     rate_limited (.retry_after seconds)
+        ├── Disconnected        closed 1008 (policy): no reconnect can help (.code, .reason)
         ├── AckTimeout          send() saw no ack in time (.id)
         ├── NotConnected        send(require_ack=False) found no connection in time
         └── ClientClosed        the client was closed
@@ -34,6 +35,7 @@ from wsnode.client._errors import (
     ClientClosed,
     ClientError,
     ConnectError,
+    Disconnected,
     HandshakeRefused,
     NotConnected,
     RateLimited,
@@ -48,6 +50,7 @@ __all__ = [
     "ClientError",
     "ConnectError",
     "DedupWindow",
+    "Disconnected",
     "HandshakeRefused",
     "Message",
     "NotConnected",

@@ -9,9 +9,11 @@ Life of a client::
 The supervisor connects to ``urls[i]``, reads ``welcome``, flushes what waited
 for a connection (acks, unacked sends), then reads frames until the connection
 ends. A drain (``reconnect`` frame or close 1012) moves to the next URL after
-``retryAfterMs``; any other loss moves to the next URL after a backoff delay
-with full jitter. Messages go to one queue that :meth:`Client.recv` and
-``async for`` read, so a reconnect is invisible to the app except as state.
+``retryAfterMs``; a close 1008 (policy) stops the client with
+:class:`~wsnode.client.Disconnected`; any other loss moves to the next URL after
+a backoff delay with full jitter (see :func:`~wsnode.client._core.ending`).
+Messages go to one queue that :meth:`Client.recv` and ``async for`` read, so a
+reconnect is invisible to the app except as state.
 """
 
 from __future__ import annotations
@@ -35,14 +37,16 @@ from websockets.typing import Subprotocol
 from wsnode.client._core import (
     Backoff,
     DedupWindow,
+    DrainHint,
+    Ending,
     Message,
     State,
     StateChange,
     Verdict,
     ack_frame,
-    close_reason,
     decode,
     encode,
+    ending,
     message_frame,
 )
 from wsnode.client._errors import (
@@ -50,6 +54,7 @@ from wsnode.client._errors import (
     ClientClosed,
     ClientError,
     ConnectError,
+    Disconnected,
     HandshakeRefused,
     NotConnected,
     ServerError,
@@ -84,10 +89,8 @@ class _PendingSend:
 
 @dataclass(slots=True)
 class _Ended:
-    reason: str
-    code: int | None
-    drain_delay: float | None  # set when the pod asked us to move elsewhere
-    connected: bool
+    how: Ending
+    connected: bool  # the welcome and the replay's restore frame came
 
 
 def _final_status(status: int) -> bool:
@@ -169,7 +172,7 @@ class Client:
         self._restores: list[asyncio.Future[int]] = []
         self._pings: dict[str, asyncio.Future[None]] = {}
         self._ping_ids = itertools.count(1)
-        self._drain_hint: tuple[str, float] | None = None
+        self._drain_hint: DrainHint | None = None
         self._state_listeners: list[StateListener] = []
         self._error_listeners: list[ErrorListener] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -508,20 +511,24 @@ class Client:
                     await ws.close()
                     return
                 ended = await self._session(ws)
+                how = ended.how
                 if ended.connected:
                     attempt = auth_failures = 0
-                why = {"reason": ended.reason, "code": ended.code}
+                why = {"reason": how.reason, "code": how.code}
                 index += 1  # this pod is gone or going: try the next one
                 if self._closing:
                     return
-                if ended.drain_delay is not None:
-                    attempt, delay = 0, ended.drain_delay
+                if how.final:
+                    await self._stop(Disconnected(how.code, how.reason, self.url))
+                    return
+                if how.drain_delay is not None:
+                    attempt, delay = 0, how.drain_delay
                     continue
                 if ended.connected:
                     delay = self._backoff.delay(attempt)
                     attempt += 1
                     continue
-                failure = ConnectError(f"{self.url}: {ended.reason}")
+                failure = ConnectError(f"{self.url}: {how.reason}")
             # a failed attempt
             if self._first is not None and not self._first.done():
                 first_failures += 1
@@ -587,7 +594,7 @@ class Client:
                 welcome = decode(await ws.recv())
             if welcome is None or welcome["type"] != "welcome":
                 await ws.close(1002, "expected a welcome frame")
-                return _Ended("no welcome frame", None, None, False)
+                return _Ended(Ending("no welcome frame", None), False)
             info = welcome.get("payload") if isinstance(welcome.get("payload"), dict) else {}
             assert isinstance(info, dict)
             self.pod, self.conn_id, self.user = (
@@ -610,19 +617,18 @@ class Client:
                                     replayed=self.replayed)
                     if self._first is not None and not self._first.done():
                         self._first.set_result(None)
-                elif typ == "reconnect" and grace is None:
-                    reason = _str(_field(frame, "reason")) or "drain"
-                    retry_ms = _int(_field(frame, "retryAfterMs"))
-                    self._drain_hint = (reason, max(0, retry_ms) / 1000)
-                    grace = asyncio.get_running_loop().call_later(
-                        DRAIN_CLOSE_GRACE, lambda: self._spawn(ws.close(1000, "draining")))
+                elif typ == "reconnect":
+                    if grace is None:  # the first one counts; a repeat is not a message
+                        self._drain_hint = DrainHint.from_payload(frame.get("payload"))
+                        grace = asyncio.get_running_loop().call_later(
+                            DRAIN_CLOSE_GRACE, lambda: self._spawn(ws.close(1000, "draining")))
                 else:
                     self._on_frame(frame)
         except ConnectionClosed:
             pass
         except TimeoutError:
             await ws.close(1002, "no welcome frame in time")
-            return _Ended("no welcome frame in time", None, None, False)
+            return _Ended(Ending("no welcome frame in time", None), False)
         finally:
             if grace is not None:
                 grace.cancel()
@@ -630,13 +636,7 @@ class Client:
             if self._ws is ws:
                 self._ws = None
                 self._ready.clear()
-        hint = self._drain_hint
-        code = ws.close_code
-        if code == 1006:
-            code = None
-        drain_delay = hint[1] if hint is not None else (0.0 if code == 1012 else None)
-        return _Ended(close_reason(code, ws.close_reason or "", hint[0] if hint else None),
-                      code, drain_delay, connected)
+        return _Ended(ending(ws.close_code, ws.close_reason or "", self._drain_hint), connected)
 
     def _flush(self) -> None:
         """Write what waited for a connection: acks, then unacked sends."""

@@ -17,6 +17,8 @@ import orjson
 DEFAULT_DEDUP_WINDOW = 1024
 
 # Close codes the client reacts to (DESIGN §2).
+CLOSE_ABNORMAL = 1006  # what a connection lost without a close frame reports
+CLOSE_POLICY = 1008
 CLOSE_DRAIN = 1012
 CLOSE_TOKEN_EXPIRED = 4401
 
@@ -179,12 +181,59 @@ def message_frame(typ: str, payload: Any, msg_id: str | None, require_ack: bool,
     return encode(frame)
 
 
-def close_reason(code: int | None, reason: str, drain_hint: str | None) -> str:
-    """A short human reason for a connection that ended with ``code``."""
-    if drain_hint is not None or code == CLOSE_DRAIN:
-        return drain_hint or "drain"
+@dataclass(frozen=True, slots=True)
+class DrainHint:
+    """A pod's ``reconnect`` frame: move to the next URL after ``delay`` seconds."""
+
+    reason: str
+    delay: float
+
+    @classmethod
+    def from_payload(cls, payload: Any) -> DrainHint:
+        """``reason`` is a non-empty string (else ``"drain"``); ``retryAfterMs`` a
+        number (else 0), never below 0."""
+        body = payload if isinstance(payload, dict) else {}
+        reason, retry = body.get("reason"), body.get("retryAfterMs")
+        if not isinstance(retry, int | float) or isinstance(retry, bool) or retry != retry:
+            retry = 0
+        return cls(reason if isinstance(reason, str) and reason else "drain",
+                   max(0.0, float(retry)) / 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """What the end of a connection means to the client.
+
+    ``reason`` and ``code`` (None when no close frame came) are reported in the
+    state change. A drain (``drain_delay`` set, seconds) moves to the next URL
+    after that delay and starts the attempt count over; a ``final`` end stops
+    the client; any other end reconnects after a backoff delay.
+    """
+
+    reason: str
+    code: int | None
+    drain_delay: float | None = None
+    final: bool = False
+
+
+def ending(code: int | None, reason: str, hint: DrainHint | None) -> Ending:
+    """How a connection closed with ``code`` and ``reason`` ends, after the pod's
+    ``reconnect`` frame ``hint`` if one came (DESIGN §2 close codes).
+
+    1008 (policy: origin, abuse) is final, as the 403 of a refused origin is at
+    the handshake: reconnecting cannot help and would only repeat the offence.
+    Every other end reconnects: 4401 with a fresh token from the provider (a
+    fixed token is then refused with a final 401), 4408 and 1001 elsewhere.
+    """
+    if code == CLOSE_ABNORMAL:
+        code = None
+    if hint is not None:
+        return Ending(hint.reason, code, hint.delay)
+    if code == CLOSE_DRAIN:
+        return Ending("drain", code, 0.0)
     if code == CLOSE_TOKEN_EXPIRED:
-        return "token expired"
+        return Ending("token expired", code)
     if code is None:
-        return "connection lost"
-    return f"closed {code}" + (f" {reason}" if reason else "")
+        return Ending("connection lost", None)
+    return Ending(f"closed {code}" + (f" {reason}" if reason else ""), code,
+                  final=code == CLOSE_POLICY)

@@ -86,6 +86,19 @@ class AckTimeout(ClientError):
         self.timeout = timeout
 
 
+class Disconnected(ClientError):
+    """The server closed the connection for a reason no reconnect can fix (1008:
+    policy, such as abuse); the client stopped. ``code`` and ``reason`` are the
+    close frame's, ``url`` the connection's."""
+
+    def __init__(self, code: int | None, reason: str, url: str | None = None) -> None:
+        where = f" by {url}" if url else ""
+        super().__init__(f"disconnected for good{where}: {reason}")
+        self.code = code
+        self.reason = reason
+        self.url = url
+
+
 class ClientClosed(ClientError):
     """The client was closed (by :meth:`Client.close`) before the call finished."""
 

@@ -1,32 +1,11 @@
-// The pure parts of wsnode.js: no pod needed.
+// The pure parts of wsnode.js: no pod needed. The dedup window, the backoff and
+// the close codes are in the scenarios both clients run (scenarios.test.mjs).
 import assert from 'node:assert/strict';
 import test from 'node:test';
 import {
-  backoffDelay, DedupWindow, HandshakeRefused, ConnectError, messageFromFrame, RateLimited,
-  ServerError, Verdict, WsnodeClient, WsnodeError,
+  HandshakeRefused, ConnectError, messageFromFrame, RateLimited, ServerError, WsnodeClient,
+  WsnodeError,
 } from '../wsnode.js';
-
-test('the dedup window holds, then re-acks, and forgets the oldest', () => {
-  const window = new DedupWindow(3);
-  assert.equal(window.check('a'), Verdict.NEW);
-  assert.equal(window.check('a'), Verdict.HOLD);
-  window.handled('a');
-  assert.equal(window.check('a'), Verdict.REACK);
-  for (const id of ['b', 'c', 'd']) assert.equal(window.check(id), Verdict.NEW);
-  assert.equal(window.length, 3);
-  assert.equal(window.has('a'), false);
-  assert.equal(window.check('a'), Verdict.NEW);
-  window.forget('a');
-  assert.equal(window.has('a'), false);
-  assert.throws(() => new DedupWindow(0), RangeError);
-});
-
-test('backoff is full jitter under an exponential cap', () => {
-  const top = [0, 1, 2, 3, 4, 5].map((n) => backoffDelay(n, { baseMs: 500, maxMs: 4000 }, () => 1));
-  assert.deepEqual(top, [500, 1000, 2000, 4000, 4000, 4000]);
-  assert.equal(backoffDelay(7, {}, () => 0), 0);
-  assert.equal(backoffDelay(10000, {}, () => 1), 10000);
-});
 
 test('messages and error frames', () => {
   const msg = messageFromFrame({ type: 'n', payload: { x: 1 }, id: 'm1', requiresAck: true, seq: 7, expiresAt: 9 });
@@ -49,6 +28,7 @@ test('options are checked', () => {
   assert.throws(() => new WsnodeClient({ urls: 'ws://x/ws', WebSocket }), /exactly one/);
   assert.throws(() => new WsnodeClient({ urls: [], token: 't', WebSocket }), /at least one URL/);
   assert.throws(() => new WsnodeClient({ urls: 'ws://x/ws', token: 't', tokenVia: 'header', WebSocket }), /tokenVia/);
+  assert.throws(() => new WsnodeClient({ urls: 'ws://x/ws', token: 't', backoff: { baseMs: 0 }, WebSocket }), RangeError);
   if (typeof globalThis.WebSocket !== 'function') {
     assert.throws(() => new WsnodeClient({ urls: 'ws://x/ws', token: 't' }), /no WebSocket here/);
   }

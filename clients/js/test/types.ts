@@ -1,7 +1,7 @@
 // Compiled (never run) by `tsc -p test/tsconfig.json`: the .d.ts describes the API as used.
 import {
-  AckTimeout, HandlerError, HandshakeRefused, RateLimited, ServerError, State, Verdict, WsnodeClient,
-  type Message, type StateChange,
+  AckTimeout, connectionEnding, Disconnected, drainHint, HandlerError, HandshakeRefused, RateLimited,
+  ServerError, State, Verdict, WsnodeClient, type ConnectionEnding, type Message, type StateChange,
 } from '../wsnode.js';
 
 export async function example(token: string): Promise<number> {
@@ -27,8 +27,11 @@ export async function example(token: string): Promise<number> {
     await client.connect();
   } catch (err) {
     if (err instanceof HandshakeRefused) return err.status;
+    if (err instanceof Disconnected) console.log(err.code, err.reason, err.url);
     throw err;
   }
+  const ending: ConnectionEnding = connectionEnding(1012, '', drainHint({ retryAfterMs: 10 }));
+  if (ending.final || ending.drainDelayMs === null) console.log(ending.reason, ending.code);
   try {
     const id: string = await client.send('chat_message', { to: 'bob' }, { timeoutMs: 2000 });
     await client.send('typing', null, { requireAck: false });
