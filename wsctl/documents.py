@@ -28,8 +28,10 @@ class SendReport(TypedDict):
     pods: list[str]  # other pods it was published to
     stored: bool  # stored for ACK (redelivered until acked or dead-lettered)
     seq: int | None
-    duplicate: bool  # an ACK-required id already stored: not stored again
+    duplicate: bool  # an ACK-required id already stored: not stored again (routed again
+    #                  while it is still pending)
     failedPods: list[str]  # pods that hold the user but could not be published to
+    evicted: list[str]  # the user's oldest pending ids this store dead-lettered (overflow)
     id: NotRequired[str]  # added by wsctl: the message id, when it has one
     state: NotRequired[str]  # added by ``wsctl send --wait``: pending, acked or dead
 

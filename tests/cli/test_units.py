@@ -61,6 +61,7 @@ def test_ago_and_summary() -> None:
     assert output.ago(0, now=2 * 86_400_000) == "2d ago"
     assert output.ago(5_000, now=0) == "0s ago"
     report: doc.SendReport = {"user": "u", "local": 2, "pods": [], "stored": True, "seq": 4,
+                              "duplicate": False, "failedPods": [], "evicted": [],
                               "id": "m-1"}
     assert output.send_summary(report) == (
         "delivered to 2 connection(s) directly, published to 0 pod(s); "
@@ -110,7 +111,8 @@ class FakeTarget:
     async def send(self, user: str, envelope: Envelope, *,
                    trace: bool = False) -> doc.SendReport:
         return {"user": user, "local": 1, "pods": [], "stored": envelope.requires_ack,
-                "seq": 1 if envelope.requires_ack else None}
+                "seq": 1 if envelope.requires_ack else None, "duplicate": False,
+                "failedPods": [], "evicted": []}
 
     async def message_status(self, user: str, msg_id: str) -> doc.MessageStatus:
         self.calls += 1
@@ -127,7 +129,7 @@ class FakeTarget:
         self.calls += 1
         count = self.connections.pop(0) if len(self.connections) > 1 else self.connections[0]
         return {"pods": [{"pod": "p", "state": "draining", "connections": count, "users": 1,
-                          "lastHeartbeat": 0}]}
+                          "lastHeartbeat": 0, "admin": None}]}
 
     async def drain(self, pod: str, over: float) -> doc.DrainStarted:
         if pod != "p":
