@@ -90,6 +90,7 @@ class DrainStarted(TypedDict):
     pod: str
     state: str
     overSeconds: float
+    exit: bool  # the pod's process exits once drained
     drained: NotRequired[bool]  # added by ``wsctl drain --wait``
 
 

@@ -66,7 +66,7 @@ class Target(Protocol):
         """Live pods (a pod whose heartbeat lapsed is not listed)."""
         ...
 
-    async def drain(self, pod: str, over: float) -> doc.DrainStarted:
+    async def drain(self, pod: str, over: float, then_exit: bool = False) -> doc.DrainStarted:
         """Start draining ``pod``, its reconnects spread over ``over`` seconds."""
         ...
 

@@ -112,16 +112,16 @@ class ClusterTarget:
             pods = await self._presence.pods()
         return cast(doc.PodList, {"pods": [p.to_json() for p in pods]})
 
-    async def drain(self, pod: str, over: float) -> doc.DrainStarted:
+    async def drain(self, pod: str, over: float, then_exit: bool = False) -> doc.DrainStarted:
         bus = self._need_bus()
         async with _translated("drain"):
             if all(p.pod != pod for p in await self._presence.pods()):
                 raise NotFound(f"pod {pod} not found")
             try:
-                await bus.control(PodId(pod), {"cmd": "drain", "over": over})
+                await bus.control(PodId(pod), {"cmd": "drain", "over": over, "exit": then_exit})
             except Unroutable as exc:
                 raise NotFound(f"pod {pod} has no queue: {exc}") from exc
-        return {"pod": pod, "state": "draining", "overSeconds": over}
+        return {"pod": pod, "state": "draining", "overSeconds": over, "exit": then_exit}
 
     async def dead_letters(self, user: str | None = None,
                            limit: int = 100) -> doc.DeadLetterList:

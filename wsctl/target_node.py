@@ -71,8 +71,8 @@ class NodeTarget:
     async def pods(self) -> doc.PodList:
         return cast(doc.PodList, await self._call("GET", "/v1/pods"))
 
-    async def drain(self, pod: str, over: float) -> doc.DrainStarted:
-        body = {"pod": pod, "overSeconds": over}
+    async def drain(self, pod: str, over: float, then_exit: bool = False) -> doc.DrainStarted:
+        body = {"pod": pod, "overSeconds": over, "exit": then_exit}
         return cast(doc.DrainStarted, await self._call("POST", "/v1/drain", body=body))
 
     async def dead_letters(self, user: str | None = None,

@@ -69,7 +69,7 @@ class AdminPort(Protocol):
 
     async def send(self, user: UserId, env: Envelope, *, trace: bool) -> SendReport: ...
 
-    async def drain_pod(self, pod: PodId, over: float) -> None: ...
+    async def drain_pod(self, pod: PodId, over: float, *, then_exit: bool = False) -> None: ...
 
     async def message_state(self, user: UserId, msg_id: MsgId) -> MsgState | None: ...
 
@@ -168,12 +168,14 @@ class AdminApi:
     async def drain(self, request: web.Request) -> web.Response:
         body = await _body(request)
         pod, over = body.get("pod", self.node.pod), body.get("overSeconds", 0)
+        then_exit = body.get("exit", False)
         if not isinstance(pod, str) or isinstance(over, bool) or not isinstance(over, int | float) \
-                or over < 0:
-            return _error(400, "bad_request",
-                          "'pod' must be a string and 'overSeconds' a number >= 0")
-        await self.node.drain_pod(PodId(pod), float(over))
-        return _json({"pod": pod, "state": "draining", "overSeconds": over}, 202)
+                or over < 0 or not isinstance(then_exit, bool):
+            return _error(400, "bad_request", "'pod' must be a string, 'overSeconds' a number "
+                          ">= 0 and 'exit' a boolean")
+        await self.node.drain_pod(PodId(pod), float(over), then_exit=then_exit)
+        return _json({"pod": pod, "state": "draining", "overSeconds": over, "exit": then_exit},
+                     202)
 
     async def message(self, request: web.Request) -> web.Response:
         user, msg_id = UserId(request.match_info["user"]), MsgId(request.match_info["id"])

@@ -107,7 +107,11 @@ async def _run(node: Node) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     async with node:
-        await stop.wait()
+        # A signal, or a drain that asked the pod to exit when done.
+        waiters = [loop.create_task(stop.wait()), loop.create_task(node.exit_requested.wait())]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
         s = node.settings
         drain = loop.create_task(node.drain(min(s.drain_over, s.drain_timeout)))
         with contextlib.suppress(TimeoutError, asyncio.CancelledError):

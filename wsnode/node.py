@@ -129,6 +129,9 @@ class Node:
         self._admin: web.AppRunner | None = None
         self._bus_started = False
         self._drain_task: asyncio.Task[None] | None = None
+        self._exit_after_drain = False
+        self.exit_requested = asyncio.Event()
+        """Set when a drain asked the pod to exit afterwards (``wsctl drain --exit``)."""
         self._stopped = asyncio.Event()
 
     # -- public API ----------------------------------------------------------
@@ -216,13 +219,15 @@ class Node:
     async def dead_letters(self, user: UserId | None, limit: int) -> list[DeadLetter]:
         return await self.acks.dead_letters(user, limit)
 
-    async def drain_pod(self, pod: PodId, over: float) -> None:
-        """Drain ``pod``: this one directly, another through the bus."""
+    async def drain_pod(self, pod: PodId, over: float, *, then_exit: bool = False) -> None:
+        """Drain ``pod``: this one directly, another through the bus. With
+        ``then_exit`` the pod's process exits once drained (``wsnode serve``
+        returns 0, as after a SIGTERM), for a supervisor to replace or not."""
         if pod == self.pod:
-            self.start_drain(over)
+            self.start_drain(over, then_exit=then_exit)
             return
         try:
-            await self.bus.control(pod, {"cmd": "drain", "over": over})
+            await self.bus.control(pod, {"cmd": "drain", "over": over, "exit": then_exit})
         except Unroutable as exc:
             raise NotFound(f"pod {pod!r} is not running") from exc
 
@@ -310,7 +315,8 @@ class Node:
     async def _on_control(self, command: dict[str, Any]) -> None:
         if command.get("cmd") == "drain":
             over = command.get("over", 0)
-            self.start_drain(float(over) if isinstance(over, int | float) else 0.0)
+            self.start_drain(float(over) if isinstance(over, int | float) else 0.0,
+                             then_exit=command.get("exit") is True)
         else:
             log.warning("unknown control command %r", command.get("cmd"))
 
@@ -326,11 +332,22 @@ class Node:
         if self.trace_policy.ack:
             self.tracer.record(msg_id, user, event, self.pod, **fields)
 
-    def start_drain(self, over: float) -> asyncio.Task[None]:
-        """Begin draining in the background (idempotent); returns the drain task."""
+    def start_drain(self, over: float, *, then_exit: bool = False) -> asyncio.Task[None]:
+        """Begin draining in the background (idempotent); returns the drain task.
+        With ``then_exit``, :attr:`exit_requested` is set once it is drained."""
+        if then_exit:
+            self._exit_after_drain = True
         if self._drain_task is None:
-            self._drain_task = asyncio.get_running_loop().create_task(self.drain(over))
+            self._drain_task = asyncio.get_running_loop().create_task(self._drain_then(over))
+        elif then_exit and self._drain_task.done():
+            self.exit_requested.set()
         return self._drain_task
+
+    async def _drain_then(self, over: float) -> None:
+        await self.drain(over)
+        if self._exit_after_drain:
+            log.info("drained; exiting as asked", extra={"pod": self.pod})
+            self.exit_requested.set()
 
     async def drain(self, over: float = 0.0) -> None:
         """Move every client to another pod: ``reconnect`` then close 1012, spread

@@ -35,7 +35,6 @@ class ErrorCode(StrEnum):
     # record expired). Not in DESIGN §2's list: a duplicate ack of a settled id
     # is silent, but a client acking ids it never got deserves to hear so.
     UNKNOWN_ID = "unknown_id"
-    TOO_LARGE = "too_large"
     RATE_LIMITED = "rate_limited"
     HANDLER_ERROR = "handler_error"
     INTERNAL = "internal"

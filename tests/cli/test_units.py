@@ -131,10 +131,10 @@ class FakeTarget:
         return {"pods": [{"pod": "p", "state": "draining", "connections": count, "users": 1,
                           "lastHeartbeat": 0, "admin": None}]}
 
-    async def drain(self, pod: str, over: float) -> doc.DrainStarted:
+    async def drain(self, pod: str, over: float, then_exit: bool = False) -> doc.DrainStarted:
         if pod != "p":
             raise NotFound(f"pod {pod!r} is not running")
-        return {"pod": pod, "state": "draining", "overSeconds": over}
+        return {"pod": pod, "state": "draining", "overSeconds": over, "exit": then_exit}
 
     async def dead_letters(self, user: str | None = None,
                            limit: int = 100) -> doc.DeadLetterList:

@@ -93,6 +93,18 @@ async def test_drain_via_api_refuses_new_handshakes_with_503(app_pod: PodProcess
     assert status == 503 and ready["ready"] is False and ready["state"] == "draining"
 
 
+async def test_drain_with_exit_ends_the_process_once_drained(app_pod: PodProcess) -> None:
+    client = await Client.open(app_pod.ws_url, app_pod.token("alice"))
+    status, body = await asyncio.to_thread(app_pod.api, "POST", "/v1/drain",
+                                           {"overSeconds": 0, "exit": True})
+    assert status == 202 and body["exit"] is True
+    await client.expect("reconnect")
+    with pytest.raises(ConnectionClosed):
+        await client.recv()
+    assert client.ws.close_code == 1012
+    assert await asyncio.to_thread(app_pod.wait, 30) == 0  # without any signal
+
+
 async def test_presence_and_pods_api(app_pod: PodProcess) -> None:
     token = app_pod.token("multi user:ユ")
     async with await Client.open(app_pod.ws_url, token) as c1, \
