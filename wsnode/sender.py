@@ -146,14 +146,16 @@ class Sender:
                 self.metrics.acks_stored.inc()
             if failpoints.ACTIVE:
                 await failpoints.hit("sender.after_store")
+            at = self._clock.now_ms()  # when routing began: a client may ack before it ends
             await self.route(_ack_delivery(result.message, trace_id), report)
         else:
+            at = self._clock.now_ms()
             await self.route(Delivery(user, env.encode(), env.type, expires_at=env.expires_at,
                                       trace_id=trace_id), report)
             if report.reached_nobody and not report.failed_pods:
                 self.metrics.count_dropped("offline")
         if trace_id:
-            self._trace_route(trace_id, report, "routed")
+            self._trace_route(trace_id, report, "routed", at=at)
         if env.requires_ack or self._shared_bus:
             # Sends that only touch local connections take microseconds; timing
             # them would cost more than the send (this is the in-process hot path).
@@ -164,9 +166,10 @@ class Sender:
         """Deliver a stored message again (a resend): same id, same seq."""
         report = SendReport(msg.user, stored=True, seq=msg.seq)
         trace_id = msg.id if self.trace_policy.ack else None
+        at = self._clock.now_ms()  # a client may ack before routing is done
         await self.route(_ack_delivery(msg, trace_id), report)
         if trace_id:
-            self._trace_route(trace_id, report, "resent", attempt=msg.attempts)
+            self._trace_route(trace_id, report, "resent", at=at, attempt=msg.attempts)
         return report
 
     def dead_lettered(self, dead: DeadLetter) -> None:
@@ -178,9 +181,9 @@ class Sender:
         self._throttle.warn(f"dead:{reason}", "message %s of user %r dead-lettered (%s)",
                             msg.id, msg.user, reason)
 
-    def _trace_route(self, msg_id: MsgId, report: SendReport, event: str,
-                     **extra: Any) -> None:
-        self.tracer.record(msg_id, report.user, event, self.pod, local=report.local,
+    def _trace_route(self, msg_id: MsgId, report: SendReport, event: str, *,
+                     at: int | None = None, **extra: Any) -> None:
+        self.tracer.record(msg_id, report.user, event, self.pod, at=at, local=report.local,
                            pods=report.pods, failed=report.failed_pods, **extra)
 
     async def retry_dead(self, msg_id: MsgId, user: UserId | None = None) -> list[SendReport]:

@@ -66,7 +66,9 @@ class Tracer(Protocol):
     """Called when ``record`` buffers into an empty buffer (wakes the flusher)."""
 
     def record(self, msg_id: MsgId, user: UserId, event: str, pod: PodId | None,
-               **fields: Any) -> None: ...
+               *, at: int | None = None, **fields: Any) -> None:
+        """Add an event; ``at`` (epoch ms) when it happened, if not now."""
+        ...
 
     async def flush(self) -> None:
         """Write what is buffered (see the module contract)."""
@@ -100,9 +102,9 @@ class MemoryTracer:
         self.on_buffered: Callable[[], None] = _nothing
 
     def record(self, msg_id: MsgId, user: UserId, event: str, pod: PodId | None,
-               **fields: Any) -> None:
+               *, at: int | None = None, **fields: Any) -> None:
         trail = self._trails.pop(msg_id, [])
-        trail.append(make_event(self._clock.now_ms(), user, event, pod, fields))
+        trail.append(make_event(at or self._clock.now_ms(), user, event, pod, fields))
         self._trails[msg_id] = trail[-MAX_EVENTS:]  # most recently touched last
         while len(self._trails) > self._max_ids:
             self._trails.popitem(last=False)
@@ -131,7 +133,7 @@ class NoTracer:
         return None
 
     def record(self, msg_id: MsgId, user: UserId, event: str, pod: PodId | None,
-               **fields: Any) -> None:
+               *, at: int | None = None, **fields: Any) -> None:
         return None
 
     async def trail(self, msg_id: MsgId, user: UserId | None = None) -> list[dict[str, Any]]:

@@ -51,8 +51,8 @@ class RedisTracer:
         self.on_buffered: Callable[[], None] = lambda: None
 
     def record(self, msg_id: MsgId, user: UserId, event: str, pod: PodId | None,
-               **fields: Any) -> None:
-        entry = orjson.dumps(make_event(self._clock.now_ms(), user, event, pod, fields))
+               *, at: int | None = None, **fields: Any) -> None:
+        entry = orjson.dumps(make_event(at or self._clock.now_ms(), user, event, pod, fields))
         if not self._buffer:
             self.on_buffered()
         key = self._k.trace(msg_id)
