@@ -184,7 +184,8 @@ class Supervisor:
         self._task: asyncio.Task[None] | None = None
         self._outage = Outage(log, "bus reconnect")
         self._lost_reason: str | None = None
-        self._attempt = 0
+        self._attempt = 0  # attempts begun in this outage
+        self._failed_attempt = 0  # the last of them that failed
         self._last_error: str | None = None
         self.reconnects = 0
         """Sessions opened to replace a lost one."""
@@ -201,10 +202,12 @@ class Supervisor:
             return None
         reason = self._scrub(self._lost_reason or session.reason)
         text = f"session lost ({reason}); reconnecting"
-        if self._attempt:
+        if self._last_error is not None and self._failed_attempt:
+            text += f", attempt {self._failed_attempt} failed: {self._last_error}"
+        elif self._last_error is not None:  # closing the lost session failed
+            text += f": {self._last_error}"
+        elif self._attempt:
             text += f", attempt {self._attempt}"
-            if self._last_error:
-                text += f" failed: {self._last_error}"
         return text
 
     def begin(self, session: Session) -> None:
@@ -227,7 +230,8 @@ class Supervisor:
 
     def _install(self, session: Session) -> None:
         self.current = session
-        self._lost_reason, self._attempt, self._last_error = None, 0, None
+        self._lost_reason, self._last_error = None, None
+        self._attempt = self._failed_attempt = 0
         self._on_session(session)
 
     async def _run(self, session: Session) -> None:
@@ -267,5 +271,6 @@ class Supervisor:
             return session
 
     def _failed(self, text: str, exc: BaseException) -> None:
+        self._failed_attempt = self._attempt
         self._last_error = self._scrub(text)
         self._outage.failed(self._last_error, exc_info=exc, pod=self.pod)
