@@ -23,6 +23,7 @@ Contracts:
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -30,8 +31,11 @@ from typing import Any, Protocol
 
 import orjson
 
-from wsnode.errors import SendError
+from wsnode.errors import BackendUnavailable, SendError
 from wsnode.ids import MsgId, PodId, UserId
+from wsnode.outage import LogThrottle
+
+log = logging.getLogger("wsnode.bus")
 
 
 class Unroutable(SendError):
@@ -160,6 +164,13 @@ class Bus(Protocol):
         publish-only bus (no ``start``) is ready while connected."""
         ...
 
+    @property
+    def problem(self) -> str | None:
+        """None exactly while :attr:`ready`; otherwise why not, in a few words
+        fit for ``/readyz`` ("connecting", "deaf: no canary back for 12.0s",
+        "stopped"). Never holds a secret."""
+        ...
+
     async def start(
         self,
         pod: PodId,
@@ -170,24 +181,37 @@ class Bus(Protocol):
         """Declare what this pod needs and start consuming. Returns once the
         first connection is up; later outages are retried in the background
         (``ready`` is False meanwhile). Raises BackendUnavailable if the first
-        connection fails."""
+        connection fails (``start`` may then be called again), RuntimeError
+        if called again after it succeeded."""
         ...
 
-    async def publish(self, pod: PodId, deliveries: Sequence[Delivery]) -> None: ...
+    async def publish(self, pod: PodId, deliveries: Sequence[Delivery]) -> None:
+        """Hand ``deliveries`` to ``pod`` (see the module contract); an empty
+        sequence does nothing. A failing handler on the receiving side is not
+        the publisher's error."""
+        ...
 
     async def control(self, pod: PodId, command: dict[str, Any]) -> None: ...
 
     async def stop(self) -> None:
-        """Stop consuming (the pod's queue is left for the broker to expire)."""
+        """Stop consuming (the pod's queue is left for the broker to expire).
+        Idempotent; afterwards the bus is not ready and ``start``, ``publish``
+        and ``control`` raise BackendUnavailable."""
         ...
 
 
 class MemoryBus:
-    """In-process bus: a registry of pods' handlers, shareable between nodes."""
+    """In-process bus: a registry of pods' handlers, shareable between nodes.
+
+    A publish runs the destination's handler before it returns; a handler that
+    raises is logged, as a consumer would, and is not the publisher's error.
+    """
 
     def __init__(self) -> None:
         self._pods: dict[PodId, tuple[DeliveryHandler, ControlHandler]] = {}
         self._mine: PodId | None = None
+        self._stopped = False
+        self._log = LogThrottle(log)
 
     def attach(self) -> MemoryBus:
         """A view of the same registry for another in-process node."""
@@ -197,7 +221,17 @@ class MemoryBus:
 
     @property
     def ready(self) -> bool:
+        if self._stopped:
+            return False
         return self._mine is None or self._mine in self._pods
+
+    @property
+    def problem(self) -> str | None:
+        if self.ready:
+            return None
+        if self._stopped:
+            return "stopped"
+        return f"pod {self._mine!r} left the in-process bus (another node with its id stopped)"
 
     async def start(
         self,
@@ -206,22 +240,41 @@ class MemoryBus:
         on_control: ControlHandler,
         on_stranded: DeliveryHandler,
     ) -> None:
+        self._check_open()
+        if self._mine is not None:
+            raise RuntimeError("MemoryBus.start() called twice")
         self._mine = pod
         self._pods[pod] = (on_deliveries, on_control)
 
     async def publish(self, pod: PodId, deliveries: Sequence[Delivery]) -> None:
-        handlers = self._pods.get(pod)
-        if handlers is None:
-            raise Unroutable(f"pod {pod!r} has no queue")
-        await handlers[0](list(deliveries))
+        if not deliveries:
+            return
+        handler = self._handlers(pod)[0]
+        try:
+            await handler(list(deliveries))
+        except Exception:
+            self._log.warn("handler:deliver", "bus deliver handler failed", exc_info=True)
 
     async def control(self, pod: PodId, command: dict[str, Any]) -> None:
-        handlers = self._pods.get(pod)
-        if handlers is None:
-            raise Unroutable(f"pod {pod!r} has no queue")
-        await handlers[1](command)
+        handler = self._handlers(pod)[1]
+        try:
+            await handler(command)
+        except Exception:
+            self._log.warn("handler:control", "bus control handler failed", exc_info=True)
 
     async def stop(self) -> None:
+        self._stopped = True
         if self._mine is not None:
             self._pods.pop(self._mine, None)
             self._mine = None
+
+    def _check_open(self) -> None:
+        if self._stopped:
+            raise BackendUnavailable("the bus was stopped")
+
+    def _handlers(self, pod: PodId) -> tuple[DeliveryHandler, ControlHandler]:
+        self._check_open()
+        handlers = self._pods.get(pod)
+        if handlers is None:
+            raise Unroutable(f"pod {pod!r} has no queue")
+        return handlers

@@ -21,6 +21,8 @@ _SECRETS = [
     (re.compile(r"((?:access_)?token=)[^&\s\"'\\]+", re.IGNORECASE), r"\1<redacted>"),
     (re.compile(r"(bearer[,\s]+)[A-Za-z0-9._~+/=-]{4,}", re.IGNORECASE), r"\1<redacted>"),
     (re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "<jwt>"),
+    # A password in a URL (a library's traceback may print the broker URL).
+    (re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/\s@\"']*:)[^@\s/\"']+@"), r"\1***@"),
 ]
 # Context fields a log call may pass in ``extra`` and JSON lines carry.
 CONTEXT_FIELDS = ("pod", "conn", "user", "code", "reason", "peer")

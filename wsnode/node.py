@@ -192,9 +192,8 @@ class Node:
         problems = self.loops.problems()
         if self.resender.problem:
             problems.setdefault("resend", self.resender.problem)
-        bus_problem = getattr(self.bus, "problem", None)
         if self._bus_started and not self.bus.ready:
-            problems.setdefault("bus", bus_problem or "not ready")
+            problems.setdefault("bus", self.bus.problem or "not ready")
         checks: dict[str, bool] = {"accepting": self.state is NodeState.ACTIVE}
         for name in ("heartbeat", "bus", "resend", "reconcile", "sweep", "trace"):
             checks["presence" if name == "heartbeat" else name] = name not in problems

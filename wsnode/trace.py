@@ -117,7 +117,9 @@ class MemoryTracer:
         if events and events[-1]["at"] < self._clock.now_ms() - self.ttl_ms:
             del self._trails[msg_id]
             return []
-        return [e for e in events if user is None or e["user"] == user]
+        # Time order (stable: one pod's events keep their order on a tie).
+        return sorted((e for e in events if user is None or e["user"] == user),
+                      key=lambda e: int(e["at"]))
 
     async def aclose(self) -> None:
         return None

@@ -31,10 +31,6 @@ from wsnode.trace import MAX_EVENTS, make_event
 log = logging.getLogger("wsnode.trace")
 
 FLUSH_S = 0.02
-# Events a message can collect without bound (a client reconnecting over and
-# over is replayed each time; a producer retrying one id): only lists that got
-# one are trimmed.
-_UNBOUNDED = frozenset({"replayed", "resent", "duplicate"})
 _MAX_BUFFERED = 100_000
 
 
@@ -46,19 +42,17 @@ class RedisTracer:
         self.ttl_ms = ttl_ms
         self._clock = clock or SystemClock()
         self._buffer: dict[str, list[bytes]] = {}
-        self._trim: set[str] = set()
         self._throttle = LogThrottle(log)
         self.on_buffered: Callable[[], None] = lambda: None
 
     def record(self, msg_id: MsgId, user: UserId, event: str, pod: PodId | None,
                *, at: int | None = None, **fields: Any) -> None:
-        entry = orjson.dumps(make_event(at or self._clock.now_ms(), user, event, pod, fields))
+        # Never raises: a field JSON cannot hold is written as its str().
+        entry = orjson.dumps(make_event(at or self._clock.now_ms(), user, event, pod, fields),
+                             default=str)
         if not self._buffer:
             self.on_buffered()
-        key = self._k.trace(msg_id)
-        self._buffer.setdefault(key, []).append(entry)
-        if event in _UNBOUNDED:
-            self._trim.add(key)
+        self._buffer.setdefault(self._k.trace(msg_id), []).append(entry)
         if len(self._buffer) > _MAX_BUFFERED:
             # The store has been away a long time: keep the newest, drop the oldest.
             del self._buffer[next(iter(self._buffer))]
@@ -68,13 +62,11 @@ class RedisTracer:
             return
         await asyncio.sleep(FLUSH_S)  # gather what else this send or burst records
         batch, self._buffer = self._buffer, {}
-        trim, self._trim = self._trim, set()
 
         def build(pipe: Any) -> None:
             for key, entries in batch.items():
                 pipe.rpush(key, *entries)
-                if key in trim:
-                    pipe.ltrim(key, -MAX_EVENTS, -1)
+                pipe.ltrim(key, -MAX_EVENTS, -1)
                 pipe.pexpire(key, self.ttl_ms)
 
         with translated("trace"):

@@ -1,12 +1,17 @@
 """Backend factories for the contract suites: one param per backend.
 
 Each contract test takes a factory (``make_presence``, ``make_limiter``,
-``make_acks``) and runs once per backend in :data:`BACKENDS`. Only the memory
-backends run in process; the Redis ones against the real Redis
+``make_acks``, ``make_tracer``) and runs once per backend in :data:`BACKENDS`.
+Only the memory backends run in process; the Redis ones against the real Redis
 (``WSNODE_TEST_REDIS_URL``, default the shared one on 6379) under a key prefix
 of the test alone, whose keys are deleted when the test ends (never FLUSHALL).
 Objects a factory makes within one test share that prefix, so for a shared
 backend they are two pods on one store.
+
+``make_bus`` runs once per bus in :data:`BUSES`: the in-process one, and
+RabbitMQ (``WSNODE_TEST_AMQP_URL``, default the shared broker) under AMQP names
+of the test alone, whose queues and exchanges are deleted when it ends. Buses a
+factory makes within one test are pods of one cluster.
 
 Time: the Redis backends use Redis server time, so contract tests run on the
 real clock with short durations and bounded polls (``poll.eventually``); the
@@ -16,17 +21,32 @@ with a ManualClock.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
+import aio_pika
 import pytest
 
-from tests.contract.factories import AcksFactory, LimiterFactory, PresenceFactory
+from tests.contract.factories import (
+    AcksFactory,
+    BusFactory,
+    LimiterFactory,
+    PresenceFactory,
+    TracerFactory,
+)
+from tests.integration.conftest import AMQP_URL, Broker, Inbox
+from tests.support.pods import free_port
 from wsnode import redis_conn
 from wsnode.acks import AckBackend, AckPolicy
 from wsnode.acks_memory import MemoryAcks
 from wsnode.acks_redis import RedisAcks
+from wsnode.bus import Bus, MemoryBus
+from wsnode.clock import Clock
+from wsnode.errors import WsnodeError
+from wsnode.ids import PodId
 from wsnode.keys import RedisKeys
 from wsnode.limiter import MemoryLimiter, RateLimiter
 from wsnode.limiter_redis import RedisLimiter
@@ -34,8 +54,11 @@ from wsnode.presence import MemoryPresence, Presence
 from wsnode.presence_redis import RedisPresence
 from wsnode.redis_conn import Redis
 from wsnode.settings import Rate
+from wsnode.trace import MemoryTracer, Tracer
+from wsnode.trace_redis import RedisTracer
 
 BACKENDS = ["memory", "redis"]
+BUSES = ["memory", "rabbitmq"]
 REDIS_URL = os.environ.get("WSNODE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
@@ -110,3 +133,101 @@ def make_acks(backend: str, key_prefix: str, redis_client: Redis | None) -> Acks
         return RedisAcks(redis_client, RedisKeys(key_prefix), policy)
 
     return make
+
+
+@pytest.fixture
+async def make_tracer(backend: str, key_prefix: str,
+                      redis_client: Redis | None) -> AsyncIterator[TracerFactory]:
+    """``await make_tracer(ttl_ms=..., clock=..., reachable=True)`` -> a Tracer on
+    an empty store; ``reachable=False`` gives the Redis one a server that is not
+    there (the memory one has no store to lose). Every tracer is closed at the end.
+    Each is flushed as a pod flushes it: ``on_buffered`` wakes a flush."""
+    made: list[Tracer] = []
+    dead: list[Redis] = []
+    flushes: set[asyncio.Task[None]] = set()
+
+    def flusher(tracer: Tracer) -> Callable[[], None]:
+        def wake() -> None:
+            task = asyncio.get_running_loop().create_task(_flush(tracer))
+            flushes.add(task)
+            task.add_done_callback(flushes.discard)
+        return wake
+
+    async def make(ttl_ms: int = 60_000, clock: Clock | None = None,
+                   reachable: bool = True) -> Tracer:
+        tracer: Tracer
+        if backend == "memory":
+            tracer = MemoryTracer(ttl_ms=ttl_ms, clock=clock)
+        elif reachable:
+            assert redis_client is not None
+            tracer = RedisTracer(redis_client, RedisKeys(key_prefix), ttl_ms=ttl_ms, clock=clock)
+        else:
+            client = redis_conn.connect(f"redis://127.0.0.1:{free_port()}/0")
+            dead.append(client)
+            tracer = RedisTracer(client, RedisKeys(key_prefix), ttl_ms=ttl_ms, clock=clock)
+        tracer.on_buffered = flusher(tracer)
+        made.append(tracer)
+        return tracer
+
+    yield make
+    for task in list(flushes):
+        await task
+    for tracer in made:
+        await tracer.aclose()
+    for client in dead:
+        await client.aclose()
+
+
+async def _flush(tracer: Tracer) -> None:
+    with contextlib.suppress(WsnodeError):  # an unreachable store drops the batch
+        await tracer.flush()
+
+
+@pytest.fixture(params=BUSES)
+def bus_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def amqp_broker(bus_backend: str) -> AsyncIterator[Broker | None]:
+    """The real RabbitMQ under names of this test alone (None for memory);
+    its buses are stopped and its queues and exchanges deleted afterwards."""
+    if bus_backend != "rabbitmq":
+        yield None
+        return
+    try:
+        connection = await aio_pika.connect(AMQP_URL, timeout=3)
+    except (OSError, aio_pika.exceptions.AMQPError, TimeoutError) as exc:
+        pytest.fail(f"RabbitMQ not reachable at {AMQP_URL} (make services starts it): {exc}")
+    broker = Broker(connection, f"wscontract{uuid.uuid4().hex[:8]}")
+    try:
+        yield broker
+    finally:
+        await broker.cleanup()
+        await connection.close()
+
+
+@pytest.fixture
+async def make_bus(bus_backend: str, amqp_broker: Broker | None) -> AsyncIterator[BusFactory]:
+    """``await make_bus(pod, inbox=None)`` -> (a bus started as ``pod`` with the
+    handlers of ``inbox`` (a fresh Inbox by default), that inbox);
+    ``make_bus(None)`` -> a publish-only bus. Buses of one test reach each other."""
+    registry = MemoryBus()
+    made: list[Bus] = []
+
+    async def make(pod: str | None, inbox: Inbox | None = None) -> tuple[Bus, Inbox]:
+        inbox = inbox or Inbox()
+        bus: Bus
+        if amqp_broker is None:
+            bus = registry.attach()
+            if pod is not None:
+                await bus.start(PodId(pod), inbox.on_deliveries, inbox.on_control,
+                                inbox.on_stranded)
+        else:
+            bus = await amqp_broker.bus(pod, inbox=inbox)
+        made.append(bus)
+        return bus, inbox
+
+    yield make
+    for bus in made:  # the broker stops its own again: stop is idempotent
+        await bus.stop()

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from tests.integration.conftest import Inbox
 from wsnode.acks import AckBackend, AckPolicy
+from wsnode.bus import Bus
 from wsnode.limiter import RateLimiter
 from wsnode.presence import Presence
 from wsnode.settings import Rate
+from wsnode.trace import Tracer
 
 PresenceFactory = Callable[..., Awaitable[Presence]]
 LimiterFactory = Callable[[Rate], Awaitable[RateLimiter]]
 AcksFactory = Callable[[AckPolicy], Awaitable[AckBackend]]
 Closer = Callable[[], Awaitable[None]]
+BusFactory = Callable[..., Awaitable[tuple[Bus, Inbox]]]
+"""``await make_bus(pod, inbox=None)``: a bus started as ``pod`` with the handlers
+of ``inbox`` (a fresh Inbox by default), and that inbox; ``make_bus(None)``: a
+publish-only bus (never started) and an unused Inbox."""
+TracerFactory = Callable[..., Awaitable[Tracer]]
+"""``await make_tracer(ttl_ms=..., clock=..., reachable=True)``."""

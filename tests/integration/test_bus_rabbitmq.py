@@ -5,6 +5,8 @@ broker itself is never stopped."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import time
 
 import aio_pika
@@ -203,6 +205,8 @@ async def test_messages_stranded_on_a_dead_pod_reach_a_live_pod(broker: Broker) 
     await inbox.wait_for(lambda: len(inbox.stranded) >= 5, timeout=10)
     assert numbers(inbox.stranded) == list(range(5))
     assert [d.user for d in inbox.stranded] == [f"user{i}" for i in range(5)]
+    # Each copy says whose queue it expired in: that pod never got it.
+    assert {d.stranded_from for d in inbox.stranded} == {C}
     assert inbox.controls == []
     assert inbox.deliveries == []
 
@@ -258,23 +262,120 @@ async def test_poison_messages_are_parked_once_and_the_consumer_keeps_working(
     await channel.close()
 
 
-async def test_a_deaf_pod_turns_not_ready_and_recovers(broker: Broker) -> None:
-    interval = 0.3
-    inbox = Inbox()
-    a = await broker.bus("A", inbox=inbox, canary_interval=interval)
-    b = await broker.bus("B")
-    await eventually(lambda: a.last_canary_rtt is not None, timeout=3)
-    assert a.ready
+async def consumers_of(broker: Broker, queue: str, expected: int, timeout: float = 10) -> None:
+    """Wait until ``queue`` has ``expected`` consumers (the broker drops a closed
+    connection's consumers on its own time)."""
+    async with asyncio.timeout(timeout):
+        while (await broker.queue_info(queue))[1] != expected:
+            await asyncio.sleep(0.05)
 
-    await a._drop_consumer_silently()
-    took = await eventually(lambda: not a.ready, timeout=3 * interval + 1)
-    assert took <= 2 * interval + 0.3
-    # Nothing arrives at all, so the bus starts a new session and hears again.
+
+async def test_a_deaf_pod_turns_not_ready_and_recovers(
+        broker: Broker, amqp_target: tuple[str, int], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="wsnode.bus")
+    interval = 1.0
+    async with TcpProxy(*amqp_target) as proxy:
+        inbox = Inbox()
+        a = await broker.bus("A", url=proxy.url(), inbox=inbox, canary_interval=interval)
+        b = await broker.bus("B")
+        await eventually(lambda: a.last_canary_rtt is not None, timeout=5)
+        assert a.ready and a.problem is None
+
+        # A half-broken network: A's writes (canaries, acks) still reach the
+        # broker, but nothing the broker sends comes back, and nobody is told.
+        assert proxy.stall(toward="client") == 1
+        await eventually(lambda: not a.ready, timeout=4 * interval)
+        # The canary said so, before any reconnect: the session looks fine.
+        problem = a.problem
+        assert problem is not None and problem.startswith("deaf: no canary back for"), problem
+        assert a.reconnects == 0
+
+        # Nothing arrives at all, so the bus starts a new session and hears again.
+        await eventually(lambda: a.ready, timeout=20)
+        assert a.reconnects == 1
+        assert a.problem is None
+        assert any(r.levelno == logging.WARNING and "bus session lost: deaf for" in r.getMessage()
+                   for r in caplog.records)
+        await consumers_of(broker, broker.names.pod_queue(A), 1)
+        await b.publish(A, [delivery(1)])
+        await inbox.wait_for(lambda: bool(inbox.deliveries))
+        assert numbers(inbox.deliveries) == [1]
+
+
+async def test_the_supervisor_survives_a_refused_declaration_and_names_it(
+        broker: Broker, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="wsnode.bus")
+    inbox = Inbox()
+    a = await broker.bus("A", inbox=inbox, backoff_max=0.3)
+    b = await broker.bus("B")
+    names = broker.names
+    channel = await broker.channel()
+    # Someone re-creates the stranded exchange with another type (A does not
+    # notice: it declares only when a session opens) ...
+    await channel.exchange_delete(names.stranded_exchange)
+    await channel.declare_exchange(names.stranded_exchange, aio_pika.ExchangeType.DIRECT,
+                                   durable=True)
+    # ... then A loses its session: every new one is refused by the broker.
+    await channel.queue_delete(names.pod_queue(A))
+
+    def attempt() -> int:
+        found = re.search(r"attempt (\d+) failed", a.problem or "")
+        return int(found.group(1)) if found else 0
+
+    await eventually(lambda: attempt() >= 3, timeout=15)
+    problem = a.problem
+    assert problem is not None
+    assert problem.startswith("session lost (consumer "), problem
+    assert "RabbitMQ refused a declaration" in problem
+    assert not a.ready
+    # Logged once for the outage, with its traceback; the later attempts at DEBUG.
+    warnings = [r for r in caplog.records
+                if r.levelno == logging.WARNING and "bus reconnect failing" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "refused a declaration" in warnings[0].getMessage()
+    assert warnings[0].exc_info is not None
+    assert "PRECONDITION_FAILED" in caplog.text  # the broker's own words, in the traceback
+    assert sum(r.levelno == logging.DEBUG and "bus reconnect failing" in r.getMessage()
+               for r in caplog.records) >= 2
+
+    # The conflict goes away: the supervisor, still running, gets through.
+    await channel.exchange_delete(names.stranded_exchange)
     await eventually(lambda: a.ready, timeout=10)
+    assert a.problem is None
     assert a.reconnects == 1
-    assert (await broker.queue_info(broker.names.pod_queue(A)))[1] == 1
-    await b.publish(A, [delivery(1)])
+    assert any("bus reconnect working again" in r.getMessage() for r in caplog.records)
+    await consumers_of(broker, names.pod_queue(A), 1)
+    await b.publish(A, [delivery(9)])
     await inbox.wait_for(lambda: bool(inbox.deliveries))
+    assert numbers(inbox.deliveries) == [9]
+    await channel.close()
+
+
+async def test_problem_names_each_state(broker: Broker, amqp_target: tuple[str, int]) -> None:
+    async with TcpProxy(*amqp_target) as proxy:
+        client = await broker.bus(None, url=proxy.url())
+        assert not client.ready and client.problem == "not connected"
+        await proxy.cut()
+        with pytest.raises(BackendUnavailable):
+            await client.publish(A, [delivery(1)])
+        assert client.problem is not None
+        assert client.problem.startswith("not connected: RabbitMQ at amqp://guest:***@")
+
+        await proxy.restore()
+        inbox = Inbox()
+        a = await broker.bus("A", url=proxy.url(), inbox=inbox)
+        assert a.ready and a.problem is None
+        await proxy.cut()
+        await eventually(lambda: not a.ready, timeout=5)
+        await eventually(lambda: "failed: RabbitMQ at" in (a.problem or ""), timeout=10)
+        problem = a.problem
+        assert problem is not None and problem.startswith("session lost (closed"), problem
+        assert "reconnecting, attempt" in problem
+        await proxy.restore()
+        await eventually(lambda: a.ready, timeout=15)
+        assert a.problem is None
+        await a.stop()
+        assert not a.ready and a.problem == "stopped"
 
 
 async def test_a_pod_queue_deleted_under_the_bus_is_declared_again(broker: Broker) -> None:

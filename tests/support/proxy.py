@@ -6,15 +6,37 @@ every accepted connection to the real server. :meth:`TcpProxy.cut` aborts every
 piped connection (both sides see a reset, as if the network or the broker
 died) and closes the listening socket, so new connections are refused;
 :meth:`TcpProxy.restore` listens again on the same port.
+
+:meth:`TcpProxy.stall` makes a half-broken network instead: what the server
+sends on the connections piped now is held back (the client's own writes still
+reach the server) until :meth:`TcpProxy.resume`; nothing is reset, so the
+client is not told. Connections accepted later flow normally, as a new
+connection would take a working path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Literal
 
 _CHUNK = 64 * 1024
+
+
+def _open_gate() -> asyncio.Event:
+    gate = asyncio.Event()
+    gate.set()
+    return gate
+
+
+@dataclass(eq=False)
+class _Link:
+    """One piped connection: data flows each way while its gate is set."""
+
+    to_server: asyncio.Event = field(default_factory=_open_gate)
+    to_client: asyncio.Event = field(default_factory=_open_gate)
 
 
 class TcpProxy:
@@ -28,6 +50,7 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._links: set[_Link] = set()
 
     @property
     def cut_off(self) -> bool:
@@ -62,6 +85,21 @@ class TcpProxy:
                 async with asyncio.timeout(2.0):
                     await server.wait_closed()
 
+    def stall(self, toward: Literal["client", "server"] = "client") -> int:
+        """Hold back the data of every connection piped now that flows
+        ``toward`` the client (what the server sends) or the server; the
+        other direction still flows. Returns the number of connections
+        stalled. Later connections are not affected."""
+        for link in self._links:
+            (link.to_client if toward == "client" else link.to_server).clear()
+        return len(self._links)
+
+    def resume(self) -> None:
+        """Let what :meth:`stall` held back flow again."""
+        for link in self._links:
+            link.to_client.set()
+            link.to_server.set()
+
     async def restore(self) -> None:
         """Accept connections again, on the same port."""
         await self.start()
@@ -92,17 +130,23 @@ class TcpProxy:
             return
         self.accepted += 1
         self._writers.update((client_w, server_w))
+        link = _Link()
+        self._links.add(link)
         loop = asyncio.get_running_loop()
-        for reader, writer, other in ((client_r, server_w, client_w),
-                                      (server_r, client_w, server_w)):
-            task = loop.create_task(self._pipe(reader, writer, other))
+        for reader, writer, other, gate in ((client_r, server_w, client_w, link.to_server),
+                                            (server_r, client_w, server_w, link.to_client)):
+            task = loop.create_task(self._pipe(reader, writer, other, link, gate))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    other: asyncio.StreamWriter) -> None:
+                    other: asyncio.StreamWriter, link: _Link, gate: asyncio.Event) -> None:
         try:
             while data := await reader.read(_CHUNK):
+                if not gate.is_set():  # stalled: hold this chunk (and the rest) back
+                    await gate.wait()
+                    if writer.transport.is_closing():
+                        break
                 writer.write(data)
                 await writer.drain()
         except (OSError, asyncio.IncompleteReadError):
@@ -112,3 +156,7 @@ class TcpProxy:
             for w in (writer, other):
                 self._writers.discard(w)
                 w.transport.abort()
+            # Let a stalled pipe of this connection see that it is gone.
+            self._links.discard(link)
+            link.to_client.set()
+            link.to_server.set()

@@ -123,3 +123,11 @@ def test_configure_installs_one_handler(monkeypatch: pytest.MonkeyPatch) -> None
     assert logging.getLogger("aiohttp.access").level == logging.WARNING
     configure("INFO", "text")
     assert isinstance(root.handlers[0].formatter, TextFormatter)
+
+
+def test_a_password_in_a_url_is_redacted() -> None:
+    from wsnode.logs import redact
+
+    line = "connect amqp://guest:s3cret@127.0.0.1:5672/ failed; redis://:pw@h:1/0; http://h/x"
+    assert redact(line) == ("connect amqp://guest:***@127.0.0.1:5672/ failed; "
+                            "redis://:***@h:1/0; http://h/x")

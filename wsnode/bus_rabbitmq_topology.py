@@ -1,0 +1,217 @@
+"""What :class:`~wsnode.bus_rabbitmq.RabbitBus` puts on a session: declarations,
+publishing, and consuming (with poison parking).
+
+The topology itself is drawn in :mod:`wsnode.bus_rabbitmq`. Message ``type``
+says what a body is: ``deliver`` (an ``encode_batch`` body), ``control`` (a
+JSON command) or ``canary``.
+
+Consuming contract: every consumed message is acked after its handler ran,
+even when the handler raised (a failing handler is never retried: ACK-required
+deliveries are safe in the ACK store); messages are handled strictly in queue
+order, one at a time per queue; a body that cannot be decoded is parked in the
+poison queue, once, and never requeued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+import orjson
+from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.exceptions import AMQPError, DeliveryError, PublishError
+
+from wsnode.bus import ControlHandler, DeliveryHandler, Unroutable, decode_batch
+from wsnode.bus_rabbitmq_canary import Canary
+from wsnode.bus_rabbitmq_session import Session
+from wsnode.errors import BackendUnavailable
+from wsnode.ids import PodId
+from wsnode.keys import AmqpNames
+from wsnode.outage import LogThrottle
+
+log = logging.getLogger("wsnode.bus")
+
+DELIVER, CONTROL, CANARY = "deliver", "control", "canary"
+_CONTENT_TYPES = {DELIVER: "application/x-wsnode-batch", CONTROL: "application/json",
+                  CANARY: "text/plain"}
+
+
+async def declare(session: Session, names: AmqpNames, pod: PodId | None,
+                  queue_args: dict[str, Any]) -> None:
+    """Open the publishing channel (confirms, returns raise) and declare the
+    exchanges, the stranded and poison queues, and ``pod``'s queue when given."""
+    pub = session.connection.channel(publisher_confirms=True, on_return_raises=True)
+    await pub.initialize()
+    pub.close_callbacks.add(session.on_closed)
+    session.pub = pub
+    session.exchange = await pub.declare_exchange(
+        names.exchange, aio_pika.ExchangeType.DIRECT, durable=True)
+    stranded_x = await pub.declare_exchange(
+        names.stranded_exchange, aio_pika.ExchangeType.FANOUT, durable=True)
+    stranded_q = await pub.declare_queue(names.stranded_queue, durable=True)
+    await stranded_q.bind(stranded_x)
+    await pub.declare_queue(names.poison_queue, durable=True)
+    if pod is not None:
+        queue = await pub.declare_queue(names.pod_queue(pod), durable=True,
+                                        arguments=queue_args)
+        await queue.bind(session.exchange, routing_key=pod)
+
+
+async def publish(session: Session, pod: PodId, body: bytes, kind: str, *,
+                  confirm_within: float, persistent: bool = False) -> None:
+    """Publish one message of ``kind`` to ``pod`` (mandatory, confirmed within
+    ``confirm_within`` seconds). Unroutable when returned; BackendUnavailable
+    otherwise (after a timeout the outcome is unknown: a retry may duplicate)."""
+    mode = aio_pika.DeliveryMode.PERSISTENT if persistent else \
+        aio_pika.DeliveryMode.NOT_PERSISTENT
+    message = aio_pika.Message(body, type=kind, content_type=_CONTENT_TYPES[kind],
+                               delivery_mode=mode)
+    try:
+        await session.exchange.publish(message, routing_key=pod, mandatory=True,
+                                       timeout=confirm_within)
+    except PublishError as exc:
+        raise Unroutable(f"pod {pod!r} has no queue") from exc
+    except DeliveryError as exc:
+        raise BackendUnavailable(f"RabbitMQ refused a message for pod {pod!r}") from exc
+    except TimeoutError as exc:
+        raise BackendUnavailable(
+            f"publish to pod {pod!r} not confirmed in {confirm_within}s (outcome unknown)") from exc
+    except (AMQPError, OSError, RuntimeError) as exc:
+        # RuntimeError: aio-pika's ChannelInvalidStateError (channel closed).
+        raise BackendUnavailable(f"publish to pod {pod!r} failed: {exc!r}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Handlers:
+    """What a started bus calls (see :meth:`wsnode.bus.Bus.start`)."""
+
+    on_deliveries: DeliveryHandler
+    on_control: ControlHandler
+    on_stranded: DeliveryHandler
+
+
+class Consumer:
+    """Consumes a pod's queue and the stranded queue on a session."""
+
+    def __init__(self, names: AmqpNames, pod: PodId, handlers: Handlers, canary: Canary, *,
+                 prefetch: int, publish_timeout: float) -> None:
+        self._names = names
+        self.pod = pod
+        self._handlers = handlers
+        self._canary = canary
+        self._prefetch = prefetch
+        self._publish_timeout = publish_timeout
+        self._log = LogThrottle(log)
+        self.parked = 0
+        """Messages moved to the poison queue."""
+
+    async def consume(self, session: Session) -> None:
+        """Open the consuming channel and start one worker per queue."""
+        sub = session.connection.channel(publisher_confirms=False)
+        await sub.initialize()
+        sub.close_callbacks.add(session.on_closed)
+        await sub.set_qos(prefetch_count=self._prefetch)
+        raw = await sub.get_underlay_channel()
+        # A queue deleted under us cancels our consumer; start over (which
+        # re-declares the queue) rather than sit deaf until the canary notices.
+        cancel_callbacks = getattr(raw, "on_consumer_cancel_callbacks", None)
+        if cancel_callbacks is not None:
+            cancel_callbacks.add(session.on_consumer_cancelled)
+        pod = self.pod
+        for name, stranded in ((self._names.pod_queue(pod), False),
+                               (self._names.stranded_queue, True)):
+            inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+            role = "stranded" if stranded else "pod"
+            session.spawn(self._work(session, inbox, stranded), f"{role} queue worker")
+
+            # aio-pika runs each callback in its own task, created in delivery
+            # order; the callback only enqueues, so one worker per queue
+            # handles messages strictly in order.
+            async def enqueue(message: AbstractIncomingMessage,
+                              inbox: asyncio.Queue[AbstractIncomingMessage] = inbox) -> None:
+                inbox.put_nowait(message)
+
+            queue = await sub.get_queue(name, ensure=False)
+            tag = await queue.consume(enqueue, consumer_tag=f"wsnode.{pod}.{role}")
+            session.consumers.append((queue, tag))
+
+    async def _work(self, session: Session, inbox: asyncio.Queue[AbstractIncomingMessage],
+                    stranded: bool) -> None:
+        while True:
+            message = await inbox.get()
+            if not stranded:
+                self._canary.heard_pod()
+            try:
+                await self._handle(session, message, stranded)
+            except Exception:
+                self._log.warn(f"handler:{message.type}", "bus %s handler failed",
+                               message.type, exc_info=True)
+            try:
+                await message.ack()
+            except Exception as exc:
+                # The channel is gone; the broker requeues the message.
+                log.debug("ack failed: %r", exc)
+
+    async def _handle(self, session: Session, message: AbstractIncomingMessage,
+                      stranded: bool) -> None:
+        kind = message.type
+        if kind == CANARY:
+            if not stranded:
+                self._canary.back(message.body, self.pod)
+            return  # a stranded canary is from a pod that went deaf or died
+        if kind == CONTROL:
+            if stranded:
+                log.info("dropping a control command for a pod that is gone")
+                return
+            try:
+                command = orjson.loads(message.body)
+                if not isinstance(command, dict):
+                    raise ValueError("control body is not a JSON object")
+            except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
+                await self._park(session, message, CONTROL, str(exc))
+                return
+            await self._handlers.on_control(command)
+            return
+        if kind != DELIVER:
+            await self._park(session, message, "unknown", f"unknown message type {kind!r}")
+            return
+        try:
+            batch = decode_batch(message.body)
+            if not all(d.user for d in batch):
+                raise ValueError("a delivery has an empty user id")
+        except ValueError as exc:
+            await self._park(session, message, DELIVER, str(exc))
+            return
+        handlers = self._handlers
+        if stranded:
+            # Dead-lettered messages keep their routing key: the pod whose queue
+            # they expired in, which never got them.
+            origin = PodId(message.routing_key) if message.routing_key else None
+            for delivery in batch:
+                delivery.stranded_from = origin
+            await handlers.on_stranded(batch)
+        else:
+            await handlers.on_deliveries(batch)
+
+    async def _park(self, session: Session, message: AbstractIncomingMessage, kind: str,
+                    reason: str) -> None:
+        """Move an undecodable message to the poison queue (the caller acks it).
+        ``kind`` is one of a few fixed strings: it keys the log rate limit."""
+        poison = self._names.poison_queue
+        self._log.warn(f"poison:{kind}", "parking an undecodable %r bus message in %s: %s",
+                       message.type, poison, reason)
+        parked = aio_pika.Message(
+            message.body, type=message.type, content_type=message.content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers={"x-wsnode-reason": reason[:200],
+                     "x-wsnode-queue": message.routing_key or ""})
+        try:
+            await session.pub.default_exchange.publish(
+                parked, routing_key=poison, mandatory=False, timeout=self._publish_timeout)
+            self.parked += 1
+        except Exception as exc:
+            # Acked anyway: a message that cannot be parked must not loop.
+            self._log.warn("poison-publish", "could not park a bad message (dropped): %r", exc)
