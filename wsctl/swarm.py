@@ -161,7 +161,7 @@ def read_stats(path: Path) -> list[Row]:
                 rec["Type"], rec["Name"], int(rec["Request Count"]),
                 int(rec["Failure Count"]), float(rec["Requests/s"]),
                 _num(rec.get("50%")), _num(rec.get("95%")), _num(rec.get("99%"))))
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, TypeError):
             continue  # a partly written file: the next read gets it whole
     return rows
 
@@ -187,7 +187,7 @@ def read_users(path: Path) -> tuple[int, int]:
     for rec in _records(path):
         try:
             now = int(rec.get("User Count") or 0)
-        except ValueError:
+        except (ValueError, TypeError):
             continue
         most = max(most, now)
     return now, most
@@ -207,11 +207,12 @@ def read_failures(path: Path) -> list[Failure]:
     """Failure reasons from Locust's ``_failures.csv``, the most frequent first."""
     counts: dict[tuple[str, str], int] = {}
     for rec in _records(path):
-        try:
-            key = (f"{rec['Method']} {rec['Name']}".strip(), reason_text(rec["Error"]))
-            counts[key] = counts.get(key, 0) + int(rec["Occurrences"])
-        except (KeyError, ValueError):
-            continue
+        method, name, error, times = (rec.get(k) for k in ("Method", "Name", "Error",
+                                                             "Occurrences"))
+        if method is None or name is None or error is None or not (times or "").isdigit():
+            continue  # a partly written file: the next read gets it whole
+        key = (f"{method} {name}".strip(), reason_text(error))
+        counts[key] = counts.get(key, 0) + int(times or 0)
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     return [Failure(request, reason, count) for (request, reason), count in ranked]
 

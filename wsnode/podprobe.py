@@ -57,18 +57,22 @@ class Answer:
 async def ask_admin(session: aiohttp.ClientSession, admin: str,
                     timeout: float = PROBE_TIMEOUT) -> Answer:  # noqa: ASYNC109
     """``GET <admin>/readyz`` once (see the module contract)."""
+    body: Any = None
     try:
         async with session.get(f"{admin.rstrip('/')}/readyz", allow_redirects=False,
                                timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
             status = resp.status
-            body = await resp.json(content_type=None)
+            if status in (200, 503):
+                body = await resp.json(content_type=None)
     except TimeoutError:
         return Answer(False, error=f"no answer within {timeout:g}s")
     except aiohttp.ClientConnectorError as exc:
         return Answer(False, error=f"connection failed: {exc.os_error.strerror or exc}")
-    except (aiohttp.ClientError, ValueError) as exc:
+    except aiohttp.ClientError as exc:
         return Answer(False, error=f"{type(exc).__name__}: {exc}")
-    if status not in (200, 503) or not isinstance(body, dict):
+    except ValueError:  # not JSON
+        pass
+    if not isinstance(body, dict):
         return Answer(False, status, error=f"not a wsnode admin port (HTTP {status})")
     return Answer(True, status, body)
 
