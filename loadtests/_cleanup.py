@@ -16,7 +16,7 @@ Nothing else is touched: another swarm running at the same time has another
 ``RUN``. Key names come from :class:`wsnode.keys.RedisKeys`. This needs
 ``WSNODE_REDIS_URL`` (and ``WSNODE_KEY_PREFIX`` if the pods use another prefix
 than ``ws``) in the swarm's environment; without it the swarm logs one line
-saying what it left. An embedded pod keeps everything in its own memory, which
+saying what stays. An embedded pod keeps everything in its own memory, which
 goes with the process.
 """
 
@@ -85,9 +85,8 @@ def _on_quitting(environment: Any, **_: Any) -> None:
         return  # the workers ran the users: each cleans its own run
     redis_url = os.environ.get("WSNODE_REDIS_URL")
     if not redis_url:
-        log.info("swarm state left in the pods' stores (ACK records and trails of ids "
-                 "lt-%s-*, kept by the pods for a day): set WSNODE_REDIS_URL to delete it "
-                 "when the swarm ends", RUN)
+        log.info("swarm cleanup skipped (no WSNODE_REDIS_URL): against a cluster, the ACK "
+                 "records and trails of ids lt-%s-* stay in Redis for a day", RUN)
         return
     gevent.sleep(SETTLE_SECONDS)
     started = time.monotonic()
