@@ -20,7 +20,7 @@ def swarm_command(
         "--host", metavar="URLS", help="Pod(s) to load: ws:// URLs, comma-separated.",
         show_default=False)],
     users: Annotated[int, typer.Option("--users", "-u", min=1, metavar="N",
-                                                 help="Swarm users.")] = 100,
+                                       help="Swarm users.")] = 100,
     spawn_rate: Annotated[float, typer.Option(
         "--spawn-rate", "-r", min=0.1, metavar="RATE", help="Users started per second.")] = 20.0,
     run_time: Annotated[str, typer.Option("--run-time", "-t", metavar="DURATION",
