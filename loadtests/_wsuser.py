@@ -4,11 +4,19 @@ Locust runs on gevent, so this uses ``websocket-client`` (blocking calls that
 gevent's monkey-patching makes cooperative), one receiving greenlet per user,
 and reports to Locust as requests:
 
-* ``WS connect``: handshake + ``welcome`` + the replay's ``restore`` frame;
+* ``WS connect``: handshake + ``welcome`` + the replay's ``restore`` frame (a
+  user whose connect fails tries again with backoff);
 * ``WS <type> delivery``: a message the swarm sent, by its end-to-end latency
-  (the send timestamp ``ts`` travels in the payload), or a failure ``lost``
-  when it did not arrive within ``WSNODE_LOAD_LOSS_TIMEOUT`` seconds;
-* ``WS error <code>``: an ``error`` frame from the pod (a failure).
+  (the send timestamp ``ts`` travels in the payload), or a failure ``not
+  delivered within 10s`` when it did not arrive within
+  ``WSNODE_LOAD_LOSS_TIMEOUT`` seconds;
+* ``WS error <code>``: an ``error`` frame from the pod (a failure; the message
+  it names is then not expected any more, it is not lost on top).
+
+Failure texts never carry a message or user id, so Locust counts each reason
+once with its number of occurrences instead of printing one line per message.
+Every user and message id starts with ``lt-<run>-`` (:data:`RUN`, one per
+process), which is how ``_cleanup.py`` finds what this run left in Redis.
 
 Settings come from the environment: ``WSNODE_JWT_SECRET`` (tokens are minted
 with it, HS256, ``WSNODE_JWT_AUDIENCE``/``WSNODE_JWT_ISSUER`` when set);
@@ -34,6 +42,7 @@ import websocket
 from locust import User, events
 
 LOSS_TIMEOUT = float(os.environ.get("WSNODE_LOAD_LOSS_TIMEOUT", "10"))
+RUN = uuid.uuid4().hex[:6]  # this process's share of the swarm: ids start with lt-<RUN>-
 _host_cycle: dict[str, itertools.cycle[str]] = {}
 _lock = threading.Lock()
 
@@ -49,6 +58,20 @@ def next_host(host: str | None) -> str:
     with _lock:
         cycle = _host_cycle.setdefault(host or "", itertools.cycle(hosts_of(host)))
         return next(cycle)
+
+
+def new_id() -> str:
+    """A user or message id of this run (``lt-<RUN>-<random>``)."""
+    return f"lt-{RUN}-{uuid.uuid4().hex[:16]}"
+
+
+def connect_failure(exc: Exception) -> Exception:
+    """``exc`` with a text that is the same for every user it happens to: a
+    refused handshake's text carries the response's headers (a date, ...)."""
+    if isinstance(exc, websocket.WebSocketBadStatusException):
+        body = (getattr(exc, "resp_body", None) or b"").decode(errors="replace").strip()
+        return ConnectionError(f"handshake refused: HTTP {exc.status_code} {body[:120]}".strip())
+    return exc
 
 
 def mint(user: str, ttl: float = 3600) -> str:
@@ -83,6 +106,11 @@ class Ledger:
         """True the first time ``mid`` arrives (a resend is not a new delivery)."""
         return self.expected.pop(mid, None) is not None
 
+    def refused(self, mid: str) -> None:
+        """The pod answered ``mid`` with an error frame: that error is the failure,
+        the message will not arrive and is not counted lost as well."""
+        self.expected.pop(mid, None)
+
     def forget_user(self, user: str, *, keep_acked: bool = False) -> None:
         """The receiver left: what it did not get yet is not a loss. On a
         reconnect (``keep_acked``), ACK-required messages must still arrive."""
@@ -95,10 +123,11 @@ class Ledger:
             gevent.sleep(1.0)
             cutoff = time.time() - LOSS_TIMEOUT
             for mid in [m for m, (sent, *_) in self.expected.items() if sent < cutoff]:
-                _, user, name, _ = self.expected.pop(mid)
+                _, _, name, _ = self.expected.pop(mid)
                 events.request.fire(request_type="WS", name=name,
                                     response_time=LOSS_TIMEOUT * 1000, response_length=0,
-                                    exception=TimeoutError(f"lost: {mid} to {user}"))
+                                    exception=TimeoutError(
+                                        f"not delivered within {LOSS_TIMEOUT:g}s"))
 
 
 LEDGER = Ledger()
@@ -114,7 +143,7 @@ class WsnodeUser(User):
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
-        self.user_id = f"lt-{uuid.uuid4().hex[:12]}"
+        self.user_id = new_id()
         self.ws: websocket.WebSocket | None = None
         self._reader: Any = None
         self.ready = gevent.event.Event()
@@ -122,12 +151,15 @@ class WsnodeUser(User):
     # -- connection ---------------------------------------------------------
 
     def on_start(self) -> None:
-        self.connect()
+        if not self.connect():
+            gevent.spawn(self._reconnect)
 
     def on_stop(self) -> None:
         self.disconnect()
 
-    def connect(self) -> None:
+    def connect(self) -> bool:
+        """Connect and read the replay; False (the failure reported to Locust,
+        never raised: one traceback per user would flood the log) if it failed."""
         url = f"{next_host(self.host)}/ws"
         started = time.perf_counter()
         self.ready.clear()
@@ -148,8 +180,8 @@ class WsnodeUser(User):
         except Exception as exc:
             events.request.fire(request_type="WS", name="connect",
                                 response_time=(time.perf_counter() - started) * 1000,
-                                response_length=0, exception=exc)
-            raise
+                                response_length=0, exception=connect_failure(exc))
+            return False
         events.request.fire(request_type="WS", name="connect",
                             response_time=(time.perf_counter() - started) * 1000,
                             response_length=0, exception=None)
@@ -159,6 +191,7 @@ class WsnodeUser(User):
         for frame in replayed:
             self.on_frame(frame)
         self._reader = gevent.spawn(self._read, ws)
+        return True
 
     def disconnect(self) -> None:
         ONLINE.pop(self.user_id, None)
@@ -194,12 +227,10 @@ class WsnodeUser(User):
     def _reconnect(self) -> None:
         delay = 0.2
         while self.ws is None and self.environment.runner is not None:
-            try:
-                self.connect()
+            if self.connect():
                 return
-            except Exception:
-                gevent.sleep(delay)
-                delay = min(5.0, delay * 2)
+            gevent.sleep(delay)
+            delay = min(5.0, delay * 2)
 
     # -- frames ---------------------------------------------------------------
 
@@ -221,6 +252,8 @@ class WsnodeUser(User):
                                         response_length=0, exception=None)
         elif typ == "error":
             code = (frame.get("payload") or {}).get("code", "?")
+            if isinstance(frame.get("id"), str):
+                LEDGER.refused(frame["id"])
             events.request.fire(request_type="WS", name=f"error {code}", response_time=0,
                                 response_length=0,
                                 exception=RuntimeError((frame.get("payload") or {}).get(

@@ -6,8 +6,10 @@ e.g. ``locust -f loadtests/ ChatUser``, or run the default mix by weight):
 * ``ChatUser`` (weight 6): sends ``chat_message`` to a random other online
   swarm user every ``WSNODE_LOAD_CHAT_WAIT`` seconds (``min,max``, default
   ``1,3``), through the chat example app (``wsnode serve --app
-  wsnode.examples.chat``). Each delivery is a request ``WS chat_message
-  delivery`` timed end to end; a message that does not arrive is a failure.
+  wsnode.examples.chat``: without it every send fails with ``type
+  'chat_message' has no handler``). Each delivery is a request ``WS
+  chat_message delivery`` timed end to end; a message that does not arrive is a
+  failure.
 * ``NotificationUser`` (weight 3): receives ACK-required notifications pushed
   through a pod's admin API (``POST /v1/send``, the pod picked at random from
   ``WSNODE_LOAD_ADMIN``, default: each ``--host`` with its port + 1000, key
@@ -19,6 +21,11 @@ e.g. ``locust -f loadtests/ ChatUser``, or run the default mix by weight):
 Users are spread over the pods listed (comma-separated) in ``--host``, and
 follow drains (``reconnect``, close 1012) to another pod. Tokens are minted
 with ``WSNODE_JWT_SECRET``.
+
+What the swarm leaves in Redis (its users' ACK records and message trails,
+kept a day by the pods) is deleted when Locust quits, if ``WSNODE_REDIS_URL``
+(and ``WSNODE_KEY_PREFIX`` when not ``ws``) is set: see ``_cleanup.py``.
+``wsctl swarm`` reads the live state ``_progress.py`` writes.
 """
 
 from __future__ import annotations
@@ -26,11 +33,12 @@ from __future__ import annotations
 import os
 import random
 import time
-import uuid
 from urllib.parse import urlsplit, urlunsplit
 
+import _cleanup  # noqa: F401 (registers its listener: Redis cleanup on quit)
+import _progress  # noqa: F401 (registers its listeners: live state for wsctl swarm)
 import gevent
-from _wsuser import LEDGER, ONLINE, WsnodeUser, hosts_of
+from _wsuser import LEDGER, ONLINE, WsnodeUser, hosts_of, new_id
 from locust import between, task
 from locust.contrib.fasthttp import FastHttpSession
 
@@ -67,9 +75,11 @@ class ChatUser(WsnodeUser):
         if not peers or self.ws is None:
             return
         to = random.choice(peers)
-        mid = uuid.uuid4().hex
+        mid = new_id()
         LEDGER.expect(mid, to, "chat_message delivery")
-        self.send_frame({"type": "chat_message",
+        # The id comes back on an error frame about this message (no handler,
+        # rate limited): then that error is the failure, not a loss.
+        self.send_frame({"type": "chat_message", "id": mid,
                          "payload": {"to": to, "mid": mid, "ts": time.time()}})
 
 
@@ -90,13 +100,16 @@ class NotificationUser(WsnodeUser):
         """Push an ACK-required notification to this user through a random pod."""
         if self.ws is None:
             return
-        mid = uuid.uuid4().hex
+        mid = new_id()
         LEDGER.expect(mid, self.user_id, "notification delivery", acked=True)
         body = {"user": self.user_id, "envelope": {
             "type": "notification", "id": mid, "requiresAck": True,
             "payload": {"mid": mid, "ts": time.time()}}}
-        self.http.post(f"{random.choice(self.admins)}/v1/send", json=body, name="POST /v1/send",
-                       headers={"Authorization": f"Bearer {self.api_key}"})
+        resp = self.http.post(f"{random.choice(self.admins)}/v1/send", json=body,
+                              name="POST /v1/send",
+                              headers={"Authorization": f"Bearer {self.api_key}"})
+        if resp.status_code != 200:  # that failure is counted; the message is not coming
+            LEDGER.refused(mid)
 
 
 class ChurnUser(WsnodeUser):
@@ -108,6 +121,8 @@ class ChurnUser(WsnodeUser):
 
     @task
     def cycle(self) -> None:
-        self.connect()
+        if not self.connect():
+            gevent.sleep(1)  # the failure is reported: try again at the next cycle
+            return
         gevent.sleep(random.uniform(1, 5))
         self.disconnect()

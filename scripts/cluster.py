@@ -159,6 +159,8 @@ def banner(cluster: LoopbackCluster, redis_url: str, amqp_url: str, prefix: str,
            log_dir: Path) -> None:
     b = cluster.balancer
     rel = os.path.relpath(BIN, Path.cwd())
+    # The swarm's notifications go to the pods' admin API: the balancer has none.
+    admins = ",".join(p.admin_url for p in cluster.pods)
     say(f"""
 wsnode cluster on loopback: {len(cluster.pods)} pods behind haproxy (deploy/haproxy/haproxy.cfg)
   balancer  {b.url}   stats {b.stats_url}/stats
@@ -168,10 +170,12 @@ wsnode cluster on loopback: {len(cluster.pods)} pods behind haproxy (deploy/hapr
 In another shell:
   set -a; . {os.path.relpath(DEV_ENV, Path.cwd())}; set +a
   export WSNODE_REDIS_URL={redis_url} WSNODE_AMQP_URL={amqp_url} WSNODE_KEY_PREFIX={prefix}
-  {rel}/wsctl token alice          # a JWT: connect to {b.url} with Authorization: Bearer <it>
+  export WSNODE_LOAD_ADMIN={admins}
+  {rel}/python -m wsnode.examples.chat_client alice --url {b.url}
   {rel}/wsctl pods ls
-  {rel}/wsctl send alice --type notification --payload '{{"text":"hi"}}'
+  {rel}/wsctl send alice --type notification --payload '{{"text":"hi"}}' --ack --wait 5
   {rel}/wsctl drain pod-2 --over 5  # its clients reconnect through the balancer elsewhere
+  {rel}/wsctl swarm --host {b.url.removesuffix("/ws")} --users 200 --spawn-rate 50 --run-time 20s
 Ctrl-C drains the pods and stops everything.
 """)
 

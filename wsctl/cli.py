@@ -13,8 +13,6 @@ import functools
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as package_version
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
@@ -24,26 +22,31 @@ from wsctl import operations, output, tokens
 from wsctl.envelope import build_envelope, parse_seconds, read_payload
 from wsctl.errors import CtlError, UsageProblem
 from wsctl.operations import Outcome
+from wsctl.swarm_command import swarm_command
 from wsctl.target import Target, resolve_target
+from wsnode import clihelp
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT = "10s"
 
-app = typer.Typer(name="wsctl", add_completion=True, no_args_is_help=True,
+app = typer.Typer(name="wsctl", cls=clihelp.Group, add_completion=True, no_args_is_help=True,
                   pretty_exceptions_enable=False,
                   help="Operate wsnode: send to users, see who is online, drain pods.",
                   epilog="Example: wsctl pods ls --node http://127.0.0.1:9765")
-presence_app = typer.Typer(no_args_is_help=True, help="Who is online, and where.")
-pods_app = typer.Typer(no_args_is_help=True, help="The live pods.")
-dlq_app = typer.Typer(no_args_is_help=True, help="Dead-lettered ACK-required messages.")
+presence_app = typer.Typer(cls=clihelp.Group, no_args_is_help=True,
+                           help="Who is online, and where.")
+pods_app = typer.Typer(cls=clihelp.Group, no_args_is_help=True,
+                       help="The pods with a live lease, and their states.")
+dlq_app = typer.Typer(cls=clihelp.Group, no_args_is_help=True,
+                      help="Dead-lettered ACK-required messages.")
 app.add_typer(presence_app, name="presence")
 app.add_typer(pods_app, name="pods")
 app.add_typer(dlq_app, name="dlq")
 
 JsonOpt = Annotated[bool, typer.Option(
-    "--json", help="Print one JSON document on stdout (the admin API's).")]
+    "--json", help="Print one JSON document on stdout: the admin API's answer.")]
 NodeOpt = Annotated[str | None, typer.Option(
     "--node", envvar="WSNODE_NODE", metavar="URL", show_default=False,
     help="Admin URL of one pod, e.g. http://127.0.0.1:9765.")]
@@ -54,6 +57,21 @@ WatchOpt = Annotated[float | None, typer.Option(
     "--watch", metavar="SECONDS", help="Refresh every SECONDS until Ctrl-C (e.g. --watch 2).")]
 TimeoutOpt = Annotated[str, typer.Option(
     "--timeout", metavar="DURATION", help="Give up on an HTTP call after this long.")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        output.print_line(f"wsctl {clihelp.installed_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print the version and exit.")] = False,
+) -> None:
+    """Operate wsnode: send to users, see who is online, drain pods."""
 
 
 def _reporting(command: Callable[P, None]) -> Callable[P, None]:
@@ -112,11 +130,13 @@ def _show_send(report: doc.SendReport) -> None:
         output.print_line(output.send_summary(report))
 
 
-@app.command(epilog="Example: wsctl send alice --type notification "
+@app.command(cls=clihelp.Command,
+             epilog="Example: wsctl send alice --type notification "
                     "--payload '{\"text\": \"hi\"}' --ack --wait 5")
 @_reporting
 def send(
-    user: Annotated[str, typer.Argument(help="User id to send to.", show_default=False)],
+    user: Annotated[str, typer.Argument(metavar="USER", help="User id to send to.",
+                                        show_default=False)],
     msg_type: Annotated[str, typer.Option("--type", "-t", metavar="TYPE", show_default=False,
                                           help="Message type, e.g. notification.")],
     payload: Annotated[str | None, typer.Option(
@@ -155,7 +175,8 @@ def send(
 
 # -- presence -----------------------------------------------------------------
 
-@presence_app.command("ls", epilog="Example: wsctl presence ls --pod pod-a")
+@presence_app.command("ls", cls=clihelp.Command,
+                      epilog="Example: wsctl presence ls --pod pod-a")
 @_reporting
 def presence_ls(
     pod: Annotated[str | None, typer.Option("--pod", metavar="POD",
@@ -179,10 +200,11 @@ def _show_user(document: doc.UserPresence) -> None:
         output.print_table(output.user_table(document), "")
 
 
-@presence_app.command("get", epilog="Example: wsctl presence get alice --json")
+@presence_app.command("get", cls=clihelp.Command,
+                      epilog="Example: wsctl presence get alice --json")
 @_reporting
 def presence_get(
-    user: Annotated[str, typer.Argument(help="User id.", show_default=False)],
+    user: Annotated[str, typer.Argument(metavar="USER", help="User id.", show_default=False)],
     node: NodeOpt = None, api_key: ApiKeyOpt = None, timeout: TimeoutOpt = DEFAULT_TIMEOUT,
     json_out: JsonOpt = False,
 ) -> None:
@@ -194,14 +216,19 @@ def presence_get(
 
 # -- pods ---------------------------------------------------------------------
 
-@pods_app.command("ls", epilog="Example: wsctl pods ls --node http://127.0.0.1:9765")
+@pods_app.command("ls", cls=clihelp.Command,
+                      epilog="Example: wsctl pods ls --node http://127.0.0.1:9765")
 @_reporting
 def pods_ls(
     watch: WatchOpt = None,
     node: NodeOpt = None, api_key: ApiKeyOpt = None, timeout: TimeoutOpt = DEFAULT_TIMEOUT,
     json_out: JsonOpt = False,
 ) -> None:
-    """List the live pods: state, connections, users, last heartbeat."""
+    """List the pods with a live lease: state, connections, users, last heartbeat.
+
+    A pod whose lease lives but whose admin port does not answer (crashed, cut
+    off) is shown unreachable until its lease runs out.
+    """
     if watch is not None:
         _watch(watch, json_out, lambda: output.pods_table(
             _call(node, api_key, timeout, lambda t: t.pods())))
@@ -217,18 +244,24 @@ def _show_drain(started: doc.DrainStarted) -> None:
     line = f"pod {started['pod']} is draining over {started['overSeconds']:g}s"
     if started.get("drained"):
         line = f"pod {started['pod']} is drained: no connection left"
+    if started.get("exit"):
+        line += "; its process exits once drained"
     output.print_line(line)
 
 
-@app.command(epilog="Example: wsctl drain pod-a --over 10 --wait")
+@app.command(cls=clihelp.Command, epilog="Example: wsctl drain pod-a --over 10 --wait")
 @_reporting
 def drain(
-    pod: Annotated[str, typer.Argument(help="Pod id to drain.", show_default=False)],
+    pod: Annotated[str, typer.Argument(metavar="POD", help="Pod id to drain.",
+                                       show_default=False)],
     over: Annotated[str, typer.Option(
         "--over", metavar="SECONDS", help="Spread the reconnects over this long.")] = "0",
     wait: Annotated[bool, typer.Option(
         "--wait", help="Wait until the pod holds no connection (at most --over + 30s).")
     ] = False,
+    then_exit: Annotated[bool, typer.Option(
+        "--exit", help="End the pod's process once drained (exit 0, as after SIGTERM); "
+                       "without it a drained pod stays up, listed as draining.")] = False,
     node: NodeOpt = None, api_key: ApiKeyOpt = None, timeout: TimeoutOpt = DEFAULT_TIMEOUT,
     json_out: JsonOpt = False,
 ) -> None:
@@ -238,13 +271,14 @@ def drain(
     """
     over_seconds = parse_seconds("--over", over, positive=False)
     outcome = _call(node, api_key, timeout,
-                    lambda t: operations.drain(t, pod, over_seconds, wait))
+                    lambda t: operations.drain(t, pod, over_seconds, wait, then_exit))
     _finish(outcome, json_out, _show_drain)
 
 
 # -- dlq ----------------------------------------------------------------------
 
-@dlq_app.command("ls", epilog="Example: wsctl dlq ls --user alice --limit 20")
+@dlq_app.command("ls", cls=clihelp.Command,
+                      epilog="Example: wsctl dlq ls --user alice --limit 20")
 @_reporting
 def dlq_ls(
     user: Annotated[str | None, typer.Option("--user", metavar="USER",
@@ -265,7 +299,8 @@ def _show_retry(result: doc.RetryResult) -> None:
         output.print_line(f"retried for {report['user']}: {output.send_summary(report)}")
 
 
-@dlq_app.command("retry", epilog="Example: wsctl dlq retry msg-123 --user alice")
+@dlq_app.command("retry", cls=clihelp.Command,
+                      epilog="Example: wsctl dlq retry msg-123 --user alice")
 @_reporting
 def dlq_retry(
     msg_id: Annotated[str, typer.Argument(metavar="ID", help="Message id.",
@@ -282,7 +317,8 @@ def dlq_retry(
 
 # -- trace --------------------------------------------------------------------
 
-@app.command(name="trace", epilog="Example: wsctl trace msg-123 --user alice")
+@app.command(name="trace", cls=clihelp.Command,
+             epilog="Example: wsctl trace msg-123 --user alice")
 @_reporting
 def trace_cmd(
     msg_id: Annotated[str, typer.Argument(metavar="ID", help="Message id.",
@@ -303,13 +339,21 @@ def trace_cmd(
 
 # -- doctor -------------------------------------------------------------------
 
-@app.command(epilog="Example: wsctl doctor   (with WSNODE_REDIS_URL and WSNODE_AMQP_URL set)")
+@app.command(cls=clihelp.Command,
+             epilog="Example: wsctl doctor   (with WSNODE_REDIS_URL and WSNODE_AMQP_URL set)")
 @_reporting
 def doctor(
-    node: NodeOpt = None, api_key: ApiKeyOpt = None, json_out: JsonOpt = False,
+    node: NodeOpt = None, api_key: ApiKeyOpt = None,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="Print the verdict and every check as one JSON document on stdout.")
+    ] = False,
 ) -> None:
-    """Check the cluster: backends, every pod's readiness and queue, leftover
-    presence, the ACK and dead-letter stores. Exits 1 when a check FAILs."""
+    """Check the health of the cluster, or of one pod with --node.
+
+    Checks Redis and RabbitMQ, every pod's readiness and queue, presence left
+    behind by dead pods, and the ACK and dead-letter stores: one line each,
+    OK, WARN or FAIL with a hint. Exits 1 when a check FAILs.
+    """
     from wsctl import doctor as doc_mod
     from wsctl.target import NO_TARGET, check_node_url
     from wsnode.errors import SettingsError
@@ -338,65 +382,23 @@ def doctor(
 
 # -- swarm --------------------------------------------------------------------
 
-@app.command(epilog="Example: wsctl swarm --host ws://127.0.0.1:8765,ws://127.0.0.1:8766 "
-                    "--users 2000 --spawn-rate 200 --run-time 60s")
-@_reporting
-def swarm(
-    host: Annotated[str, typer.Option(
-        "--host", metavar="URLS", help="Pod(s) to load: ws:// URLs, comma-separated.",
-        show_default=False)],
-    users: Annotated[int, typer.Option("--users", "-u", min=1, help="Swarm users.")] = 100,
-    spawn_rate: Annotated[float, typer.Option(
-        "--spawn-rate", "-r", min=0.1, help="Users started per second.")] = 20.0,
-    run_time: Annotated[str, typer.Option("--run-time", "-t", metavar="DURATION",
-                                          help="How long to run.")] = "60s",
-    processes: Annotated[int | None, typer.Option(
-        "--processes", help="Locust worker processes (-1: one per core).")] = None,
-    scenario: Annotated[list[str] | None, typer.Option(
-        "--scenario", metavar="USERCLASS",
-        help="ChatUser, NotificationUser or ChurnUser (repeatable; default: the mix).")
-    ] = None,
-    locustfile: Annotated[str | None, typer.Option(
-        "--locustfile", metavar="PATH", help="The swarm (default: ./loadtests).")] = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Run the Locust swarm of loadtests/ headless and summarize it.
-
-    Tokens are minted with WSNODE_JWT_SECRET; NotificationUser pushes through the
-    pods' admin API with WSNODE_API_KEY. Exits 1 when a message was lost or a
-    request failed.
-    """
-    from wsctl import swarm as swarm_mod
-
-    seconds = parse_seconds("--run-time", run_time)
-    path = swarm_mod.find_loadtests(locustfile)
-    with output.progress() as show:
-        final, code, log = swarm_mod.run_swarm(
-            host=host, users=users, spawn_rate=spawn_rate, run_time=f"{int(seconds)}s",
-            locustfile=path, processes=processes, scenarios=scenario or [],
-            on_progress=lambda snap: show(output.swarm_table(snap.summary(), live=True)))
-    summary = final.summary()
-    if json_out:
-        output.print_json(summary)
-    else:
-        output.print_table(output.swarm_table(summary), "no request made")
-    if not final.rows:
-        tail = " | ".join(log.strip().splitlines()[-3:])
-        raise CtlError(f"the swarm made no request (locust exited {code}): {tail}")
-    if summary["lost"] or summary["errors"]:
-        raise CtlError(f"{summary['lost']} message(s) lost, {summary['errors']} failed request(s)",
-                       "see the table above (or --json) for which")
+app.command(name="swarm", cls=clihelp.Command,
+            epilog="Example: wsctl swarm --host ws://127.0.0.1:8765,ws://127.0.0.1:8766 "
+                   "--users 2000 --spawn-rate 200 --run-time 60s")(_reporting(swarm_command))
 
 
 # -- local commands -------------------------------------------------------------
 
-@app.command(epilog="Example: TOKEN=$(wsctl token alice --ttl 15m)")
+@app.command(cls=clihelp.Command, epilog="Example: TOKEN=$(wsctl token alice --ttl 15m)")
 @_reporting
 def token(
-    user: Annotated[str, typer.Argument(help="User id the token is for.", show_default=False)],
+    user: Annotated[str, typer.Argument(metavar="USER", help="User id the token is for.",
+                                        show_default=False)],
     ttl: Annotated[str, typer.Option("--ttl", metavar="DURATION",
                                      help="Lifetime: 90, 30s, 15m, 1h, 1d.")] = "1h",
-    json_out: JsonOpt = False,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="Print the token, user and expiry (epoch ms) as one JSON document.")
+    ] = False,
 ) -> None:
     """Mint a JWT for USER with WSNODE_JWT_SECRET (dev and tests). No network.
 
@@ -409,14 +411,12 @@ def token(
         output.print_line(minted.token)
 
 
-@app.command(epilog="Example: wsctl version --json")
+@app.command(cls=clihelp.Command, epilog="Example: wsctl version --json")
 @_reporting
-def version(json_out: JsonOpt = False) -> None:
-    """Print the version of wsctl."""
-    try:
-        number = package_version("wsnode")
-    except PackageNotFoundError:  # a source tree that was never installed
-        number = "unknown"
+def version(json_out: Annotated[bool, typer.Option(
+        "--json", help='Print {"wsctl": VERSION} on stdout.')] = False) -> None:
+    """Print the version of wsctl (also: wsctl --version)."""
+    number = clihelp.installed_version()
     if json_out:
         output.print_json({"wsctl": number})
     else:

@@ -3,12 +3,19 @@
 Checks, in cluster mode (``WSNODE_REDIS_URL`` and ``WSNODE_AMQP_URL``):
 
 * Redis and RabbitMQ answer, and how fast;
-* every pod with a live lease answers its admin ``/readyz`` (the URL it
-  advertises in presence): a crashed pod whose lease has not run out yet, a
-  pod that lost a backend, a deaf pod (its canary does not come back) FAIL;
+* ``pods``: every pod with a live lease and its state (``active``,
+  ``draining``, or ``unreachable`` when its admin port does not answer);
+* every such pod answers its admin ``/readyz`` (the URL it advertises in
+  presence): a crashed pod whose lease has not run out yet (unreachable), a
+  pod that lost a backend, a deaf pod (up, but its canary does not come back)
+  FAIL;
 * every live pod's queue has exactly one consumer and no backlog (passive
   declares, no management plugin needed), nothing sits in the poison queue;
-* no presence is left behind by pods whose lease expired (a reaper is missing);
+* no presence is left behind by pods whose lease expired (a reaper is missing).
+
+One probe per pod (:mod:`wsnode.podprobe`) decides every line about that pod,
+so the lines agree: ``pods`` is not OK beside an unreachable pod, and a
+queue without a consumer is called deaf only when its pod is up.
 * the ACK store: pending messages and the oldest of them; the dead-letter store.
 
 With ``--node URL`` only that pod's view is checked (its readiness and its pod
@@ -26,6 +33,9 @@ from typing import Any
 
 import aiohttp
 
+from wsnode import podprobe
+from wsnode.podprobe import Answer
+from wsnode.presence import PodState
 from wsnode.settings import NodeSettings
 
 BACKLOG_WARN = 1000
@@ -55,35 +65,43 @@ def verdict(checks: list[Check]) -> Status:
     return Status.WARN if any(c.status is Status.WARN for c in checks) else Status.OK
 
 
-async def readyz(session: aiohttp.ClientSession, name: str, admin: str | None) -> Check:
-    """One pod's /readyz, as a check."""
-    if not admin or not admin.startswith(("http://", "https://")):
+def pod_check(name: str, admin: str | None, answer: Answer | None) -> Check:
+    """One pod's line, from what its admin ``/readyz`` answered (``None``: it
+    advertises no URL to ask)."""
+    if answer is None:
         return Check(f"pod {name}", Status.WARN, "advertises no usable admin URL",
                      "set WSNODE_ADMIN_ADVERTISE on the pod")
-    try:
-        # Only the pod's own answer: the URL comes from Redis, redirects are not ours.
-        async with session.get(f"{admin}/readyz", allow_redirects=False,
-                               timeout=aiohttp.ClientTimeout(total=3)) as resp:
-            body = await resp.json(content_type=None)
-        if not isinstance(body, dict) or resp.status not in (200, 503):
-            raise ValueError(f"unexpected answer (HTTP {resp.status})")
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+    if not answer.reachable:
         return Check(f"pod {name}", Status.FAIL,
-                     f"its lease is live but {admin} does not answer ({type(exc).__name__})",
-                     "crashed or cut off: its presence goes when the lease expires; "
-                     "check the pod's process and network")
-    failing = [k for k, ok in (body.get("checks") or {}).items() if not ok]
+                     f"unreachable: its lease is live but {admin} does not answer "
+                     f"({answer.error})", "crashed or cut off: its presence goes when the "
+                     "lease expires; check the pod's process and network")
+    body = answer.body or {}
+    failing = answer.failing
     if body.get("ready"):
         return Check(f"pod {name}", Status.OK, f"ready ({body.get('state')})")
     if failing == ["accepting"]:
         return Check(f"pod {name}", Status.WARN, f"not accepting ({body.get('state')})",
                      "draining or stopping: new clients go to other pods")
     if "bus" in failing:
-        return Check(f"pod {name}", Status.FAIL, "deaf: its bus consumer does not hear "
-                     "its own canary", "messages routed to it are not delivered; restart "
-                     "it or check RabbitMQ")
+        return Check(f"pod {name}", Status.FAIL, "deaf: up, but its bus consumer does not "
+                     "hear its own canary", "messages routed to it are not delivered; "
+                     "restart it or check RabbitMQ")
     return Check(f"pod {name}", Status.FAIL, f"not ready: {', '.join(failing)} failing",
                  "see the pod's log")
+
+
+def census(pods: list[tuple[str, str]]) -> Check:
+    """The ``pods`` line from ``(pod, state)`` pairs: FAIL when one is unreachable,
+    so it never reads OK beside a pod that FAILs for not answering."""
+    if not pods:
+        return Check("pods", Status.WARN, "no live pod", "start one: wsnode serve")
+    listed = ", ".join(f"{pod} ({state})" for pod, state in pods)
+    lost = [pod for pod, state in pods if state == PodState.UNREACHABLE]
+    if lost:
+        return Check("pods", Status.FAIL, f"{len(pods)} with a live lease, {len(lost)} "
+                     f"unreachable: {listed}", "see the lines of the unreachable pods")
+    return Check("pods", Status.OK, f"{len(pods)} live: {listed}")
 
 
 async def cluster_checks(settings: NodeSettings) -> list[Check]:
@@ -104,12 +122,12 @@ async def cluster_checks(settings: NodeSettings) -> list[Check]:
         ms = (time.perf_counter() - started) * 1000
         checks.append(Check("redis", Status.OK if ms < SLOW_MS else Status.WARN,
                             f"answers in {ms:.1f} ms"))
+        # One probe per pod decides every line about it, so the lines agree.
         pods = await backends.presence.pods()
-        checks.append(Check("pods", Status.OK if pods else Status.WARN,
-                            f"{len(pods)} live: " + ", ".join(p.pod for p in pods) if pods
-                            else "no live pod", "" if pods else "start one: wsnode serve"))
-        async with aiohttp.ClientSession() as session:
-            checks += await asyncio.gather(*(readyz(session, p.pod, p.admin) for p in pods))
+        answers = await podprobe.ask(pods)
+        pods = podprobe.with_states(pods, answers)
+        checks.append(census([(p.pod, p.state.value) for p in pods]))
+        checks += [pod_check(p.pod, p.admin, answers.get(p.pod)) for p in pods]
         checks += _leftovers(await backends.presence.stale())
         checks += _ack_checks(await backends.acks.stats(), settings.ack_ttl)
     finally:
@@ -119,17 +137,19 @@ async def cluster_checks(settings: NodeSettings) -> list[Check]:
                             "without a bus pods only reach their own connections"))
     else:
         checks += await _bus_checks(settings.amqp_url, AmqpNames(settings.key_prefix),
-                                    [p.pod for p in pods])
+                                    {p.pod: p.state for p in pods})
     return checks
 
 
 def _leftovers(stale: list[tuple[Any, int]]) -> list[Check]:
     """Lives whose lease is gone but whose connections are still indexed."""
-    out = [Check(f"pod {pod}", Status.FAIL,
-                 f"dead (lease expired) with {left} connection(s) still in presence",
-                 "live pods purge it within a heartbeat; if this stays, no live pod is "
-                 "reaping (are all pods down?)") for pod, left in stale]
-    return out or [Check("presence", Status.OK, "nothing left behind by dead pods")]
+    if not stale:
+        return [Check("presence", Status.OK, "nothing left behind by dead pods")]
+    left_by = ", ".join(f"{pod} ({left} connection(s))" for pod, left in stale)
+    # Named "presence", not "pod X": X may live again under the same id (a new life).
+    return [Check("presence", Status.FAIL, "left behind by pods whose lease expired: "
+                  + left_by, "live pods purge it within a heartbeat; if this stays, no "
+                  "live pod is reaping (are all pods down?)")]
 
 
 def _ack_checks(stats: Any, ack_ttl: float) -> list[Check]:
@@ -147,7 +167,7 @@ def _ack_checks(stats: Any, ack_ttl: float) -> list[Check]:
     return out
 
 
-async def _bus_checks(url: str, names: Any, pods: list[str]) -> list[Check]:
+async def _bus_checks(url: str, names: Any, pods: dict[str, PodState]) -> list[Check]:
     import aio_pika
 
     from wsnode.urls import redact
@@ -162,16 +182,19 @@ async def _bus_checks(url: str, names: Any, pods: list[str]) -> list[Check]:
     checks = [Check("rabbitmq", Status.OK if ms < 10 * SLOW_MS else Status.WARN,
                     f"connects in {ms:.0f} ms")]
     async with connection:
-        for pod in pods:
+        for pod, state in pods.items():
             checks.append(await _queue_check(connection, names.pod_queue(pod), f"queue {pod}",
-                                             want_consumers=True))
+                                             want_consumers=True,
+                                             pod_answers=state != PodState.UNREACHABLE))
         checks.append(await _queue_check(connection, names.poison_queue, "poison queue",
                                          want_consumers=False))
     return checks
 
 
 async def _queue_check(connection: Any, queue: str, name: str, *,
-                       want_consumers: bool) -> Check:
+                       want_consumers: bool, pod_answers: bool = True) -> Check:
+    """A queue's consumers and backlog. ``pod_answers``: whether its pod answered
+    the probe; a queue without consumer is a deaf pod only when the pod is up."""
     import aio_pika
     from aiormq.exceptions import ChannelLockedResource
 
@@ -199,9 +222,13 @@ async def _queue_check(connection: Any, queue: str, name: str, *,
             return Check(name, Status.WARN, f"{messages} undecodable message(s) parked",
                          f"read them from {queue} with the RabbitMQ tools")
         return Check(name, Status.OK, "empty")
+    if consumers == 0 and not pod_answers:
+        return Check(name, Status.FAIL, f"no consumer ({messages} waiting): its pod does "
+                     "not answer either", "a crashed pod: its queue expires and its messages "
+                     "are re-routed by the live pods; restart it to get its clients back")
     if consumers == 0:
-        return Check(name, Status.FAIL, f"no consumer ({messages} waiting): the pod is deaf",
-                     "restart the pod; its messages are re-routed once they expire")
+        return Check(name, Status.FAIL, f"no consumer ({messages} waiting): the pod is up "
+                     "but deaf", "restart the pod; its messages are re-routed once they expire")
     if consumers > 1:
         return Check(name, Status.WARN, f"{consumers} consumers (one expected)",
                      "two pods run with the same pod id?")
@@ -215,7 +242,7 @@ async def node_checks(url: str, api_key: str | None) -> list[Check]:
     """The view of one pod (``--node``): its readiness and the pods it sees."""
     checks = []
     async with aiohttp.ClientSession() as session:
-        checks.append(await readyz(session, url, url))
+        checks.append(pod_check(url, url, await podprobe.ask_admin(session, url)))
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         try:
             async with session.get(f"{url}/v1/pods", headers=headers,
@@ -228,6 +255,5 @@ async def node_checks(url: str, api_key: str | None) -> list[Check]:
             checks.append(Check("pods", Status.WARN, "the pod list is not readable",
                                 "set WSNODE_API_KEY to the pod's key"))
         else:
-            checks.append(Check("pods", Status.OK, f"{len(pods)} live: "
-                                + ", ".join(p["pod"] for p in pods)))
+            checks.append(census([(str(p.get("pod")), str(p.get("state"))) for p in pods]))
     return checks

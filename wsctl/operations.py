@@ -84,12 +84,13 @@ async def user_presence(target: Target, user: str) -> Outcome[doc.UserPresence]:
     return Outcome(document)
 
 
-async def drain(target: Target, pod: str, over: float,
-                wait: bool = False) -> Outcome[doc.DrainStarted]:
-    """Start draining; with ``wait``, poll until the pod has left the pod list or
-    holds no connection, for at most ``over`` + 30 s."""
+async def drain(target: Target, pod: str, over: float, wait: bool = False,
+                then_exit: bool = False) -> Outcome[doc.DrainStarted]:
+    """Start draining (``then_exit``: the pod's process ends once drained); with
+    ``wait``, poll until the pod has left the pod list or holds no connection,
+    for at most ``over`` + 30 s."""
     try:
-        started = await target.drain(pod, over)
+        started = await target.drain(pod, over, then_exit)
     except NotFound as exc:
         raise NotFound(f"pod {pod} not found", "see the live pods: wsctl pods ls") from exc
     if not wait:

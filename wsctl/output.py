@@ -26,7 +26,7 @@ from rich.text import Text
 
 from wsctl import documents as doc
 
-STATE_STYLES = {"active": "green", "draining": "yellow"}
+STATE_STYLES = {"active": "green", "draining": "yellow", "unreachable": "bold red"}
 
 
 def now_ms() -> int:
@@ -172,10 +172,29 @@ def progress() -> Iterator[Callable[[Table], None]]:
         yield show
 
 
+def swarm_title(summary: dict[str, Any], live: bool = False) -> str:
+    """Where the swarm is (live), or how long it ran and at how many users."""
+    secs, run, users = summary["seconds"], summary["run_time_seconds"], summary["users"]
+    state = summary.get("state")
+    if live and state == "spawning":
+        return (f"swarm ramping up: {users}/{summary.get('target_users') or '?'} users, "
+                f"{secs:.0f}s of {run:g}s")
+    if live and state == "running":
+        return f"swarm running: {users} users, {secs:.0f}s of {run:g}s"
+    if live and state in ("cleanup", "stopping", "stopped"):
+        return f"swarm stopping after {secs:.0f}s"
+    if live and (state is not None or not summary["requests"]):
+        return "swarm: starting Locust"
+    if live:  # a locustfile that writes no progress: the wall clock is all we have
+        return f"swarm, {secs:.0f}s of {run:g}s (running)"
+    ramp = summary.get("ramp_up_seconds")
+    ramped = f", ramp-up {ramp:g}s" if ramp is not None else ""
+    return f"swarm: {secs:g}s at up to {users} users{ramped}"
+
+
 def swarm_table(summary: dict[str, Any], live: bool = False) -> Table:
     """The figures of a swarm run (``wsctl swarm``)."""
-    title = (f"swarm, {summary['seconds']:g}s" + (" (running)" if live else "")
-             + ": delivery latency in ms")
+    title = f"{swarm_title(summary, live)}: delivery latency in ms"
     table = Table(title=title, title_justify="left", show_header=True)
     for column in ("users", "conns", "msg/s", "p50", "p95", "p99", "delivered", "lost",
                    "errors"):
@@ -190,6 +209,22 @@ def swarm_table(summary: dict[str, Any], live: bool = False) -> Table:
                   f"{summary['delivered_per_s']:g}", ms(summary["p50_ms"]),
                   ms(summary["p95_ms"]), ms(summary["p99_ms"]), str(summary["delivered"]),
                   lost, errors)
+    return table
+
+
+def failures_table(failures: list[dict[str, Any]], top: int = 5) -> Table:
+    """The most frequent failure reasons of a swarm run, counted."""
+    table = Table(title="top failure reasons", title_justify="left", show_header=True)
+    table.add_column("count", justify="right")
+    table.add_column("request")
+    table.add_column("reason", overflow="fold")
+    for failure in failures[:top]:
+        table.add_row(str(failure["count"]), Text(failure["request"]),
+                      Text(failure["reason"]))
+    rest = failures[top:]
+    if rest:
+        table.add_row(str(sum(f["count"] for f in rest)), "",
+                      Text(f"{len(rest)} other reason(s): see --json", style="dim"))
     return table
 
 

@@ -1,7 +1,8 @@
 """ClusterTarget: a :class:`~wsctl.target.Target` that needs no pod.
 
 Reads presence, pods, message states and dead letters straight from Redis
-(``WSNODE_REDIS_URL``), and sends and drains through RabbitMQ
+(``WSNODE_REDIS_URL``; a pod whose admin port does not answer is listed
+``unreachable``, see :mod:`wsnode.podprobe`), and sends and drains through RabbitMQ
 (``WSNODE_AMQP_URL``) with the same :class:`~wsnode.sender.Sender` the pods
 use: a message is stored first when it needs an ACK, then published once per
 pod that holds the user. Backend errors are translated here, at the boundary.
@@ -15,6 +16,7 @@ from typing import cast
 
 from wsctl import documents as doc
 from wsctl.errors import ApiError, CtlError, NotFound, Unreachable
+from wsnode import podprobe
 from wsnode.backends import build_backends
 from wsnode.bus import Bus, Unroutable
 from wsnode.errors import BackendError, BackendUnavailable, SendError
@@ -110,6 +112,8 @@ class ClusterTarget:
     async def pods(self) -> doc.PodList:
         async with _translated("pods"):
             pods = await self._presence.pods()
+        # A lease outlives a SIGKILLed pod by up to 3 heartbeats: ask each pod.
+        pods = await podprobe.probe(pods)
         return cast(doc.PodList, {"pods": [p.to_json() for p in pods]})
 
     async def drain(self, pod: str, over: float, then_exit: bool = False) -> doc.DrainStarted:

@@ -17,6 +17,7 @@ import orjson
 from aiohttp import web
 from pydantic import SecretStr
 
+from wsnode import podprobe
 from wsnode.acks import DeadLetter, MsgState
 from wsnode.errors import NotFound, ProtocolError, SendError, WsnodeError
 from wsnode.ids import MsgId, PodId, UserId
@@ -162,7 +163,9 @@ class AdminApi:
         return _json({"user": user, "connections": [c.to_json() for c in conns]})
 
     async def pods(self, request: web.Request) -> web.Response:
-        pods = await self.node.presence.pods()
+        # A lease outlives a SIGKILLed pod by up to 3 heartbeats: ask each other
+        # pod's admin port (not this one's: it may not reach its own advertised URL).
+        pods = await podprobe.probe(await self.node.presence.pods(), skip={self.node.pod})
         return _json({"pods": [p.to_json() for p in pods]})
 
     async def drain(self, request: web.Request) -> web.Response:

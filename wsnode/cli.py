@@ -1,13 +1,15 @@
 """``wsnode``: run a pod. Parses, configures, runs; nothing else.
 
 ``wsnode serve`` exits 0 after a SIGTERM/SIGINT drain, 2 on a bad setting or
-option, 1 when it cannot start (port taken, bad ``--app``).
+option, 1 when it cannot start (port taken, bad ``--app``). ``wsnode
+--version`` prints the version.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import importlib
 import logging
 import signal
@@ -16,19 +18,26 @@ from typing import Annotated
 
 import typer
 
-from wsnode import logs
+from wsnode import clihelp, logs
 from wsnode.errors import SettingsError
 from wsnode.node import Node
 from wsnode.settings import load_settings
 
 log = logging.getLogger("wsnode.cli")
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(cls=clihelp.Group, add_completion=False, no_args_is_help=True,
+                  pretty_exceptions_enable=False,
                   help="wsnode: a distributed WebSocket transport.")
 
+PORT_TAKEN_HINT = ("another process listens there (another pod, or `make run`?): stop it, "
+                   "or pick free ports with --port/--admin-port or WSNODE_PORT/"
+                   "WSNODE_ADMIN_PORT (`make run` honours those two as well)")
 
-def _fail(message: str, code: int) -> typer.Exit:
+
+def _fail(message: str, code: int, hint: str | None = None) -> typer.Exit:
     typer.echo(f"wsnode: error: {message}", err=True)
+    if hint:
+        typer.echo(f"hint: {hint}", err=True)
     return typer.Exit(code)
 
 
@@ -43,31 +52,55 @@ def load_app(node: Node, spec: str) -> None:
     setup(node)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"wsnode {clihelp.installed_version()}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print the version and exit.")] = False,
+) -> None:
     """Run and manage wsnode pods."""
 
 
-@app.command()
+@app.command(cls=clihelp.Command,
+             epilog="Example: wsnode serve --pod-id a --app wsnode.examples.chat")
 def serve(
-    pod_id: Annotated[str | None, typer.Option("--pod-id", help="Pod id (default: hostname)")]
-    = None,
-    host: Annotated[str | None, typer.Option(help="Interface for both ports")] = None,
-    port: Annotated[int | None, typer.Option(help="WebSocket port [8765]")] = None,
-    admin_port: Annotated[int | None, typer.Option(help="Admin API port [9765]")] = None,
+    pod_id: Annotated[str | None, typer.Option(
+        "--pod-id", metavar="ID", help="Pod id [WSNODE_POD_ID; default: the hostname]")] = None,
+    host: Annotated[str | None, typer.Option(
+        metavar="HOST", help="Interface of both ports [WSNODE_HOST; 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(
+        metavar="PORT", help="WebSocket port, 0 for any free one [WSNODE_PORT; 8765]")] = None,
+    admin_port: Annotated[int | None, typer.Option(
+        metavar="PORT", help="Admin API port [WSNODE_ADMIN_PORT; 9765]")] = None,
     admin_host: Annotated[str | None, typer.Option(
-        help="Interface of the admin port (default: --host)")] = None,
-    redis_url: Annotated[str | None, typer.Option(help="Redis URL (cluster mode)")] = None,
-    amqp_url: Annotated[str | None, typer.Option(help="RabbitMQ URL (cluster mode)")] = None,
+        metavar="HOST", help="Interface of the admin port [WSNODE_ADMIN_HOST; --host]")] = None,
+    redis_url: Annotated[str | None, typer.Option(
+        metavar="URL", help="Redis URL, cluster mode [WSNODE_REDIS_URL]")] = None,
+    amqp_url: Annotated[str | None, typer.Option(
+        metavar="URL", help="RabbitMQ URL, cluster mode [WSNODE_AMQP_URL]")] = None,
     app_spec: Annotated[str | None, typer.Option(
-        "--app", help="Module whose setup(node) registers handlers, e.g. wsnode.examples.chat"
-    )] = None,
-    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING, ERROR")] = None,
-    log_format: Annotated[str | None, typer.Option(help="text or json")] = None,
+        "--app", metavar="MODULE",
+        help="Module whose setup(node) registers handlers, e.g. wsnode.examples.chat")] = None,
+    log_level: Annotated[str | None, typer.Option(
+        metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR [WSNODE_LOG_LEVEL; INFO]")] = None,
+    log_format: Annotated[str | None, typer.Option(
+        metavar="FORMAT", help="text or json [WSNODE_LOG_FORMAT; text]")] = None,
     insecure: Annotated[bool, typer.Option(
         "--insecure", help="Accept ?user=NAME without a token. Development only.")] = False,
 ) -> None:
-    """Run one pod in the foreground. SIGTERM drains it, then it exits 0."""
+    """Run one pod in the foreground. SIGTERM drains it, then it exits 0.
+
+    Every setting is a WSNODE_* environment variable, also read from a .env file
+    in the working directory; an option given here wins over both. Settings
+    without an option (WSNODE_JWT_SECRET, WSNODE_API_KEY, WSNODE_RATE_LIMIT,
+    WSNODE_ACK_TTL, ...) are listed in the README's "Settings" table.
+    """
     try:
         settings = load_settings(pod_id=pod_id, host=host, port=port, admin_port=admin_port,
                                  admin_host=admin_host,
@@ -88,7 +121,8 @@ def serve(
     try:
         asyncio.run(_run(node))
     except OSError as exc:
-        raise _fail(f"cannot start: {exc.strerror or exc}", 1) from None
+        hint = PORT_TAKEN_HINT if exc.errno == errno.EADDRINUSE else None
+        raise _fail(f"cannot start: {exc.strerror or exc}", 1, hint) from None
 
 
 async def _run(node: Node) -> None:

@@ -35,6 +35,7 @@ from wsnode.ids import ConnId, PodId, UserId
 class PodState(StrEnum):
     ACTIVE = "active"
     DRAINING = "draining"
+    UNREACHABLE = "unreachable"
 
 
 @dataclass(frozen=True, slots=True)

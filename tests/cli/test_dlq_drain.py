@@ -106,6 +106,13 @@ async def test_drain_human_output(pod: PodProcess, wsctl: Wsctl) -> None:
     assert result.stdout == "pod pod-a is draining over 1s\n"
 
 
+async def test_drain_with_exit_ends_the_pod_process(pod: PodProcess, wsctl: Wsctl) -> None:
+    result = await wsctl.arun("drain", "pod-a", "--exit", pod=pod)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "pod pod-a is draining over 0s; its process exits once drained\n"
+    assert await asyncio.to_thread(pod.wait, 30) == 0
+
+
 async def test_drain_of_an_unknown_pod_exits_3(pod: PodProcess, wsctl: Wsctl) -> None:
     result = await wsctl.arun("drain", "pod-zz", pod=pod)
     assert result.exit_code == 3

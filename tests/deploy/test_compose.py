@@ -195,7 +195,16 @@ def test_loadtest_profile_runs_locust_against_the_balancer(services: dict) -> No
     workdir = stage.last("WORKDIR")
     mounts = {v.target: v for v in _volumes(lt)}
     assert mounts[f"{workdir}/loadtests"].source.rstrip("/") == "./loadtests"
-    assert "WSNODE_JWT_SECRET" in environment_of(lt), "to mint tokens for its users"
+    env = environment_of(lt)
+    assert "WSNODE_JWT_SECRET" in env, "to mint tokens for its users"
+    assert "WSNODE_API_KEY" in env, "to push its notifications through the admin API"
+    # The balancer has no admin port: the notifications go to the pods' (the
+    # default, the --host port + 1000, would be lb:9080, which does not exist).
+    admin = urlsplit(env["WSNODE_LOAD_ADMIN"])
+    pod_admin = int(environment_of(services["wsnode"])["WSNODE_ADMIN_PORT"])
+    assert (admin.hostname, admin.port) == ("wsnode", pod_admin)
+    # And it deletes what it left in the pods' Redis when it quits.
+    assert urlsplit(env["WSNODE_REDIS_URL"]).hostname == "redis"
 
 
 def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:

@@ -81,8 +81,9 @@ async def test_doctor_fails_naming_a_killed_pod_then_recovers(
     sick = await asyncio.to_thread(wsctl, cluster, "doctor", "--json")
     assert sick.returncode == 1
     failed = [c for c in orjson.loads(sick.stdout)["checks"] if c["status"] == "FAIL"]
-    # The pod does not answer, and its queue has lost its consumer: both name it.
-    assert {c["name"] for c in failed} == {"pod pod-a", "queue pod-a"}
+    # The pod does not answer, and its queue has lost its consumer: both name it,
+    # and the pods line does not read OK beside them.
+    assert {c["name"] for c in failed} == {"pods", "pod pod-a", "queue pod-a"}
     assert all(c["hint"] for c in failed)
 
     async def recovered() -> bool:  # its lease ran out and pod-b purged it
