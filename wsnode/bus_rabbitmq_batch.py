@@ -80,11 +80,6 @@ class PublishBatcher:
         self.deliveries = 0
         """Deliveries handed to ``send`` so far."""
 
-    @property
-    def in_flight(self) -> int:
-        """Broker messages sent and not yet settled."""
-        return len(self._tasks)
-
     def add(self, pod: PodId, deliveries: Sequence[Delivery]) -> list[asyncio.Future[None]]:
         """Queue ``deliveries`` for ``pod``, in order; return the futures of the
         broker messages that will carry them (one per message, in order)."""
