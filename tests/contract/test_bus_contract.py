@@ -37,7 +37,8 @@ async def test_deliveries_arrive_whole(make_bus: BusFactory) -> None:
     sent = [
         delivery(1),
         Delivery(UserId("ユーザー b:c{d}"), b'{"type":"x","payload":"\\u00e9\xc3\xa9"}', "x",
-                 ack_id=MsgId("m-1"), due=1_700_000_000_123, hops=1, trace_id=MsgId("m-1")),
+                 ack_id=MsgId("m-1"), expires_at=1_700_000_000_123, hops=1,
+                 published_to=(PodId("A"), PodId("z")), trace_id=MsgId("m-1")),
     ]
     await sender.publish(A, sent)
     await inbox.wait_for(lambda: len(inbox.deliveries) >= 2)
