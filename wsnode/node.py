@@ -190,7 +190,10 @@ class Node:
         if self.resender.problem:
             problems.setdefault("resend", self.resender.problem)
         bus_problem = getattr(self.bus, "problem", None)
-        if self._bus_started and not self.bus.ready:
+        if not self._bus_started:
+            # Until then this pod has no queue: deliveries to its users are unroutable.
+            problems.setdefault("bus", bus_problem or "not started yet")
+        elif not self.bus.ready:
             problems.setdefault("bus", bus_problem or "not ready")
         checks: dict[str, bool] = {"accepting": self.state is NodeState.ACTIVE}
         for name in ("heartbeat", "bus", "resend", "reconcile", "sweep", "trace"):
