@@ -27,7 +27,6 @@ nor makes others claim in a loop.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import unquote
@@ -47,6 +46,7 @@ from wsnode.acks import (
     stored_body,
     without_expiry,
 )
+from wsnode.clock import SystemClock
 from wsnode.coalescer import Coalescer
 from wsnode.errors import CorruptRecord
 from wsnode.ids import MsgId, UserId
@@ -61,6 +61,8 @@ _FIELDS = ("seq", "type", "body", "stored_at", "expires_at", "attempts", "next_d
 _EXPIRY_SLACK_MS = 1000
 _CLAIM_BATCH = 64
 _QUARANTINE_MS = 7 * 86_400_000
+# This process's wall clock (shifted by the failpoint clock.skew in tests).
+_CLOCK = SystemClock()
 
 
 class RedisAcks:
@@ -501,10 +503,10 @@ class RedisAcks:
             raise exc
 
     def _redis_now(self) -> int:
-        return time.time_ns() // 1_000_000 + self._skew_ms
+        return _CLOCK.now_ms() + self._skew_ms
 
     def _saw_redis_time(self, redis_ms: int) -> None:
-        self._skew_ms = redis_ms - time.time_ns() // 1_000_000
+        self._skew_ms = redis_ms - _CLOCK.now_ms()
 
     async def _time(self) -> int:
         seconds, micros = await self._r.time()
