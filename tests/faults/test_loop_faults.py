@@ -38,7 +38,7 @@ async def test_exception_in_a_resend_claim(faults: FaultCluster) -> None:
 
     async def resend_named() -> dict[str, Any] | None:
         status, doc = await readyz(b)
-        return doc if status == 503 and doc["checks"]["resend"] is False else None
+        return doc if status == 503 and doc["checks"].get("resend") is False else None
     doc = await eventually(resend_named, 15, "B's /readyz names the resend loop")
     assert "resend" in doc["problems"], doc
     assert doc["checks"]["presence"] is True and doc["checks"]["bus"] is True, doc
@@ -62,7 +62,8 @@ async def _window(name: str, start: Callable[[], Awaitable[Any]],
         for pod in pods:
             async def named(pod: PodProcess = pod) -> bool:
                 status, doc = await readyz(pod)
-                failing = {loop for loop, why in doc["problems"].items() if name in why}
+                problems = doc.get("problems", {})
+                failing = {loop for loop, why in problems.items() if name in why}
                 return status == 503 and loops <= failing
             await eventually(named, 15, f"{pod.pod_id}: /readyz 503 naming {sorted(loops)} "
                                         f"with {name}")

@@ -13,14 +13,15 @@ connection are reset, as if the network died right after the server answered.
 The returned :class:`Drop` tells the test that it happened and how often the
 same request (same ``ARGV[2]``, the request token) was seen: 2 once the client
 re-sent it. Nothing else is changed, so every other request and reply passes
-through untouched.
+through untouched; :attr:`ReplyDropProxy.ops` counts the script requests that
+went through, by op (how many resend claims pods made, say).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 _CHUNK = 64 * 1024
@@ -119,6 +120,7 @@ class ReplyDropProxy:
         self.target_port = target_port
         self.port = 0
         self._server: asyncio.Server | None = None
+        self.ops: Counter[str] = Counter()
         self._armed: deque[Drop] = deque()
         self._taken: list[Drop] = []
         self._writers: set[asyncio.StreamWriter] = set()
@@ -173,6 +175,7 @@ class ReplyDropProxy:
         if found is None:
             return None
         op, token = found
+        self.ops[op] += 1
         for drop in self._taken:
             if drop.op == op and drop.token == token:
                 drop.sightings += 1  # the client re-sent the request
