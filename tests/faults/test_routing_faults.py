@@ -85,11 +85,12 @@ async def test_bus_delivery_expired_while_its_pod_was_paused(faults: FaultCluste
     finally:
         a.signal(signal.SIGCONT)
 
-    async def counted() -> bool:
-        return await metric(a, "wsnode_messages_dropped_total", reason="expired") == 1
-    await eventually(counted, 15, "A counted the expired delivery")
-    # The same publisher, the same pod queue: a later message arrives in order,
-    # so if the expired one had been delivered it would come first.
+    # The same publisher, the same pod queue: a later message arrives after it,
+    # so had the expired one been delivered, it would come first.
     await send(b, "u1", envelope("after", ack=False))
     frame = await client.expect("note", timeout=10)
     assert frame["id"] == "after", frame
+
+    async def counted() -> bool:
+        return await metric(a, "wsnode_messages_dropped_total", reason="expired") == 1
+    await eventually(counted, 15, "A counted the expired delivery")
