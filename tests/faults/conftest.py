@@ -16,6 +16,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import aio_pika
@@ -61,7 +62,7 @@ class FaultCluster:
         # Ready, not just up: a pod serves /ws before its bus queue exists, and a
         # fault injected then would test the start, not the fault.
         for pod in made:
-            await eventually(lambda pod=pod: _ready(pod), 30, f"{pod.pod_id} ready")
+            await eventually(partial(_ready, pod), 30, f"{pod.pod_id} ready")
         return made
 
     @property

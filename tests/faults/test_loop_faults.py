@@ -147,8 +147,9 @@ async def test_corrupt_member_of_the_lives_set(faults: FaultCluster) -> None:
         conns = await r.hlen(faults.keys.user_conns("u2"))
         return conns == 0 and not any(m.startswith(b"pod-b ") for m in members)
     await eventually(reaped, 20, "pod-b's life reaped")
-    for pod in (a,):
-        assert (await readyz(pod))[0] == 200
+    async def a_ready() -> bool:
+        return (await readyz(a))[0] == 200
+    await eventually(a_ready, 15, "pod-a ready")
     await send(a, "u1", envelope("m1"))
     assert (await on_a.expect("note"))["id"] == "m1"
     await on_a.ack("m1")
