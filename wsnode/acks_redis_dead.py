@@ -10,7 +10,6 @@ the Redis clock, the dead-letter index), and the ``DeadLetters`` role
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import unquote
@@ -23,6 +22,7 @@ from wsnode.acks import (
     StoredMessage,
     without_expiry,
 )
+from wsnode.clock import SystemClock
 from wsnode.coalescer import Coalescer
 from wsnode.errors import CorruptRecord
 from wsnode.ids import MsgId, UserId
@@ -37,6 +37,8 @@ _QUARANTINE_MS = 7 * 86_400_000
 # Index entries written before the script that sets the real time are guesses
 # this much late at most: the sweep checks the real expiry anyway.
 EXPIRY_SLACK_MS = 1000
+# This process's wall clock (shifted by the failpoint clock.skew in tests).
+_CLOCK = SystemClock()
 
 
 class RedisDeadLetters:
@@ -229,10 +231,10 @@ class RedisDeadLetters:
             raise exc
 
     def _redis_now(self) -> int:
-        return time.time_ns() // 1_000_000 + self._skew_ms
+        return _CLOCK.now_ms() + self._skew_ms
 
     def _saw_redis_time(self, redis_ms: int) -> None:
-        self._skew_ms = redis_ms - time.time_ns() // 1_000_000
+        self._skew_ms = redis_ms - _CLOCK.now_ms()
 
     async def _time(self) -> int:
         seconds, micros = await self._r.time()

@@ -192,7 +192,10 @@ class Node:
         problems = self.loops.problems()
         if self.resender.problem:
             problems.setdefault("resend", self.resender.problem)
-        if self._bus_started and not self.bus.ready:
+        if not self._bus_started:
+            # Until then this pod has no queue: deliveries to its users are unroutable.
+            problems.setdefault("bus", self.bus.problem or "not started yet")
+        elif not self.bus.ready:
             problems.setdefault("bus", self.bus.problem or "not ready")
         checks: dict[str, bool] = {"accepting": self.state is NodeState.ACTIVE}
         for name in ("heartbeat", "bus", "resend", "reconcile", "sweep", "trace"):

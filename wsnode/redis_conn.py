@@ -26,8 +26,19 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MasterDownError,
+    MovedError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from wsnode.errors import BackendError, BackendUnavailable, CorruptRecord
@@ -38,6 +49,12 @@ Redis = aioredis.Redis
 # server after a failover) will": the caller retries with backoff.
 _UNAVAILABLE = ("LOADING", "MASTERDOWN", "READONLY", "OOM", "MISCONF", "NOREPLICAS",
                 "TRYAGAIN", "CLUSTERDOWN", "BUSY", "NOSCRIPT", "UNBLOCKED", "MOVED", "ASK")
+# redis-py raises some of those replies as classes of its own, with the code cut
+# off the message: recognised by class, and the code put back for the logs.
+_UNAVAILABLE_CLASSES: tuple[tuple[type[ResponseError], str], ...] = (
+    (ReadOnlyError, "READONLY"), (OutOfMemoryError, "OOM"), (MasterDownError, "MASTERDOWN"),
+    (ClusterDownError, "CLUSTERDOWN"), (TryAgainError, "TRYAGAIN"), (MovedError, "MOVED"),
+    (AskError, "ASK"))
 
 
 def connect(url: str, *, max_connections: int = 64, pool_timeout: float = 5.0) -> Redis:
@@ -61,7 +78,10 @@ def translate(exc: BaseException, what: str, key: str | None = None) -> Exceptio
     if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError | TimeoutError):
         return BackendUnavailable(f"redis unavailable ({what}): {exc}")
     if isinstance(exc, ResponseError):
-        message = str(exc)
+        message = _reply_text(str(exc))
+        for cls, code in _UNAVAILABLE_CLASSES:
+            if isinstance(exc, cls):
+                return BackendUnavailable(f"redis cannot serve ({what}): {code} {message}")
         if message.startswith("CORRUPT "):
             # Raised by our scripts: "CORRUPT <key> <detail> script: ..."
             _, bad_key, detail = message.split(" ", 2)
@@ -75,6 +95,15 @@ def translate(exc: BaseException, what: str, key: str | None = None) -> Exceptio
     if isinstance(exc, RedisError):
         return BackendError(f"redis client error ({what}): {exc}")
     return exc if isinstance(exc, Exception) else BackendError(str(exc))
+
+
+def _reply_text(message: str) -> str:
+    """The server's error reply in ``message``: redis-py puts the command before
+    an error raised by a pipeline (and the reply after it, quoted in a tuple)."""
+    _, annotated, reply = message.partition(" of pipeline caused error: ")
+    if not annotated:
+        return message
+    return reply.lstrip("(").lstrip("'\"").rstrip(")").rstrip(",").rstrip("'\"")
 
 
 @contextlib.contextmanager

@@ -21,11 +21,11 @@ from typing import Any
 import orjson
 
 from wsnode.clock import Clock, SystemClock
-from wsnode.errors import WsnodeError
+from wsnode.errors import BackendUnavailable, WsnodeError
 from wsnode.ids import MsgId, PodId, UserId
 from wsnode.keys import RedisKeys
 from wsnode.outage import LogThrottle
-from wsnode.redis_conn import Redis, translated
+from wsnode.redis_conn import Redis, translate, translated
 from wsnode.trace import MAX_EVENTS, make_event
 
 log = logging.getLogger("wsnode.trace")
@@ -73,9 +73,12 @@ class RedisTracer:
             async with self._r.pipeline(transaction=False) as pipe:
                 build(pipe)
                 replies = await pipe.execute(raise_on_error=False)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                self._throttle.warn("write", "a message trail was not written: %s", reply)
+        errors = [translate(r, "trace") for r in replies if isinstance(r, Exception)]
+        for error in errors:
+            if isinstance(error, BackendUnavailable):
+                raise error  # Redis refuses writes (READONLY, OOM...): the loop says so
+        for error in errors:
+            self._throttle.warn("write", "a message trail was not written: %s", error)
 
     async def trail(self, msg_id: MsgId, user: UserId | None = None) -> list[dict[str, Any]]:
         with translated("trace"):
