@@ -39,6 +39,7 @@ class Device:
     client_restarts: int = 0
     errors: list[str] = field(default_factory=list)
     late: dict[str, int] = field(default_factory=dict)  # id -> ms past its expiresAt
+    server_errors: Counter[str] = field(default_factory=Counter)  # error frames by code
     _client: Client | None = None
     _stopping: bool = False
 
@@ -75,6 +76,7 @@ class Device:
                             backoff=Backoff(0.2, 2.0), ping_interval=5.0,
                             dedup_window=1_000_000)
             self._client = client
+            client.on_error(lambda e: self.server_errors.update([f"{e.code}: {e.message}"[:80]]))
             try:
                 await client.connect()
                 async for msg in client:

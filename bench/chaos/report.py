@@ -10,13 +10,14 @@ from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
 
-from bench.chaos.checker import Lost, Verdict
+from bench.chaos.checker import NEAR_BEFORE, Lost, Verdict
 from bench.chaos.devices import Device
 from bench.chaos.faults import FaultInjector
 from bench.chaos.traffic import Ledger
 
-# How many lost messages the screen lists (the JSON lists all).
-SHOWN = 8
+# How many loss clusters the screen lists (the JSON lists all, and every loss).
+SHOWN = 6
+CLUSTER_GAP = 10.0
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -26,11 +27,39 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
 
 
-def nearest_fault(lost: Lost) -> str:
-    """Kind of the fault that started closest to the message's first call."""
-    if not lost.faults:
-        return "none"
-    return min(lost.faults, key=lambda e: abs(e.start - lost.msg.created)).kind
+def nobody(lost: Lost) -> bool:
+    """The accepted send routed the message to no connection and no pod."""
+    report = lost.msg.report or {}
+    return not report.get("local") and not report.get("pods") \
+        and not report.get("failedPods") and not report.get("duplicate")
+
+
+def clusters(verdict: Verdict, faults: FaultInjector, gap: float = CLUSTER_GAP
+             ) -> list[dict[str, Any]]:
+    """Lost messages grouped by send time (a new group after ``gap`` seconds
+    without a loss), each with the faults active in the ``NEAR_BEFORE``
+    seconds before its first message: which faults preceded which losses."""
+    out: list[dict[str, Any]] = []
+    group: list[Lost] = []
+    for lost in sorted(verdict.lost, key=lambda x: x.msg.created):
+        if group and lost.msg.created - group[-1].msg.created > gap:
+            out.append(_cluster(group, faults))
+            group = []
+        group.append(lost)
+    if group:
+        out.append(_cluster(group, faults))
+    return out
+
+
+def _cluster(group: list[Lost], faults: FaultInjector) -> dict[str, Any]:
+    first, last = group[0].msg.created, group[-1].msg.created
+    return {
+        "from": round(first, 1), "to": round(last, 1), "lost": len(group),
+        "states": dict(Counter(str(x.state) for x in group)),
+        "routedToNobody": sum(nobody(x) for x in group),
+        "replayedOnFreshConnection": sum(x.replayed is True for x in group),
+        "faultsBefore": [e.describe() for e in faults.near(first - NEAR_BEFORE, first)],
+    }
 
 
 def _lost_json(lost: Lost) -> dict[str, Any]:
@@ -41,7 +70,7 @@ def _lost_json(lost: Lost) -> dict[str, Any]:
         "calls": [c.to_json() for c in msg.calls], "report": msg.report,
         "state": lost.state, "store": lost.store, "overdueSeconds": lost.overdue,
         "replayedOnFreshConnection": lost.replayed,
-        "nearestFault": nearest_fault(lost), "faults": [e.describe() for e in lost.faults],
+        "routedToNobody": nobody(lost), "faults": [e.describe() for e in lost.faults],
         "trail": lost.trail[-30:],
     }
 
@@ -57,7 +86,7 @@ def figures(*, run: dict[str, Any], ledger: Ledger, devices: list[Device],
     amo_unaccepted_got = sum((m.user, m.id) in amo_got for m in ledger.amos.values()
                              if not m.accepted)
     lat = verdict.latencies
-    by_fault = Counter(nearest_fault(lost) for lost in verdict.lost)
+    near = Counter(kind for lost in verdict.lost for kind in {e.kind for e in lost.faults})
     return {
         "verdict": "FAIL" if verdict.lost else "PASS",
         "run": run,
@@ -88,9 +117,11 @@ def figures(*, run: dict[str, Any], ledger: Ledger, devices: list[Device],
         "clients": {
             "devices": len(devices), "connections": sum(d.total_connections for d in devices),
             "clientRestarts": sum(d.client_restarts for d in devices),
+            "serverErrors": dict(sum((d.server_errors for d in devices), Counter[str]())),
             "errors": [e for d in devices for e in d.errors][:50],
         },
-        "lossesByNearestFault": dict(by_fault),
+        "lossesNearFault": dict(near),
+        "lossClusters": clusters(verdict, faults),
         "lost": [_lost_json(lost) for lost in verdict.lost],
         "problems": verdict.problems,
         **extra,
@@ -140,23 +171,21 @@ def render(fig: dict[str, Any], json_path: str, console: Console | None = None) 
     kinds.add_column("n", justify="right")
     kinds.add_column("losses near", justify="right")
     for kind, n in fig["faults"]["byKind"].items():
-        kinds.add_row(kind, str(n), str(fig["lossesByNearestFault"].get(kind, 0)))
-    if fig["lossesByNearestFault"].get("none"):
-        kinds.add_row("(no fault near)", "", str(fig["lossesByNearestFault"]["none"]))
+        kinds.add_row(kind, str(n), str(fig["lossesNearFault"].get(kind, 0)))
 
     parts: list[Any] = [head, _side(msgs, kinds)]
-    if fig["lost"]:
-        lost = Table(title=f"lost (first {SHOWN} of {len(fig['lost'])})", title_justify="left")
-        for col in ("id", "user", "sent", "store", "fresh conn", "faults near"):
-            lost.add_column(col, overflow="fold")
-        for row in fig["lost"][:SHOWN]:
-            lost.add_row(row["id"].rsplit("-", 1)[-1], row["user"], f"{row['created']:.1f}s",
-                         f"{row['state']} a={row['store'].get('attempts', '?')} "
-                         f"overdue {row['overdueSeconds']}s",
-                         {True: "replayed", False: "not replayed"}.get(row[
-                             "replayedOnFreshConnection"], "?"),
-                         "; ".join(row["faults"][:3]) or "-")
-        parts.append(lost)
+    if fig["lossClusters"]:
+        shown = fig["lossClusters"][:SHOWN]
+        table = Table(title=f"losses by send time ({len(shown)} of "
+                            f"{len(fig['lossClusters'])} groups)", title_justify="left")
+        for col in ("sent", "lost", "store", "to nobody", "fresh conn",
+                    f"faults in the {NEAR_BEFORE:.0f}s before"):
+            table.add_column(col, overflow="fold")
+        for c in shown:
+            table.add_row(f"{c['from']}-{c['to']}s", str(c["lost"]), _reasons(c["states"]),
+                          str(c["routedToNobody"]), f"{c['replayedOnFreshConnection']} replayed",
+                          "; ".join(c["faultsBefore"]) or "-")
+        parts.append(table)
     notes = _notes(fig)
     if notes:
         parts.append("\n".join(notes))
@@ -182,13 +211,28 @@ def _share(value: float | None) -> str:
 def _notes(fig: dict[str, Any]) -> list[str]:
     notes = []
     if fig["faults"]["failed"]:
-        notes.append(f"[yellow]faults that failed: {len(fig['faults']['failed'])}[/]")
+        notes.append(f"[yellow]faults that failed: {len(fig['faults']['failed'])}, first: "
+                     f"{fig['faults']['failed'][0]:.120}[/]")
+    drains = [e for e in fig["timeline"]
+              if e["kind"] == "pod_sigterm" and e["detail"] not in ("exit 0", "")]
+    if drains:
+        notes.append(f"[yellow]SIGTERM drains that did not exit 0: {len(drains)} "
+                     f"({', '.join(sorted({d['detail'] for d in drains}))})[/]")
     for key in ("healProblems", "restartFailures", "harnessErrors", "problems"):
         if fig.get(key):
             notes.append(f"[yellow]{key}: {len(fig[key])}, first: {fig[key][0]!s:.150}[/]")
     unready = [p for p, r in fig.get("readinessAtEnd", {}).items() if r.get("status") != "200"]
     if unready:
         notes.append(f"[yellow]pods not ready at the end: {', '.join(unready)}[/]")
+    if not fig.get("devicesConnectedAtEnd", True):
+        notes.append("[yellow]some devices were not connected when the settle began[/]")
+    missing = fig.get("usersMissingFromPresence") or []
+    if missing:
+        notes.append(f"[yellow]connected users unknown to presence at the end: "
+                     f"{len(missing)} of {fig['run']['users']}[/]")
+    errors = fig["clients"]["serverErrors"]
+    if errors:
+        notes.append(f"error frames sent to clients: {errors}")
     if fig["ack"]["deliveredStillPending"]:
         notes.append(f"delivered but still pending in the store: "
                      f"{fig['ack']['deliveredStillPending']}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import shutil
 import uuid
 from collections.abc import AsyncIterator
@@ -45,6 +46,8 @@ POD_SETTINGS = {
     "WSNODE_PING_TIMEOUT": "10s",
 }
 DRAIN_TIMEOUT = 10.0
+# The last exception line of a pod's log says why it did not start.
+_ERROR_LINE = re.compile(r"^\w*(?:Error|Exception): .*$", re.MULTILINE)
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
@@ -101,9 +104,9 @@ class World:
             except (RuntimeError, OSError) as exc:
                 self.pods[pod].kill()  # not up in time: do not leave it behind
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                tail = self.pods[pod].log().strip().splitlines()[-1:]
-                self.restart_failures.append(
-                    f"{pod} attempt {attempt + 1}: {first} {' '.join(tail)[:300]}")
+                errors = _ERROR_LINE.findall(self.pods[pod].log()[-20_000:])
+                self.restart_failures.append(f"{pod} attempt {attempt + 1}: {first} "
+                                             f"{errors[-1] if errors else ''}"[:300])
                 await asyncio.sleep(1.0)
         return False
 
