@@ -35,9 +35,9 @@ from wsnode.client import Client, ClientError
 from wsnode.keys import RedisKeys
 
 Clock = Callable[[], float]
-# Faults this long before a message's first call (or after its acceptance) are
-# listed as "near" it in the report.
-NEAR_BEFORE, NEAR_AFTER = 10.0, 10.0
+# Faults active in the NEAR_BEFORE seconds before a message's first call, or
+# while it was being sent, are listed with it in the report.
+NEAR_BEFORE = 10.0
 
 
 @dataclass(slots=True)
@@ -49,6 +49,7 @@ class Lost:
     faults: list[FaultEvent] = field(default_factory=list)
     replayed: bool | None = None  # by a fresh connection of the user after the check
     overdue: float | None = None  # seconds past its next resend (store time) when inspected
+    why: str = ""  # see :func:`explain`
 
 
 @dataclass(slots=True)
@@ -152,6 +153,25 @@ async def _received_still_pending(world: World, ledger: Ledger,
     return count
 
 
+def explain(lost: Lost, now_ms: int | None) -> str:
+    """A short account of a lost message, from its store record and the
+    answer to its accepted send, for grouping losses in the report."""
+    if lost.state != "pending":
+        return f"store state {lost.state or 'unknown'}"
+    expires = lost.store.get("expires_at", "")
+    if now_ms is not None and expires.isdigit() and lost.msg.expires_at is not None \
+            and int(expires) <= now_ms:
+        return "pending past expiresAt, not dead-lettered"
+    report = lost.msg.report or {}
+    if report.get("duplicate"):
+        return "pending, accepted as a duplicate"
+    if report.get("local"):
+        return "pending, delivered locally, never received"
+    if report.get("pods") or report.get("failedPods"):
+        return "pending, published to a pod, never received"
+    return "pending, routed to nobody"
+
+
 async def inspect(world: World, faults: FaultInjector, verdict: Verdict,
                   limit: int = 1000) -> None:
     """Fill in what the store, the trail and the timeline say about each lost
@@ -167,7 +187,7 @@ async def inspect(world: World, faults: FaultInjector, verdict: Verdict,
     for i, lost in enumerate(verdict.lost):
         msg = lost.msg
         end = msg.accepted_at if msg.accepted_at is not None else msg.created
-        lost.faults = faults.near(msg.created - NEAR_BEFORE, end + NEAR_AFTER)
+        lost.faults = faults.near(msg.created - NEAR_BEFORE, end)
         if i >= limit:
             continue
         user, msg_id = quote(msg.user, safe=""), quote(msg.id, safe="")
@@ -182,6 +202,7 @@ async def inspect(world: World, faults: FaultInjector, verdict: Verdict,
             due = lost.store.get("next_due", "")
             if now_ms is not None and due.isdigit():
                 lost.overdue = round((now_ms - int(due)) / 1000, 1)
+            lost.why = explain(lost, now_ms)
         except (RuntimeError, RedisError, OSError) as exc:
             verdict.problems.append(f"inspecting {msg.id}: {exc!r}")
     for lost in [x for x in verdict.lost if x.state == "dead"]:

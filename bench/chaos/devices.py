@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from tests.support.pods import SECRET
 from wsnode.auth import mint_token
-from wsnode.client import Backoff, Client, ClientError, State
+from wsnode.client import Backoff, Client, ClientError, State, StateChange
 
 Clock = Callable[[], float]
 LATE_TOLERANCE_MS = 2000
@@ -40,6 +40,7 @@ class Device:
     errors: list[str] = field(default_factory=list)
     late: dict[str, int] = field(default_factory=dict)  # id -> ms past its expiresAt
     server_errors: Counter[str] = field(default_factory=Counter)  # error frames by code
+    last_change: str = ""  # the latest state change of its client, for the report
     _client: Client | None = None
     _stopping: bool = False
 
@@ -77,6 +78,7 @@ class Device:
                             dedup_window=1_000_000)
             self._client = client
             client.on_error(lambda e: self.server_errors.update([f"{e.code}: {e.message}"[:80]]))
+            client.on_state(self._on_state)
             try:
                 await client.connect()
                 async for msg in client:
@@ -97,6 +99,10 @@ class Device:
             if not self._stopping:
                 self.client_restarts += 1
                 await asyncio.sleep(1.0)
+
+    def _on_state(self, change: StateChange) -> None:
+        self.last_change = f"{self.clock():.1f}s {change.state.value} {change.url or ''} " \
+                           f"{change.reason}".strip()
 
     def _check_expiry(self, msg_id: str, expires_at: int | None) -> None:
         """A message must not reach a client after its ``expiresAt`` (2 s are

@@ -27,13 +27,6 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
 
 
-def nobody(lost: Lost) -> bool:
-    """The accepted send routed the message to no connection and no pod."""
-    report = lost.msg.report or {}
-    return not report.get("local") and not report.get("pods") \
-        and not report.get("failedPods") and not report.get("duplicate")
-
-
 def clusters(verdict: Verdict, faults: FaultInjector, gap: float = CLUSTER_GAP
              ) -> list[dict[str, Any]]:
     """Lost messages grouped by send time (a new group after ``gap`` seconds
@@ -55,8 +48,7 @@ def _cluster(group: list[Lost], faults: FaultInjector) -> dict[str, Any]:
     first, last = group[0].msg.created, group[-1].msg.created
     return {
         "from": round(first, 1), "to": round(last, 1), "lost": len(group),
-        "states": dict(Counter(str(x.state) for x in group)),
-        "routedToNobody": sum(nobody(x) for x in group),
+        "why": dict(Counter(x.why for x in group).most_common()),
         "replayedOnFreshConnection": sum(x.replayed is True for x in group),
         "faultsBefore": [e.describe() for e in faults.near(first - NEAR_BEFORE, first)],
     }
@@ -70,7 +62,7 @@ def _lost_json(lost: Lost) -> dict[str, Any]:
         "calls": [c.to_json() for c in msg.calls], "report": msg.report,
         "state": lost.state, "store": lost.store, "overdueSeconds": lost.overdue,
         "replayedOnFreshConnection": lost.replayed,
-        "routedToNobody": nobody(lost), "faults": [e.describe() for e in lost.faults],
+        "why": lost.why, "faultsBefore": [e.describe() for e in lost.faults],
         "trail": lost.trail[-30:],
     }
 
@@ -119,6 +111,7 @@ def figures(*, run: dict[str, Any], ledger: Ledger, devices: list[Device],
             "clientRestarts": sum(d.client_restarts for d in devices),
             "serverErrors": dict(sum((d.server_errors for d in devices), Counter[str]())),
             "errors": [e for d in devices for e in d.errors][:50],
+            "notConnectedAtEnd": {d.name: d.last_change for d in devices if not d.connected},
         },
         "lossesNearFault": dict(near),
         "lossClusters": clusters(verdict, faults),
@@ -169,7 +162,7 @@ def render(fig: dict[str, Any], json_path: str, console: Console | None = None) 
     kinds = Table(title="faults", title_justify="left")
     kinds.add_column("kind")
     kinds.add_column("n", justify="right")
-    kinds.add_column("losses near", justify="right")
+    kinds.add_column(f"losses <{NEAR_BEFORE:.0f}s after", justify="right")
     for kind, n in fig["faults"]["byKind"].items():
         kinds.add_row(kind, str(n), str(fig["lossesNearFault"].get(kind, 0)))
 
@@ -178,13 +171,14 @@ def render(fig: dict[str, Any], json_path: str, console: Console | None = None) 
         shown = fig["lossClusters"][:SHOWN]
         table = Table(title=f"losses by send time ({len(shown)} of "
                             f"{len(fig['lossClusters'])} groups)", title_justify="left")
-        for col in ("sent", "lost", "store", "to nobody", "fresh conn",
+        for col in ("sent", "lost", "why", "a fresh conn replays",
                     f"faults in the {NEAR_BEFORE:.0f}s before"):
             table.add_column(col, overflow="fold")
         for c in shown:
-            table.add_row(f"{c['from']}-{c['to']}s", str(c["lost"]), _reasons(c["states"]),
-                          str(c["routedToNobody"]), f"{c['replayedOnFreshConnection']} replayed",
-                          "; ".join(c["faultsBefore"]) or "-")
+            table.add_row(f"{c['from']}-{c['to']}s", str(c["lost"]),
+                          "\n".join(f"{n} {why}" for why, n in c["why"].items()),
+                          str(c["replayedOnFreshConnection"]),
+                          "\n".join(c["faultsBefore"]) or "-")
         parts.append(table)
     notes = _notes(fig)
     if notes:
@@ -226,6 +220,8 @@ def _notes(fig: dict[str, Any]) -> list[str]:
         notes.append(f"[yellow]pods not ready at the end: {', '.join(unready)}[/]")
     if not fig.get("devicesConnectedAtEnd", True):
         notes.append("[yellow]some devices were not connected when the settle began[/]")
+    for name, change in fig["clients"]["notConnectedAtEnd"].items():
+        notes.append(f"[yellow]device {name} not connected at the end: {change:.100}[/]")
     missing = fig.get("usersMissingFromPresence") or []
     if missing:
         notes.append(f"[yellow]connected users unknown to presence at the end: "
