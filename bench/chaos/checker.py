@@ -104,16 +104,24 @@ async def settle(world: World, ledger: Ledger, devices: list[Device], clock: Clo
     """Wait up to ``bound`` seconds for every accepted message to resolve, then judge."""
     start = clock()
     dead: dict[str, str] = {}
+    problem = ""
     while True:
         received = received_by_user(devices)
         waiting = unresolved(ledger, received, dead)
         if waiting:
-            dead.update(await dead_letters(world, {m.user for m in waiting}))
+            try:
+                dead.update(await dead_letters(world, {m.user for m in waiting}))
+            except RuntimeError as exc:  # no pod answers now: ask again until the bound
+                problem = f"reading dead letters while settling: {exc}"
+            else:
+                problem = ""
             waiting = unresolved(ledger, received, dead)
         if not waiting or clock() - start >= bound:
             break
         await asyncio.sleep(2.0)
     verdict = Verdict(settle_seconds=clock() - start)
+    if problem:
+        verdict.problems.append(problem)
     # Every user once more: dead letters of delivered messages are counted too.
     dead.update(await dead_letters(world, {m.user for m in ledger.acks.values()}))
     received = received_by_user(devices)
@@ -184,27 +192,32 @@ async def inspect(world: World, faults: FaultInjector, verdict: Verdict,
         async with world.redis_client() as client:
             seconds, micros = await client.time()
             now_ms = seconds * 1000 + micros // 1000
-    for i, lost in enumerate(verdict.lost):
+    slots = asyncio.Semaphore(16)
+
+    async def one(lost: Lost) -> None:
         msg = lost.msg
-        end = msg.accepted_at if msg.accepted_at is not None else msg.created
-        lost.faults = faults.near(msg.created - NEAR_BEFORE, end)
-        if i >= limit:
-            continue
         user, msg_id = quote(msg.user, safe=""), quote(msg.id, safe="")
-        try:
-            answer = await world.ask("GET", f"/v1/messages/{user}/{msg_id}")
-            lost.state = answer.get("state") if isinstance(answer, dict) else None
-            trail = await world.ask("GET", f"/v1/trace/{msg_id}?user={user}")
-            lost.trail = trail.get("events", []) if isinstance(trail, dict) else []
-            async with world.redis_client() as client:
-                raw = await client.hgetall(keys.user_msg(msg.user, msg.id))
-            lost.store = {_text(k): _text(v) for k, v in raw.items() if _text(k) != "body"}
-            due = lost.store.get("next_due", "")
-            if now_ms is not None and due.isdigit():
-                lost.overdue = round((now_ms - int(due)) / 1000, 1)
-            lost.why = explain(lost, now_ms)
-        except (RuntimeError, RedisError, OSError) as exc:
-            verdict.problems.append(f"inspecting {msg.id}: {exc!r}")
+        async with slots:
+            try:
+                answer = await world.ask("GET", f"/v1/messages/{user}/{msg_id}")
+                lost.state = answer.get("state") if isinstance(answer, dict) else None
+                trail = await world.ask("GET", f"/v1/trace/{msg_id}?user={user}")
+                lost.trail = trail.get("events", []) if isinstance(trail, dict) else []
+                async with world.redis_client() as client:
+                    raw = await client.hgetall(keys.user_msg(msg.user, msg.id))
+            except (RuntimeError, RedisError, OSError) as exc:
+                verdict.problems.append(f"inspecting {msg.id}: {exc!r}")
+                return
+        lost.store = {_text(k): _text(v) for k, v in raw.items() if _text(k) != "body"}
+        due = lost.store.get("next_due", "")
+        if now_ms is not None and due.isdigit():
+            lost.overdue = round((now_ms - int(due)) / 1000, 1)
+        lost.why = explain(lost, now_ms)
+
+    for lost in verdict.lost:
+        end = lost.msg.accepted_at if lost.msg.accepted_at is not None else lost.msg.created
+        lost.faults = faults.near(lost.msg.created - NEAR_BEFORE, end)
+    await asyncio.gather(*(one(lost) for lost in verdict.lost[:limit]))
     for lost in [x for x in verdict.lost if x.state == "dead"]:
         verdict.lost.remove(lost)
         verdict.dead[lost.msg.id] = lost.store.get("reason", "?")
@@ -218,7 +231,8 @@ async def probe(world: World, verdict: Verdict, wait: float = 5.0) -> None:
     for lost in verdict.lost:
         by_user.setdefault(lost.msg.user, []).append(lost)
     urls = [world.pods[p].ws_url for p in world.pod_ids if world.alive(p)]
-    for user, losts in by_user.items():
+
+    async def one(user: str, losts: list[Lost]) -> None:
         seen: set[str] = set()
         client = Client(urls, token=mint_token(SECRET, user, 600), auto_ack=False,
                         open_timeout=5.0)
@@ -231,8 +245,10 @@ async def probe(world: World, verdict: Verdict, wait: float = 5.0) -> None:
                             seen.add(msg.id)
         except ClientError as exc:
             verdict.problems.append(f"probe of {user}: {exc!r}")
-            continue
+            return
         finally:
             await client.close()
         for lost in losts:
             lost.replayed = lost.msg.id in seen
+
+    await asyncio.gather(*(one(user, losts) for user, losts in by_user.items()))
