@@ -62,6 +62,9 @@ def parse(argv: list[str] | None = None) -> tuple[Options, Path]:
                    help="share of ACK-required messages with an expiresAt 2-10 s ahead (0.05)")
     p.add_argument("--fault-every", type=_positive, default=5.0,
                    help="mean seconds between faults (5)")
+    p.add_argument("--churn-every", type=float, default=30.0,
+                   help="mean seconds before a client away from its home pod goes back "
+                        "(30; 0: never)")
     p.add_argument("--faults", type=_kinds, default=KINDS,
                    help="all (default), none, or a comma list of: " + ", ".join(KINDS))
     p.add_argument("--seed", type=int, default=None, help="random seed (printed)")
@@ -74,7 +77,7 @@ def parse(argv: list[str] | None = None) -> tuple[Options, Path]:
     seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1 << 31)
     return Options(minutes=a.minutes, settle=a.settle, pods=a.pods, users=a.users,
                    ack_rate=a.ack_rate, amo_rate=a.amo_rate, expiring=a.expiring,
-                   fault_every=a.fault_every,
+                   fault_every=a.fault_every, churn_every=a.churn_every or None,
                    kinds=a.faults, seed=seed, amqp_url=a.amqp_url, app=a.app,
                    keep_logs=a.keep_logs), a.json
 

@@ -252,3 +252,23 @@ async def probe(world: World, verdict: Verdict, wait: float = 5.0) -> None:
             lost.replayed = lost.msg.id in seen
 
     await asyncio.gather(*(one(user, losts) for user, losts in by_user.items()))
+
+
+async def amo_repeats(world: World, ledger: Ledger, devices: list[Device],
+                      limit: int = 20) -> list[dict[str, Any]]:
+    """At-most-once messages a device was given more than once, with their
+    sends and trails (the first ``limit``): each one breaks at-most-once."""
+    out: list[dict[str, Any]] = []
+    for device in devices:
+        for msg_id, copies in device.copies.items():
+            msg = ledger.amos.get(msg_id)
+            if msg is None or copies < 2 or len(out) >= limit:
+                continue
+            trail: Any = None
+            with contextlib.suppress(RuntimeError):
+                trail = await world.ask(
+                    "GET", f"/v1/trace/{quote(msg_id, safe='')}?user={quote(msg.user, safe='')}")
+            out.append({"device": device.name, "id": msg_id, "copies": copies,
+                        "call": msg.call.to_json() if msg.call else None,
+                        "trail": (trail or {}).get("events", [])[-30:]})
+    return out

@@ -109,6 +109,8 @@ def figures(*, run: dict[str, Any], ledger: Ledger, devices: list[Device],
         "clients": {
             "devices": len(devices), "connections": sum(d.total_connections for d in devices),
             "clientRestarts": sum(d.client_restarts for d in devices),
+            "wentHome": sum(d.churns for d in devices),
+            "podsAtEnd": dict(Counter(str(d.pod) for d in devices)),
             "serverErrors": dict(sum((d.server_errors for d in devices), Counter[str]())),
             "errors": [e for d in devices for e in d.errors][:50],
             "notConnectedAtEnd": {d.name: d.last_change for d in devices if not d.connected},

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from rich.console import Console
 
-from bench.chaos.checker import Verdict, inspect, probe, settle
+from bench.chaos.checker import Verdict, amo_repeats, inspect, probe, settle
 from bench.chaos.devices import Device, make_devices
 from bench.chaos.faults import FaultInjector
 from bench.chaos.report import figures
@@ -41,6 +41,7 @@ class Options:
     amo_rate: float
     expiring: float
     fault_every: float
+    churn_every: float | None
     kinds: tuple[str, ...]
     seed: int
     amqp_url: str
@@ -80,7 +81,9 @@ async def soak(o: Options, console: Console) -> dict[str, Any]:
         console.log(f"starting Redis, {o.pods} pods (prefix {world.prefix}, logs {workdir})")
         await world.start()
         users = [f"u{i:02d}" for i in range(o.users)]
-        devices = make_devices(users, [world.pods[p].ws_url for p in world.pod_ids], clock)
+        devices = make_devices(users, world.pod_ids,
+                               [world.pods[p].ws_url for p in world.pod_ids], clock, rng,
+                               o.churn_every)
         device_tasks = [asyncio.create_task(d.run(), name=d.name) for d in devices]
         if not await _until(lambda: all(d.connected for d in devices), 60):
             raise RuntimeError("the clients did not all connect within 60 s")
@@ -101,6 +104,8 @@ async def soak(o: Options, console: Console) -> dict[str, Any]:
         finally:
             ticker.cancel()
         traffic_seconds = clock() - started
+        for device in devices:
+            device.settle()
         console.log("faults stopped: healing the cluster")
         heal_problems = await world.heal()
         await traffic_task
@@ -111,11 +116,12 @@ async def soak(o: Options, console: Console) -> dict[str, Any]:
         await inspect(world, injector, verdict)
         unreachable = await _unreachable(world, devices, verdict)
         await probe(world, verdict)
+        repeated = await amo_repeats(world, ledger, devices)
         keep = keep or bool(verdict.lost)
         run = {"prefix": world.prefix, "seed": o.seed, "minutes": o.minutes,
                "pods": o.pods, "users": o.users, "ackRate": o.ack_rate,
                "amoRate": o.amo_rate, "expiring": o.expiring, "faultEvery": o.fault_every,
-               "settleBound": o.settle,
+               "churnEvery": o.churn_every,               "settleBound": o.settle,
                "settings": POD_SETTINGS, "logs": str(workdir),
                "startedAt": datetime.now(UTC).isoformat(timespec="seconds"),
                "seconds": {"traffic": round(traffic_seconds, 1),
@@ -129,6 +135,7 @@ async def soak(o: Options, console: Console) -> dict[str, Any]:
                            "readinessAtEnd": readiness,
                            "devicesConnectedAtEnd": connected,
                            "usersMissingFromPresence": unreachable,
+                           "amoRepeated": repeated,
                        })
     except (RuntimeError, OSError, TimeoutError):
         keep = True

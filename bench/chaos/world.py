@@ -44,6 +44,8 @@ POD_SETTINGS = {
     "WSNODE_DRAIN_TIMEOUT": "10s",
     "WSNODE_PING_INTERVAL": "5s",
     "WSNODE_PING_TIMEOUT": "10s",
+    # Trails of at-most-once messages too: a repeated one can then be explained.
+    "WSNODE_TRACE": "all",
 }
 DRAIN_TIMEOUT = 10.0
 # The last exception line of a pod's log says why it did not start.
