@@ -52,8 +52,9 @@ def parse(argv: list[str] | None = None) -> tuple[Options, Path]:
         "at-most-once traffic under pod kills, RabbitMQ cuts and Redis faults, then a "
         "check that every accepted ACK-required message was delivered or dead-lettered."))
     p.add_argument("--minutes", type=_positive, default=5.0, help="traffic and faults (5)")
-    p.add_argument("--settle", type=_positive, default=90.0,
-                   help="upper bound in seconds of the wait before the check (90)")
+    p.add_argument("--settle", type=_positive, default=120.0,
+                   help="upper bound in seconds of the wait before the check (120; keep "
+                        "it above the ~80 s a message takes to exhaust its resends)")
     p.add_argument("--pods", type=int, default=3, choices=range(2, 10), metavar="N")
     p.add_argument("--users", type=int, default=12, choices=range(1, 1001), metavar="N")
     p.add_argument("--ack-rate", type=float, default=15.0, help="ACK-required msg/s (15)")

@@ -7,7 +7,8 @@ reason. What is neither when the bound is reached is **lost**. Sends never
 accepted are not owed to anyone (they are counted, and so are those delivered
 anyway). The bound exceeds a message's whole resend schedule, so nothing still
 in flight counts as lost: on the soak's settings a pending message is resent
-within 16 s and dead-lettered at most ~63 s after it was stored.
+within 16 s and dead-lettered about 79 s after it was stored (the default
+bound is 120 s, counted from when every send has ended and the cluster is healed).
 
 Each lost message is then inspected for the report: its state in the store
 (``/v1/messages``), its store record and trail, the faults around its send,

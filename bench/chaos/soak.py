@@ -121,7 +121,7 @@ async def soak(o: Options, console: Console) -> dict[str, Any]:
         run = {"prefix": world.prefix, "seed": o.seed, "minutes": o.minutes,
                "pods": o.pods, "users": o.users, "ackRate": o.ack_rate,
                "amoRate": o.amo_rate, "expiring": o.expiring, "faultEvery": o.fault_every,
-               "churnEvery": o.churn_every,               "settleBound": o.settle,
+               "churnEvery": o.churn_every, "settleBound": o.settle,
                "settings": POD_SETTINGS, "logs": str(workdir),
                "startedAt": datetime.now(UTC).isoformat(timespec="seconds"),
                "seconds": {"traffic": round(traffic_seconds, 1),

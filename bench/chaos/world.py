@@ -33,8 +33,9 @@ from tests.support.pods import API_KEY, PodProcess, free_port
 from tests.support.proxy import TcpProxy
 from tests.support.redis_server import RedisServer
 
-# Short timers so that resends, leases and drains fit in a soak of minutes:
-# a message exhausts its 8 attempts about 63 s after it was stored.
+# Short timers so that resends, leases and drains fit in a soak of minutes: an
+# unacked message is resent 1, 2, 4, 8, 16, 16 and 16 s after each delivery and
+# dead-lettered 16 s after the 8th, about 79 s after it was stored.
 POD_SETTINGS = {
     "WSNODE_HEARTBEAT_INTERVAL": "1s",
     "WSNODE_ACK_RETRY_INTERVAL": "1s",
