@@ -29,26 +29,30 @@ def _pct(values: list[float], q: float) -> float | None:
 
 def clusters(verdict: Verdict, faults: FaultInjector, gap: float = CLUSTER_GAP
              ) -> list[dict[str, Any]]:
-    """Lost messages grouped by send time (a new group after ``gap`` seconds
-    without a loss), each with the faults active in the ``NEAR_BEFORE``
-    seconds before its first message: which faults preceded which losses."""
+    """Lost messages grouped by why they were lost (:func:`explain`), then by
+    send time (a new group after ``gap`` seconds without such a loss), each
+    with the faults active in the ``NEAR_BEFORE`` seconds before its first
+    message: which faults preceded which losses. In order of first loss."""
     out: list[dict[str, Any]] = []
-    group: list[Lost] = []
+    by_why: dict[str, list[Lost]] = {}
     for lost in sorted(verdict.lost, key=lambda x: x.msg.created):
-        if group and lost.msg.created - group[-1].msg.created > gap:
-            out.append(_cluster(group, faults))
-            group = []
-        group.append(lost)
-    if group:
-        out.append(_cluster(group, faults))
-    return out
+        by_why.setdefault(lost.why, []).append(lost)
+    for why, losts in by_why.items():
+        group: list[Lost] = []
+        for lost in losts:
+            if group and lost.msg.created - group[-1].msg.created > gap:
+                out.append(_cluster(why, group, faults))
+                group = []
+            group.append(lost)
+        out.append(_cluster(why, group, faults))
+    return sorted(out, key=lambda c: float(c["from"]))
 
 
-def _cluster(group: list[Lost], faults: FaultInjector) -> dict[str, Any]:
+def _cluster(why: str, group: list[Lost], faults: FaultInjector) -> dict[str, Any]:
     first, last = group[0].msg.created, group[-1].msg.created
     return {
-        "from": round(first, 1), "to": round(last, 1), "lost": len(group),
-        "why": dict(Counter(x.why for x in group).most_common()),
+        "from": round(first, 1), "to": round(last, 1), "lost": len(group), "why": why,
+        "users": len({x.msg.user for x in group}),
         "replayedOnFreshConnection": sum(x.replayed is True for x in group),
         "faultsBefore": [e.describe() for e in faults.near(first - NEAR_BEFORE, first)],
     }
@@ -171,14 +175,13 @@ def render(fig: dict[str, Any], json_path: str, console: Console | None = None) 
     parts: list[Any] = [head, _side(msgs, kinds)]
     if fig["lossClusters"]:
         shown = fig["lossClusters"][:SHOWN]
-        table = Table(title=f"losses by send time ({len(shown)} of "
+        table = Table(title=f"losses by cause and send time ({len(shown)} of "
                             f"{len(fig['lossClusters'])} groups)", title_justify="left")
-        for col in ("sent", "lost", "why", "a fresh conn replays",
-                    f"faults in the {NEAR_BEFORE:.0f}s before"):
+        for col in ("sent", "lost (users)", "why", "a fresh conn replays",
+                    f"faults in the {NEAR_BEFORE:.0f}s before the first"):
             table.add_column(col, overflow="fold")
         for c in shown:
-            table.add_row(f"{c['from']}-{c['to']}s", str(c["lost"]),
-                          "\n".join(f"{n} {why}" for why, n in c["why"].items()),
+            table.add_row(f"{c['from']}-{c['to']}s", f"{c['lost']} ({c['users']})", c["why"],
                           str(c["replayedOnFreshConnection"]),
                           "\n".join(c["faultsBefore"]) or "-")
         parts.append(table)
