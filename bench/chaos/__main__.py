@@ -55,8 +55,10 @@ def parse(argv: list[str] | None = None) -> tuple[Options, Path]:
     p.add_argument("--settle", type=_positive, default=120.0,
                    help="upper bound in seconds of the wait before the check (120; keep "
                         "it above the ~80 s a message takes to exhaust its resends)")
-    p.add_argument("--pods", type=int, default=3, choices=range(2, 10), metavar="N")
-    p.add_argument("--users", type=int, default=12, choices=range(1, 1001), metavar="N")
+    p.add_argument("--pods", type=int, default=3, choices=range(2, 10), metavar="N",
+                   help="pods, 2-9 (3)")
+    p.add_argument("--users", type=int, default=12, choices=range(1, 1001), metavar="N",
+                   help="users, every third with two devices (12)")
     p.add_argument("--ack-rate", type=float, default=15.0, help="ACK-required msg/s (15)")
     p.add_argument("--amo-rate", type=float, default=5.0, help="at-most-once msg/s (5)")
     p.add_argument("--expiring", type=float, default=0.05,
