@@ -46,3 +46,12 @@ cluster: $(STAMP) services
 bench: $(STAMP) services
 	@mkdir -p bench/results
 	$(BIN)/python bench/run_all.py | tee bench/results/latest.jsonl
+
+# Randomized chaos soak, not part of `make test` (MINUTES of faults, then a bounded
+# settle and the check): 3 pods, a private Redis, the shared RabbitMQ through proxies
+# it cuts. One-screen summary; figures in bench/results/chaos-latest.json; exits 1
+# when an accepted ACK-required message was lost. CHAOS_ARGS: see --help.
+.PHONY: chaos
+MINUTES ?= 5
+chaos: $(STAMP) services
+	$(BIN)/python -m bench.chaos --minutes $(MINUTES) $(CHAOS_ARGS)
