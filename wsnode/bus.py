@@ -55,8 +55,10 @@ class Delivery:
     passes it on once, never in a loop. ``published_to`` names the pods the
     sender published a copy to (each copy is that pod's to deliver), so a
     pass-on never gives a device a second copy. ``trace_id`` is set when the
-    message leaves a trail (``wsnode.trace``). ``stranded_from`` is not sent:
-    the bus sets it on a copy that expired unread in that pod's queue.
+    message leaves a trail (``wsnode.trace``). ``stranded_from`` and
+    ``redelivered`` are not sent: the bus sets the first on a copy that expired
+    unread in that pod's queue, the second on a delivery the broker handed over
+    again after a lost connection (it may have been delivered already).
     """
 
     user: UserId
@@ -68,6 +70,7 @@ class Delivery:
     published_to: tuple[PodId, ...] = ()
     trace_id: MsgId | None = None
     stranded_from: PodId | None = None
+    redelivered: bool = False
 
     def header(self) -> bytes:
         """Everything but the frame, as compact JSON."""

@@ -194,6 +194,11 @@ class Consumer:
                 delivery.stranded_from = origin
             await handlers.on_stranded(batch)
         else:
+            if message.redelivered:
+                # The connection was lost before our ack: this batch may have been
+                # handled already. Say so (at-most-once ones must not go twice).
+                for delivery in batch:
+                    delivery.redelivered = True
             await handlers.on_deliveries(batch)
 
     async def _park(self, session: Session, message: AbstractIncomingMessage, kind: str,

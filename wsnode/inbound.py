@@ -6,7 +6,10 @@ Three ways a delivery arrives, and what happens to it:
   connections here;
 * from the bus (``on_deliveries``): the same, and if the user is no longer
   here (they moved after the sender read presence, or this pod is draining)
-  passed on once to wherever the user is now;
+  passed on once to wherever the user is now. A batch the broker hands over
+  again after a lost connection may have been delivered already: its
+  at-most-once deliveries are dropped (counted ``redelivered``), its
+  ACK-required ones delivered again (clients dedup by id);
 * stranded (``on_stranded``): a copy that expired unread in some pod's queue
   (that pod died, or stopped consuming for longer than the queue's message
   TTL), handed to any live pod, which routes it again to the user's pods
@@ -59,6 +62,11 @@ class Inbound:
         now = self._clock.now_ms()
         for delivery in batch:
             if self._expired(delivery, now):
+                continue
+            if delivery.redelivered and delivery.ack_id is None:
+                # It may have reached its connections before the broker connection
+                # was lost: at most once means not again.
+                self._metrics.count_dropped("redelivered")
                 continue
             taken = self.deliver_local(delivery)
             if taken:

@@ -18,7 +18,7 @@ from wsnode import Envelope, Node, load_settings
 from wsnode.acks_memory import MemoryAcks
 from wsnode.backends import Backends, ack_policy
 from wsnode.bus import Delivery, MemoryBus
-from wsnode.ids import ConnId, PodId, UserId
+from wsnode.ids import ConnId, MsgId, PodId, UserId
 from wsnode.limiter import NoLimiter
 from wsnode.presence import MemoryPresence
 
@@ -194,3 +194,21 @@ async def test_close_gives_up_on_a_client_that_does_not_read() -> None:
         assert loop.time() - started < 3.0  # close_timeout is 2 s here
         assert conn.ws.transport.is_closing()
         stuck.transport.abort()
+
+
+async def test_a_redelivered_batch_gives_no_at_most_once_message_twice() -> None:
+    """The broker hands a batch over again when the connection dropped before the
+    pod's ack: its at-most-once deliveries may have gone out already."""
+    async with pods("pod-a") as (a,), \
+            connect(f"ws://127.0.0.1:{a.port}/ws?user=sam") as phone:
+        for _ in range(2):  # welcome, restore
+            await phone.recv()
+        once = Envelope(type="n", payload="once").encode()
+        ack = Envelope(type="n", payload="acked", id="k1", requires_ack=True, seq=1).encode()
+        await a.inbound.on_deliveries([
+            Delivery(UserId("sam"), once, "n", redelivered=True),
+            Delivery(UserId("sam"), ack, "n", ack_id=MsgId("k1"), redelivered=True)])
+        assert orjson.loads(await phone.recv())["payload"] == "acked"  # clients dedup it
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(phone.recv(), 0.5)
+        assert 'reason="redelivered"} 1.0' in a.metrics.render().decode()
