@@ -389,22 +389,22 @@ export class WsnodeClient {
   }
 
   _onMessage(msg) {
-    if (msg.requiresAck) {
-      if (this._window.has(msg.id)) {
-        this.duplicates += 1;
-        const verdict = this._window.check(msg.id);
-        if (verdict === Verdict.REACK) this._sendAck(msg.id);
-        this._emit('duplicate', msg, verdict);
-        return;
-      }
-      if (this._inbox.length >= this._maxBuffered) {
-        this.dropped += 1;
-        return;
-      }
-      this._window.check(msg.id);
-    } else if (this._inbox.length >= this._maxBuffered) {
+    if (msg.id && this._window.has(msg.id)) {
+      // A copy of a message already received: a resend or replay of an ACK-required
+      // one, or an at-most-once one that reached this device on two connections.
+      this.duplicates += 1;
+      const verdict = msg.requiresAck ? this._window.check(msg.id) : Verdict.HOLD;
+      if (verdict === Verdict.REACK) this._sendAck(msg.id);
+      this._emit('duplicate', msg, verdict);
+      return;
+    }
+    if (this._inbox.length >= this._maxBuffered) {
       this.dropped += 1;
       return;
+    }
+    if (msg.id) {
+      this._window.check(msg.id);
+      if (!msg.requiresAck) this._window.handled(msg.id); // nothing to ack: done once received
     }
     this._inbox.push(msg);
     this._pump();

@@ -112,6 +112,20 @@ async def test_receives_acks_sends_and_reports_errors(app_pod: PodProcess) -> No
     assert [m async for m in client] == []
 
 
+async def test_an_at_most_once_message_with_an_id_reaches_the_app_once(
+        app_pod: PodProcess) -> None:
+    """A device that moved pods while a message was in flight to both can be handed
+    it on both connections: the client gives it to the app once."""
+    async with Client(app_pod.ws_url, token=app_pod.token("amo")) as client:
+        for n in (1, 2):
+            await asyncio.to_thread(app_pod.api, "POST", "/v1/send", {
+                "user": "amo", "envelope": {"type": "note", "id": "once-1", "payload": n}})
+        await asyncio.to_thread(app_pod.api, "POST", "/v1/send", {
+            "user": "amo", "envelope": {"type": "note", "id": "once-2"}})
+        assert [(await client.recv()).id, (await client.recv()).id] == ["once-1", "once-2"]
+        assert client.duplicates == 1
+
+
 async def test_resends_reach_the_app_once(app_pod: PodProcess) -> None:
     """The pod resends every 300 ms while the app holds the message: it sees it once."""
     async with Client(app_pod.ws_url, token=app_pod.token("bo")) as client:

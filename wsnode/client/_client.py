@@ -675,19 +675,21 @@ class Client:
             self._on_message(Message.from_frame(frame))
 
     def _on_message(self, msg: Message) -> None:
-        if msg.requires_ack and msg.id is not None:
-            if msg.id in self._window:
-                self.duplicates += 1
-                if self._window.check(msg.id) is Verdict.REACK:
-                    self._send_ack(msg.id)
-                return
-            if self._queue.qsize() >= self._max_buffered:
-                self._overflow(msg)
-                return
-            self._window.check(msg.id)
-        elif self._queue.qsize() >= self._max_buffered:
+        if msg.id is not None and msg.id in self._window:
+            # A copy of a message already received: a resend or replay of an
+            # ACK-required one, or an at-most-once one that reached this device on
+            # two connections (it moved between pods while it was in flight).
+            self.duplicates += 1
+            if msg.requires_ack and self._window.check(msg.id) is Verdict.REACK:
+                self._send_ack(msg.id)
+            return
+        if self._queue.qsize() >= self._max_buffered:
             self._overflow(msg)
             return
+        if msg.id is not None:
+            self._window.check(msg.id)
+            if not msg.requires_ack:
+                self._window.handled(msg.id)  # nothing to ack: done once received
         self._queue.put_nowait(msg)
 
     def _overflow(self, msg: Message) -> None:

@@ -46,6 +46,24 @@ test('receives, acks after the handler resolved, and sees each message once', { 
   assert.equal(client.state, State.CLOSED);
 });
 
+test('an at-most-once message with an id reaches the handler once', { skip: noPods }, async () => {
+  const client = makeClient({ urls: [a.ws], token: mintToken('amo') });
+  const got = [];
+  client.on('message', (msg) => { got.push(msg.id); });
+  await client.connect();
+  try {
+    // The same id twice, as when a device moved pods while it was in flight to both.
+    for (const n of [1, 2]) {
+      await admin(a, 'POST', '/v1/send', { user: 'amo', envelope: { type: 'm', id: 'once-1', payload: n } });
+    }
+    await admin(a, 'POST', '/v1/send', { user: 'amo', envelope: { type: 'm', id: 'once-2' } });
+    await eventually(() => got.length === 2 && client.duplicates === 1, 3000, 'two messages, one copy');
+    assert.deepEqual(got, ['once-1', 'once-2']);
+  } finally {
+    await client.close();
+  }
+});
+
 test('send waits for the ack; error frames are typed', { skip: noPods }, async () => {
   const client = makeClient({ urls: a.ws, tokenProvider: async () => mintToken('kim'), tokenVia: 'query' });
   const echoes = [];
