@@ -56,6 +56,8 @@ def ack_policy(settings: NodeSettings) -> AckPolicy:
         max_attempts=settings.ack_max_attempts,
         ttl_ms=int(settings.ack_ttl * 1000),
         max_pending_per_user=settings.ack_max_pending,
+        relayed_max_pending=settings.relayed_max_pending,
+        relayed_budget=settings.relayed_budget,
     )
 
 

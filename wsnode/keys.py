@@ -131,6 +131,15 @@ class RedisKeys:
         """ZSET id -> next_due (ms): when each pending message is due for a resend."""
         return f"{self.prefix}:{{u:{_enc(user)}}}:due"
 
+    def user_relayed(self, user: str) -> str:
+        """ZSET id -> seq: the user's pending messages relayed from clients (capped)."""
+        return f"{self.prefix}:{{u:{_enc(user)}}}:relayed"
+
+    def user_budget(self, user: str) -> str:
+        """ZSET ``"<recipient> <id>"`` -> until (ms): messages relayed from this
+        client that still take a place in its budget (pending, or dead letters)."""
+        return f"{self.prefix}:{{u:{_enc(user)}}}:budget"
+
     def user_claim(self, user: str) -> str:
         """HASH req, ids: the user's last resend claim, so that a re-sent request
         (its reply was lost) gets the same answer instead of claiming again."""

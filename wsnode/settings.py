@@ -155,6 +155,10 @@ class NodeSettings(BaseSettings):
     # Pending messages kept per user; past it the oldest is dead-lettered
     # (reason overflow), and the send's report names it in "evicted".
     ack_max_pending: int = Field(10_000, ge=1, le=1_000_000)
+    # Messages relayed from clients (an app handler sending on a client's behalf):
+    # pending ones per recipient, and a client's own pending or dead-lettered ones.
+    relayed_max_pending: int = Field(100, ge=1, le=1_000_000)
+    relayed_budget: int = Field(100, ge=1, le=1_000_000)
     # How long a delivery may wait in a pod's queue before it is stranded
     # (re-routed by another pod): a pod that stops consuming this long is
     # treated as gone for that message. Must stay well under a minute (the
