@@ -158,9 +158,14 @@ class RedisKeys:
         """ZSET ``"<user> <id>"`` -> dead_at, one bucket: every dead letter, newest last."""
         return f"{self.prefix}:{{b:{bucket}}}:dlq"
 
-    def trace(self, msg_id: str) -> str:
-        """LIST of a message id's trail events (JSON), capped, expiring."""
-        return f"{self.prefix}:trace:{{{_enc(msg_id)}}}"
+    def trace(self, user: str, msg_id: str) -> str:
+        """LIST of the trail events (JSON) of one user's message, capped, expiring.
+        Per (user, id): one user's events can never crowd out another's."""
+        return f"{self.prefix}:{{u:{_enc(user)}}}:trace:{_enc(msg_id)}"
+
+    def trace_users(self, msg_id: str) -> str:
+        """SET of the users with a trail of this id (``wsctl trace ID`` without --user)."""
+        return f"{self.prefix}:traceusers:{{{_enc(msg_id)}}}"
 
     @staticmethod
     def quarantined(key: str) -> str:
