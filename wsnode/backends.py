@@ -101,9 +101,14 @@ def build_backends(settings: NodeSettings, metrics: Metrics, clock: Clock | None
     if settings.amqp_url is not None:
         from wsnode.bus_rabbitmq import RabbitBus
 
+        secret = settings.cluster_secret
+        if secret is None and not tool:
+            log.warning("WSNODE_CLUSTER_SECRET is not set: messages between pods are not "
+                        "authenticated, so whoever can publish to RabbitMQ can forge them")
         bus = RabbitBus(settings.amqp_url, AmqpNames(settings.key_prefix),
                         canary_interval=settings.heartbeat_interval,
-                        message_ttl_ms=int(settings.bus_message_ttl * 1000))
+                        message_ttl_ms=int(settings.bus_message_ttl * 1000),
+                        secret=secret.get_secret_value().encode() if secret else None)
     else:
         if not tool:
             log.warning("WSNODE_REDIS_URL without WSNODE_AMQP_URL: state is shared in Redis, "

@@ -208,6 +208,29 @@ def error_frame(
     return control_frame(Reserved.ERROR, {"code": code, "message": message, **extra}, msg_id)
 
 
+_FRAME_START = b'{"type":"'
+
+
+def deliverable(frame: bytes) -> bool:
+    """Whether ``frame`` may go to a client from the bus: text a pod built (UTF-8
+    JSON starting with a ``type`` that is not reserved). Every frame a pod
+    publishes is ``Envelope.encode``'s, whose first key is ``type``; a reserved
+    type can only be forged (``check_outgoing`` refuses them), and a client
+    must never get a fake ``welcome`` or ``reconnect``. Cheap: no JSON parse."""
+    if not frame.startswith(_FRAME_START):
+        return False
+    end = frame.find(b'"', len(_FRAME_START))
+    if end < 0:
+        return False
+    typ = frame[len(_FRAME_START):end]
+    try:
+        name = typ.decode("ascii")
+        frame.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return name not in RESERVED_TYPES and TYPE_PATTERN.fullmatch(name) is not None
+
+
 def close_reason(text: str) -> str:
     """Trim a close reason to the 123 bytes a close frame can carry."""
     raw = text.encode()

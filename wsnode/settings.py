@@ -141,6 +141,9 @@ class NodeSettings(BaseSettings):
     user_claim: str = "sub"
     allowed_origins: StrList = Field(default_factory=list)
     api_key: SecretStr | None = None
+    # Signs the messages pods (and wsctl) send each other over RabbitMQ; a pod
+    # parks unsigned ones (wsnode.bus_sign). The same value on every pod.
+    cluster_secret: SecretStr | None = None
 
     rate_limit: OptRate = Rate(20, 10.0)
     compression: bool = False
@@ -183,6 +186,13 @@ class NodeSettings(BaseSettings):
     def _long_key(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 16:
             raise ValueError("use at least 16 characters (openssl rand -hex 16)")
+        return value
+
+    @field_validator("cluster_secret")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("use at least 32 characters (openssl rand -hex 32)")
         return value
 
     @field_validator("trace")
@@ -276,7 +286,7 @@ def _describe(err: ErrorDetails) -> str:
         return f"invalid settings: {message}"
     field = str(loc[0])
     value = err.get("input")
-    secret = field in {"jwt_secret", "api_key"}
+    secret = field in {"jwt_secret", "api_key", "cluster_secret"}
     shown = "" if secret or value is None or isinstance(value, dict) else f"={value!r}"
     return f"invalid setting {ENV_PREFIX}{field.upper()}{shown}: {message}"
 
