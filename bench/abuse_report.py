@@ -14,7 +14,7 @@ def _ms(value: object) -> str:
 
 
 def _counts(counts: dict[str, int], skip: tuple[str, ...] = ()) -> str:
-    return " ".join(f"{k}:{v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])
+    return "\n".join(f"{k}:{v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])
                     if k not in skip) or "-"
 
 
@@ -27,16 +27,18 @@ def _probes(by: dict[str, Any]) -> str:
 
 
 def print_tables(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
-    console = Console(width=max(Console().width, 110))
+    console = Console(width=max(Console().width, 130))
     felt = Table(title=f"abuse bench, pod from {summary['tree']}: what the bystander felt")
     for name in ("phase", "s", "pings", "p50 ms", "p99 ms", "max ms", "lost", "disconnects",
                  "probes (handshake, healthz, admin)"):
-        felt.add_column(name, justify="left" if name[0] in "pdP" else "right")
+        felt.add_column(name, justify="left" if name[0] in "pdP" else "right",
+                        overflow="fold", min_width=11 if name == "phase" else None)
     cost = Table(title="what each flood cost the pod",
                  caption="Redis used Δ and CPU: the whole shared server; prefix: this run's keys")
     for name in ("phase", "CPU s", "CPU %", "RSS peak MiB", "fds peak", "log KiB",
                  "Redis used Δ KiB", "prefix keys", "prefix Δ KiB", "Redis CPU s"):
-        cost.add_column(name, justify="left" if name == "phase" else "right")
+        cost.add_column(name, justify="left" if name == "phase" else "right",
+                        overflow="fold", min_width=11 if name == "phase" else None)
     for r in rows:
         by, pod, red = r["bystander"], r["pod"], r["redis"]
         p99 = by["p99_ms"]
@@ -54,7 +56,8 @@ def print_tables(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     for name in ("phase", "sent", "handshakes", "answers", "error codes", "closed by pod",
                  "busy s", "MiB in", "client CPU s"):
         got.add_column(name, justify="right" if name in ("sent", "busy s", "MiB in",
-                                                         "client CPU s") else "left")
+                                                         "client CPU s") else "left",
+                       overflow="fold", min_width=11 if name == "phase" else None)
     for r in rows[1:]:
         a = r["attacker"]
         got.add_row(r["phase"], str(a["sent"]), _counts(a["handshakes"]),
