@@ -37,6 +37,7 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Protocol
@@ -140,6 +141,7 @@ class Sender:
         shared_bus: bool = True,
         tracer: Tracer | None = None,
         trace_policy: TracePolicy | None = None,
+        stale: Callable[[list[UserId]], None] | None = None,
     ) -> None:
         self.presence = presence
         self.bus = bus
@@ -153,6 +155,8 @@ class Sender:
         self._shared_bus = shared_bus
         self.tracer: Tracer = tracer or NoTracer()
         self.trace_policy = trace_policy or TracePolicy(ack=False)
+        # Told of users whose cached presence proved wrong (a pod it named is gone).
+        self._stale = stale
         self._throttle = LogThrottle(log)
 
     async def send_to_user(self, user: UserId, env: Envelope, *, trace: bool = False,
@@ -289,6 +293,8 @@ class Sender:
             report.failed_pods.append(pod)
             if isinstance(outcome, Unroutable):
                 reason = "pod_gone"
+                if self._stale is not None:
+                    self._stale([delivery.user])
             elif isinstance(outcome, BackendUnavailable):
                 reason = "bus_unavailable"
                 self.metrics.backend_errors.labels("bus").inc()
