@@ -51,7 +51,7 @@ from wsnode.ids import MsgId, PodId, UserId
 from wsnode.metrics import Metrics
 from wsnode.outage import LogThrottle
 from wsnode.presence import PresenceReader
-from wsnode.protocol import MAX_ID_LENGTH, RESERVED_TYPES, TYPE_PATTERN, Envelope
+from wsnode.protocol import MAX_ID_LENGTH, RESERVED_TYPES, Envelope, valid_type
 from wsnode.trace import NoTracer, TracePolicy, Tracer
 
 log = logging.getLogger("wsnode.sender")
@@ -113,7 +113,7 @@ def check_outgoing(env: Envelope, clock: Clock, relayed: bool = False) -> None:
     if not relayed and env.id is not None and env.id.startswith(RELAYED_PREFIX):
         raise SendError(f"ids starting with {RELAYED_PREFIX!r} are those of messages relayed "
                         "from clients: choose another id")
-    if not TYPE_PATTERN.fullmatch(env.type):
+    if not valid_type(env.type):
         raise SendError(f"type {env.type!r} is not 1-64 characters of [A-Za-z0-9_.:-]")
     if env.type in RESERVED_TYPES:
         raise SendError(f"type {env.type!r} is reserved by the protocol")
