@@ -42,6 +42,7 @@ from websockets.asyncio.server import Server, serve
 from wsnode import failpoints
 from wsnode.acks import AckBackend, DeadLetter, MsgState
 from wsnode.admin import AdminApi
+from wsnode.admission import Admission, connection_limits, fd_limit, quiet_accept_errors
 from wsnode.auth import Authenticator
 from wsnode.backends import Backends, build_backends
 from wsnode.bus import Bus, Unroutable
@@ -67,6 +68,7 @@ from wsnode.upkeep import PresenceUpkeep
 log = logging.getLogger("wsnode.node")
 
 _SWEEP_INTERVAL = 1.0
+_EVERY_INTERFACE = ("0.0.0.0", "::", "[::]", "")  # noqa: S104 (compared, not bound)
 
 
 class NodeState(StrEnum):
@@ -116,13 +118,16 @@ class Node:
                                      state=self._pod_state, on_announced=self._reconcile_soon)
         replayer = Replayer(self.acks, self.acks, self.metrics, hold_ms=retry_ms,
                             trace=self._trace_ack)
+        # A SettingsError when MAX_CONNECTIONS cannot hold under the descriptor limit.
+        self.admission = Admission(connection_limits(
+            s.max_connections, s.max_connections_per_user, fd_limit()))
         self.gateway = Gateway(
             s, auth=Authenticator(s, insecure=insecure), hub=self.hub,
             hooks=ConnHooks(self._accepting, self.upkeep.opened, self.upkeep.closed),
             replayer=replayer,
             frames=Frames(self.router, self.backends.limiter, self.acks, replayer,
                           self.metrics, self._trace_ack),
-            metrics=self.metrics, clock=self.clock)
+            metrics=self.metrics, clock=self.clock, admission=self.admission)
         self.loops = Supervisor()
         self.state = NodeState.NEW
         self._ws_server: Server | None = None
@@ -178,7 +183,7 @@ class Node:
         if self.settings.admin_advertise:
             return self.settings.admin_advertise.rstrip("/")
         host = self.settings.admin_host or self.settings.host
-        if host in ("0.0.0.0", "::", ""):  # noqa: S104 (a comparison, not a bind)
+        if host in _EVERY_INTERFACE:
             host = socket.gethostname()
         elif ":" in host:
             host = f"[{host}]"
@@ -274,6 +279,13 @@ class Node:
         s = self.settings
         if failpoints.ACTIVE:
             log.warning("failpoints enabled (tests only): %s", s.failpoints)
+        if s.admin_host is None and s.host in _EVERY_INTERFACE:
+            log.warning("the admin port listens on every interface too (%s:%d): /metrics, "
+                        "/readyz and /healthz answer there without a key; bind it to an "
+                        "internal address with --admin-host (WSNODE_ADMIN_HOST), e.g. "
+                        "--admin-host 127.0.0.1, or firewall it", s.host, s.admin_port)
+        # Accept failures (descriptors exhausted) once a minute, not per accept.
+        quiet_accept_errors(asyncio.get_running_loop())
         # The admin port first: its URL is advertised in presence (wsctl doctor
         # asks each pod's /readyz there).
         runner = web.AppRunner(AdminApi(self, s.api_key).app(), access_log=None,
@@ -292,6 +304,7 @@ class Node:
             ping_timeout=s.ping_timeout or None,
             close_timeout=min(5.0, s.drain_timeout),
             server_header="wsnode",
+            create_connection=self.admission.connection_class(),
         )
         loops = self.loops
         loops.every("bus", self._bus_step, 1.0)
@@ -304,6 +317,7 @@ class Node:
         self.state = NodeState.ACTIVE
         log.info("pod %s serving ws://%s:%d/ws (admin :%d, %s)", self.pod, s.host,
                  self.port, self.admin_port, s.mode, extra={"pod": self.pod})
+        log.info("connection limits: %s", self.admission.limits, extra={"pod": self.pod})
 
     async def _bus_step(self) -> float:
         """Start the bus (fails fast; retried with backoff by the supervisor).
