@@ -15,8 +15,10 @@ runs, so they neither overtake it nor repeat what it carries.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -145,6 +147,8 @@ class Gateway:
 
     async def handle(self, ws: ServerConnection) -> None:
         identity = cast(Identity, ws.wsnode_identity)  # type: ignore[attr-defined]
+        if self._settings.socket_send_buffer:
+            _cap_send_buffer(ws, self._settings.socket_send_buffer)
         conn = Conn(
             ws,
             ConnId(secrets.token_urlsafe(9)),
@@ -206,6 +210,16 @@ class Gateway:
     def _overflowed(self, conn: Conn) -> None:
         self._metrics.slow_consumers.inc()
         self._metrics.count_dropped("slow_consumer")
+
+
+def _cap_send_buffer(ws: ServerConnection, size: int) -> None:
+    """Bound the kernel's send buffer of this connection: autotuned, it grows to
+    megabytes that a client which stopped reading still gets after its token
+    expired or its queue overflowed, and that pin kernel memory."""
+    sock = ws.transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
 def _peer(ws: ServerConnection) -> str:

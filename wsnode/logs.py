@@ -11,7 +11,8 @@ context field are escaped (``\\n``, ``\\x1b``, ``\\ud800``), and a context
 value with a space, ``=`` or ``"`` is quoted, so no field can be forged
 either. A traceback follows on lines that each start with two spaces, so
 none of them can pass for a record of its own. JSON lines are escaped by the
-encoder, with lone surrogates escaped first (UTF-8 cannot carry them).
+encoder, with lone surrogates escaped first (UTF-8 cannot carry them) and
+U+0085, U+2028 and U+2029 escaped after (line breaks to many readers).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ CONTEXT_FIELDS = ("pod", "conn", "user", "code", "reason", "peer")
 # C0 and C1 controls, DEL, Unicode line/paragraph separators, lone surrogates.
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+_JSON_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
 def _escape_char(match: re.Match[str]) -> str:
@@ -115,7 +119,9 @@ class JsonFormatter(logging.Formatter):
                 out[key] = _json_safe(getattr(record, key))
         if record.exc_info:
             out["exc"] = _json_safe(self.formatException(record.exc_info))
-        return redact(orjson.dumps(out, default=str).decode())
+        # JSON may carry these raw, but many line readers (Python's splitlines,
+        # JavaScript) end a line at them.
+        return redact(orjson.dumps(out, default=str).decode().translate(_JSON_BREAKS))
 
 
 def configure(level: str = "INFO", fmt: str = "text") -> None:

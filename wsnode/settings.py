@@ -199,6 +199,11 @@ class NodeSettings(BaseSettings):
     compression: bool = False
     max_message_bytes: Size = 65536
     send_queue_size: Size = 1024 * 1024
+    # The kernel's send buffer of each connection (SO_SNDBUF; 0: the kernel
+    # tunes it, up to megabytes). Bounds what a client that stopped reading
+    # still gets after its token expired, and the kernel memory it pins.
+    socket_send_buffer: Annotated[int, BeforeValidator(
+        lambda v: 0 if str(v).strip() == "0" else parse_size(v))] = 128 * 1024
     ping_interval: Duration = 20.0
     ping_timeout: Duration = 20.0
     heartbeat_interval: Duration = 5.0
