@@ -46,9 +46,9 @@ def test_a_bad_public_origin_fails_at_start(abuse_pods: AbusePods) -> None:
 
 
 def test_every_interface_warns_about_the_admin_port(abuse_pods: AbusePods) -> None:
-    pod = abuse_pods(args=["--host", "0.0.0.0"])  # noqa: S104 (the point of the test)
+    pod = abuse_pods(args=["--host", "0.0.0.0"])
     warning = [line for line in pod.log().splitlines() if "WARNING" in line]
     assert any("admin port" in line and "--admin-host" in line and "/metrics" in line
                for line in warning), warning
-    quiet = abuse_pods("pod-b", args=["--host", "0.0.0.0", "--admin-host", "127.0.0.1"])  # noqa: S104
+    quiet = abuse_pods("pod-b", args=["--host", "0.0.0.0", "--admin-host", "127.0.0.1"])
     assert "--admin-host" not in quiet.log()
