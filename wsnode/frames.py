@@ -18,8 +18,9 @@ handler becomes an ``error`` frame with its code, and the connection lives on.
 What the rate limiter does not pay for (``ack``, ``ping``, ``restore``, and
 frames refused as bad or over the rate limit) is charged to the connection's
 budget (``wsnode.budget``); past it the connection is closed with 1008 and
-its later frames are dropped unread. A connection that is closing (token
-expired, too slow, over budget) has its frames dropped too.
+its later frames are dropped unread, as are those of a connection whose token
+expired or that was too slow (``Conn.dropping``). A connection closing
+gracefully (a drain) still has its frames handled: its acks count.
 """
 
 from __future__ import annotations
@@ -76,8 +77,8 @@ class Frames:
 
     async def handle(self, conn: Conn, data: str | bytes) -> None:
         """Handle one client frame; every failure becomes an error frame."""
-        if conn.closing or (conn.budget is not None and conn.budget.spent):
-            return  # on its way out: nothing more is worth an answer
+        if conn.dropping:
+            return  # token expired, over budget or too slow: its frames count no more
         size = len(data.encode()) if isinstance(data, str) else len(data)
         charged = False
         try:

@@ -48,6 +48,7 @@ class Conn:
         "claims",
         "close_timeout",
         "closing",
+        "dropping",
         "id",
         "max_queue_bytes",
         "pod",
@@ -80,6 +81,9 @@ class Conn:
         self.max_queue_bytes = max_queue_bytes
         self.close_timeout = close_timeout
         self.closing = False
+        # Closing abruptly (token expired, over budget, too slow): nothing more is
+        # written to it, and its frames are no longer handled.
+        self.dropping = False
         # What this connection may still send of the frames the rate limiter does
         # not count (wsnode.budget); None: no limit.
         self.budget = budget
@@ -223,7 +227,7 @@ class Conn:
     def _discard(self) -> None:
         """Closing from now on, and nothing more written before the close frame:
         every later push is refused, what is queued or held is dropped."""
-        self.closing = True
+        self.closing = self.dropping = True
         self._drop_queue()
         self._held, self._held_bytes = None, 0
         if self._writer is not None:
