@@ -70,7 +70,10 @@ async def cluster(pod_ids: list[str], **settings: str) -> AsyncIterator[list[Pod
     env = {k: v for k, v in os.environ.items() if not k.startswith("WSNODE_")}
     env.update(WSNODE_REDIS_URL=REDIS_URL, WSNODE_AMQP_URL=AMQP_URL, WSNODE_KEY_PREFIX=prefix,
                WSNODE_RATE_LIMIT="0", WSNODE_LOG_LEVEL="WARNING",
-               WSNODE_SEND_QUEUE_SIZE="8MiB")
+               WSNODE_SEND_QUEUE_SIZE="8MiB",
+               # A benchmark's clients are trusted: the limits on what a client may
+               # store through the chat app must not throttle its ACK runs.
+               WSNODE_RELAYED_MAX_PENDING="1000000", WSNODE_RELAYED_BUDGET="1000000")
     env.update(settings)
     log_dir = Path(os.environ.get("WSNODE_BENCH_LOGS", "/tmp/wsnode-bench"))
     log_dir.mkdir(parents=True, exist_ok=True)

@@ -54,13 +54,15 @@ def clean(redis_url: str, prefix: str) -> int:
     """Delete this run's keys and index entries; returns how many went."""
     import redis
 
-    from wsnode.keys import RedisKeys
+    from wsnode.keys import BUCKETS, RedisKeys
 
     keys = RedisKeys(prefix)
     client = redis.Redis.from_url(redis_url, socket_timeout=10)
     removed = 0
     try:
-        for pattern in (_pattern(keys.user_seq), _pattern(keys.trace)):
+        # Every key of a swarm user (its messages and their trails too), and the
+        # users index of each of the run's message ids.
+        for pattern in (_pattern(keys.user_seq), _pattern(keys.trace_users)):
             batch: list[bytes] = []
             for key in _scan(client, pattern):
                 batch.append(key)
@@ -69,11 +71,12 @@ def clean(redis_url: str, prefix: str) -> int:
                     batch = []
             if batch:
                 removed += int(client.unlink(*batch))
-        mine = f"lt-{RUN}-*"  # index members are "<user> <id>", users first
-        for index in (keys.ack_expiry, keys.dlq):
-            members = [m for m, _ in client.zscan_iter(index, match=mine, count=1000)]
-            if members:
-                removed += int(client.zrem(index, *members))
+        mine = f"lt-{RUN}-*"  # index members are users, or "<user> <id>", users first
+        for b in range(BUCKETS):
+            for index in (keys.ack_expiry(b), keys.dlq(b), keys.ack_due(b)):
+                members = [m for m, _ in client.zscan_iter(index, match=mine, count=1000)]
+                if members:
+                    removed += int(client.zrem(index, *members))
     finally:
         client.close()
     return removed

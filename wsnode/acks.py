@@ -19,6 +19,9 @@ Contracts shared by every backend (``tests/contract`` holds both to them):
 * ``store`` is idempotent on ``(user, id)`` while a record of the id exists
   (pending, acked or dead, for ``ack_ttl``): a second store returns the
   existing message with ``duplicate=True`` and changes nothing.
+* A message stored with ``relayed_from`` (a client on whose behalf it is sent)
+  counts against :class:`AckPolicy`'s relayed limits; past them ``store``
+  raises :class:`~wsnode.errors.QuotaExceeded` and stores nothing.
 * Every call that changes state is safe to repeat after a lost reply: a
   backend that may re-send a request (redis-py does) answers the repeat as it
   answered the first.
@@ -74,6 +77,14 @@ class AckPolicy:
     # does not spend an attempt: no client saw it.
     reroute_first_ms: int = 250
     reroute_max_ms: int = 10_000
+    # Messages relayed from clients (an app handler sending on a client's behalf)
+    # cost the store what any client decides: a recipient holds at most
+    # relayed_max_pending of them, a client has at most relayed_budget of its own
+    # pending or dead-lettered at once, and once acked their record is kept
+    # relayed_keep_ms (not ttl_ms) for idempotency.
+    relayed_max_pending: int = 100
+    relayed_budget: int = 100
+    relayed_keep_ms: int = 3_600_000
 
     def backoff_ms(self, attempts: int) -> int:
         """Wait after delivery number ``attempts`` (1-based): doubling, capped at 16x."""
@@ -211,7 +222,8 @@ def expiry_reason(msg: StoredMessage, policy: AckPolicy) -> DeadReason:
 class AckStore(Protocol):
     """The messages themselves (see the module contract)."""
 
-    async def store(self, user: UserId, env: Envelope) -> StoreResult: ...
+    async def store(self, user: UserId, env: Envelope, *,
+                    relayed_from: UserId | None = None) -> StoreResult: ...
 
     async def settle(self, user: UserId, msg_id: MsgId) -> MsgState | None:
         """Mark acked. Returns the state *before* (PENDING when this call settled it,

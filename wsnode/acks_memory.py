@@ -26,6 +26,7 @@ from wsnode.acks import (
     without_expiry,
 )
 from wsnode.clock import Clock, SystemClock
+from wsnode.errors import QuotaExceeded
 from wsnode.ids import MsgId, UserId
 from wsnode.protocol import Envelope
 
@@ -47,6 +48,7 @@ class _UserBox:
     pending: dict[MsgId, StoredMessage] = field(default_factory=dict)  # in seq order
     done: dict[MsgId, _Done] = field(default_factory=dict)
     defers: dict[MsgId, int] = field(default_factory=dict)
+    relayed: dict[MsgId, UserId] = field(default_factory=dict)  # pending, from a client
 
 
 class MemoryAcks:
@@ -62,10 +64,13 @@ class MemoryAcks:
         self._dead: OrderedDict[tuple[UserId, MsgId], DeadLetter] = OrderedDict()
         self._pending_count = 0
         self._next_forget = 0
+        # A client's budget: (recipient, id) -> until (ms), see AckPolicy.
+        self._budgets: dict[UserId, dict[tuple[UserId, MsgId], int]] = {}
 
     # -- AckStore -------------------------------------------------------------
 
-    async def store(self, user: UserId, env: Envelope) -> StoreResult:
+    async def store(self, user: UserId, env: Envelope, *,
+                    relayed_from: UserId | None = None) -> StoreResult:
         now = self._clock.now_ms()
         box = self._users.setdefault(user, _UserBox())
         msg_id = MsgId(env.id or "")
@@ -76,6 +81,8 @@ class MemoryAcks:
         if done is not None and done.forget_at > now:
             dead = self._dead.get((user, msg_id))
             return StoreResult(done.seq, dead.message if dead else None, True, done.state)
+        if relayed_from is not None:
+            self._take_budget(relayed_from, user, box, msg_id, now)
         box.seq += 1
         msg = new_message(user, env, box.seq, now, self.policy)
         box.pending[msg_id] = msg
@@ -96,8 +103,12 @@ class MemoryAcks:
         if msg is not None:
             self._pending_count -= 1
             box.defers.pop(msg_id, None)
-            box.done[msg_id] = _Done(MsgState.ACKED, msg.stored_at + self.policy.ttl_ms,
-                                     msg.seq)
+            keep = self.policy.ttl_ms
+            sender = box.relayed.pop(msg_id, None)
+            if sender is not None:
+                keep = min(keep, self.policy.relayed_keep_ms)
+                self._budgets.get(sender, {}).pop((user, msg_id), None)
+            box.done[msg_id] = _Done(MsgState.ACKED, msg.stored_at + keep, msg.seq)
             return MsgState.PENDING
         done = box.done.get(msg_id)
         return done.state if done else None
@@ -247,6 +258,23 @@ class MemoryAcks:
 
     # -- internals ------------------------------------------------------------
 
+    def _take_budget(self, sender: UserId, user: UserId, box: _UserBox, msg_id: MsgId,
+                     now: int) -> None:
+        """Count a message relayed from ``sender`` against both relayed limits, or
+        raise QuotaExceeded (see AckPolicy)."""
+        p = self.policy
+        if len(box.relayed) >= p.relayed_max_pending:
+            raise QuotaExceeded("recipient", f"user {user!r} already has "
+                                f"{p.relayed_max_pending} pending messages from clients")
+        budget = self._budgets.setdefault(sender, {})
+        for key in [k for k, until in budget.items() if until <= now]:
+            del budget[key]
+        if len(budget) >= p.relayed_budget:
+            raise QuotaExceeded("sender", f"{p.relayed_budget} of your messages wait for "
+                                "their recipients: wait for them to be delivered")
+        budget[(user, msg_id)] = now + p.ttl_ms + p.dead_ttl_ms
+        box.relayed[msg_id] = sender
+
     def _index(self, user: UserId, when: int, *, lower: bool = False) -> None:
         current = self._due.get(user)
         if current == when or (lower and current is not None and current < when):
@@ -262,6 +290,7 @@ class MemoryAcks:
     ) -> DeadLetter:
         msg = box.pending.pop(msg_id)
         box.defers.pop(msg_id, None)
+        box.relayed.pop(msg_id, None)  # its budget stays taken while it is a dead letter
         self._pending_count -= 1
         box.done[msg_id] = _Done(MsgState.DEAD, msg.stored_at + self.policy.ttl_ms, msg.seq)
         dead = DeadLetter(msg, reason, now)

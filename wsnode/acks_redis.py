@@ -41,6 +41,7 @@ from wsnode.acks import (
     stored_body,
 )
 from wsnode.acks_redis_dead import EXPIRY_SLACK_MS, RedisDeadLetters, dead_of, message_of
+from wsnode.errors import QuotaExceeded
 from wsnode.ids import MsgId, UserId
 from wsnode.keys import BUCKETS, bucket_of, encode_id, member
 from wsnode.protocol import Envelope
@@ -54,20 +55,24 @@ class RedisAcks(RedisDeadLetters):
 
     # -- AckStore -------------------------------------------------------------
 
-    async def store(self, user: UserId, env: Envelope) -> StoreResult:
-        return await self._guarded("ack store", lambda: self._store(user, env))
+    async def store(self, user: UserId, env: Envelope, *,
+                    relayed_from: UserId | None = None) -> StoreResult:
+        return await self._guarded("ack store", lambda: self._store(user, env, relayed_from))
 
-    async def _store(self, user: UserId, env: Envelope) -> StoreResult:
+    async def _store(self, user: UserId, env: Envelope,
+                     relayed_from: UserId | None) -> StoreResult:
         assert env.id is not None
         p, k, b = self.policy, self._k, bucket_of(user)
         enc, body = encode_id(env.id), stored_body(env)
         keys = [k.user_msg(user, env.id), k.user_seq(user), k.user_pending(user),
-                k.user_due(user)]
+                k.user_due(user), k.user_relayed(user)]
         args: list[str | int | bytes] = [
             "store", request_token(), enc, env.type, body, p.ttl_ms, p.retry_interval_ms,
             "" if env.expires_at is None else env.expires_at, p.max_pending_per_user,
-            p.dead_ttl_ms]
+            p.dead_ttl_ms, relayed_from or "", p.relayed_max_pending]
         now = self._redis_now()
+        if relayed_from is not None:
+            await self._reserve(relayed_from, user, enc, now)
         expiry = now + p.ttl_ms + EXPIRY_SLACK_MS
         if env.expires_at is not None:
             expiry = min(expiry, env.expires_at + EXPIRY_SLACK_MS)
@@ -80,6 +85,12 @@ class RedisAcks(RedisDeadLetters):
 
         with translated("ack store"):
             reply = await self._group(queue, 3, 1, keys, args)
+            if int(reply[0]) == 2:
+                assert relayed_from is not None
+                await self._batch.run(lambda pipe: pipe.zrem(
+                    k.user_budget(relayed_from), member(user, enc)))
+                raise QuotaExceeded("recipient", f"user {user!r} already has "
+                                    f"{p.relayed_max_pending} pending messages from clients")
             if int(reply[0]) == 1:
                 state = MsgState(as_str(reply[2]))
                 existing = None
@@ -98,10 +109,23 @@ class RedisAcks(RedisDeadLetters):
         evicted = [d for e in reply[5:] if (d := await self._evict(user, as_str(e)))]
         return StoreResult(seq, msg, evicted=evicted)
 
+    async def _reserve(self, sender: UserId, user: UserId, enc: str, now: int) -> None:
+        """Take a place in ``sender``'s budget for this message (kept until it is
+        acked, or its dead letter forgotten), or raise QuotaExceeded."""
+        p = self.policy
+        key = self._k.user_budget(sender)
+        with translated("relay budget", key):
+            taken = await self._batch.script(self._script, [key], [
+                "reserve", "", member(user, enc), now + p.ttl_ms + p.dead_ttl_ms,
+                p.relayed_budget])
+        if not taken:
+            raise QuotaExceeded("sender", f"{p.relayed_budget} of your messages wait for "
+                                "their recipients: wait for them to be delivered")
+
     async def _evict(self, user: UserId, enc: str) -> DeadLetter | None:
         k = self._k
         keys = [self._msg_key(user, enc), k.user_pending(user), k.user_due(user),
-                k.user_dlq(user)]
+                k.user_dlq(user), k.user_relayed(user)]
         with translated("ack evict"):
             reply = await self._batch.script(self._script, keys, [
                 "evict", request_token(), enc, self.policy.dead_ttl_ms,
@@ -116,9 +140,10 @@ class RedisAcks(RedisDeadLetters):
         return await self._guarded("ack settle", lambda: self._settle(user, msg_id))
 
     async def _settle(self, user: UserId, msg_id: MsgId) -> MsgState | None:
-        k, enc = self._k, encode_id(msg_id)
-        keys = [k.user_msg(user, msg_id), k.user_pending(user), k.user_due(user)]
-        args: list[str | int] = ["settle", request_token(), enc, self.policy.ttl_ms]
+        k, enc, p = self._k, encode_id(msg_id), self.policy
+        keys = [k.user_msg(user, msg_id), k.user_pending(user), k.user_due(user),
+                k.user_relayed(user)]
+        args: list[str | int] = ["settle", request_token(), enc, p.ttl_ms, p.relayed_keep_ms]
         entry, expiry = member(user, enc), k.ack_expiry(bucket_of(user))
 
         def queue(pipe: Any) -> None:
@@ -127,7 +152,12 @@ class RedisAcks(RedisDeadLetters):
             pipe.zrem(expiry, entry)
 
         with translated("ack settle"):
-            before = as_str(await self._group(queue, 2, 0, keys, args))
+            reply = await self._group(queue, 2, 0, keys, args)
+            before, sender = as_str(reply[0]), as_str(reply[1])
+            if sender:
+                # Delivered: its place in the sender's budget is free again (if this
+                # is lost, the place frees itself when its time is up).
+                await self._batch.run(lambda pipe: pipe.zrem(k.user_budget(sender), entry))
         return MsgState(before) if before else None
 
     async def pending(
@@ -157,7 +187,7 @@ class RedisAcks(RedisDeadLetters):
                 if not rows:
                     return out
                 encs = [as_str(e) for e, _ in rows]
-                keys = [k.user_due(user), k.user_pending(user),
+                keys = [k.user_due(user), k.user_pending(user), k.user_relayed(user),
                         *(self._msg_key(user, e) for e in encs)]
                 page = await self._batch.script(self._script, keys, [
                     "page", request_token(), hold_ms,
@@ -215,7 +245,8 @@ class RedisAcks(RedisDeadLetters):
             next_due: int | None = int(rows[0][1]) if rows else None
             if encs:
                 keys = [k.user_due(user), k.user_pending(user), k.user_dlq(user),
-                        k.user_claim(user), *(self._msg_key(user, e) for e in encs)]
+                        k.user_claim(user), k.user_relayed(user),
+                        *(self._msg_key(user, e) for e in encs)]
                 reply = await self._batch.script(self._script, keys, [
                     "claim", request_token(), p.max_attempts, p.retry_interval_ms, p.ttl_ms,
                     p.dead_ttl_ms, *encs])

@@ -82,7 +82,7 @@ class RedisDeadLetters:
     async def _expire(self, user: UserId, enc: str, entry: str, index: str) -> DeadLetter | None:
         p, k = self.policy, self._k
         keys = [self._msg_key(user, enc), k.user_pending(user), k.user_due(user),
-                k.user_dlq(user)]
+                k.user_dlq(user), k.user_relayed(user)]
         reply = await self._batch.script(self._script, keys, [
             "expire", request_token(), enc, p.ttl_ms, p.dead_ttl_ms])
         kind = as_str(reply[0])

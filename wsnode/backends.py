@@ -56,6 +56,8 @@ def ack_policy(settings: NodeSettings) -> AckPolicy:
         max_attempts=settings.ack_max_attempts,
         ttl_ms=int(settings.ack_ttl * 1000),
         max_pending_per_user=settings.ack_max_pending,
+        relayed_max_pending=settings.relayed_max_pending,
+        relayed_budget=settings.relayed_budget,
     )
 
 
@@ -99,9 +101,14 @@ def build_backends(settings: NodeSettings, metrics: Metrics, clock: Clock | None
     if settings.amqp_url is not None:
         from wsnode.bus_rabbitmq import RabbitBus
 
+        secret = settings.cluster_secret
+        if secret is None and not tool:
+            log.warning("WSNODE_CLUSTER_SECRET is not set: messages between pods are not "
+                        "authenticated, so whoever can publish to RabbitMQ can forge them")
         bus = RabbitBus(settings.amqp_url, AmqpNames(settings.key_prefix),
                         canary_interval=settings.heartbeat_interval,
-                        message_ttl_ms=int(settings.bus_message_ttl * 1000))
+                        message_ttl_ms=int(settings.bus_message_ttl * 1000),
+                        secret=secret.get_secret_value().encode() if secret else None)
     else:
         if not tool:
             log.warning("WSNODE_REDIS_URL without WSNODE_AMQP_URL: state is shared in Redis, "

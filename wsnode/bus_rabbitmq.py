@@ -77,6 +77,7 @@ from wsnode.bus_rabbitmq_topology import (
     declare,
     publish,
 )
+from wsnode.bus_sign import Signer
 from wsnode.errors import BackendUnavailable
 from wsnode.ids import PodId
 from wsnode.keys import AmqpNames
@@ -102,6 +103,7 @@ class RabbitBus:
         max_batch_bytes: int = 512 * 1024,
         backoff_initial: float = 0.1,
         backoff_max: float = 5.0,
+        secret: bytes | None = None,
     ) -> None:
         if not 0 < message_ttl_ms < queue_expires_ms:
             # Otherwise the broker deletes a dead pod's queue, messages and all,
@@ -118,6 +120,7 @@ class RabbitBus:
         }
         self._prefetch = prefetch
         self._publish_timeout = publish_timeout
+        self._signer = Signer(secret)  # wsnode.bus_sign: messages signed with the secret
         self._batcher = PublishBatcher(self._send_batch, max_deliveries=max_batch_deliveries,
                                        max_bytes=max_batch_bytes, deadline=publish_timeout + 1.0)
         self._instance = uuid.uuid4().hex[:12]
@@ -210,7 +213,8 @@ class RabbitBus:
             self._pod = self._sessions.pod = pod
             self._consumer = Consumer(
                 self._names, pod, Handlers(on_deliveries, on_control, on_stranded),
-                self._canary, prefetch=self._prefetch, publish_timeout=self._publish_timeout)
+                self._canary, prefetch=self._prefetch, publish_timeout=self._publish_timeout,
+                signer=self._signer)
             try:
                 self._sessions.begin(await self._open_session())
             except BaseException:
@@ -242,8 +246,9 @@ class RabbitBus:
         """Send a control command to ``pod``'s queue (not batched). A command
         for a pod that died before reading it is dropped, never re-routed."""
         session = await self._live_session()
-        await publish(session, pod, orjson.dumps(command), CONTROL,
-                      confirm_within=self._publish_timeout)
+        body = orjson.dumps(command)
+        await publish(session, pod, body, CONTROL, confirm_within=self._publish_timeout,
+                      headers=self._signer.sign(CONTROL, body))
 
     async def stop(self) -> None:
         """Cancel consumers, settle in-flight publishes (bounded), close the
@@ -316,9 +321,11 @@ class RabbitBus:
         if session is None or session.lost.is_set():
             raise BackendUnavailable("RabbitMQ connection is down (reconnecting)")
         persistent = any(d.ack_id is not None for d in deliveries)
-        await publish(session, pod, encode_batch(deliveries), DELIVER,
-                      confirm_within=self._publish_timeout, persistent=persistent)
+        body = encode_batch(deliveries)
+        await publish(session, pod, body, DELIVER, confirm_within=self._publish_timeout,
+                      persistent=persistent, headers=self._signer.sign(DELIVER, body))
 
     async def _send_canary(self, session: Session, body: bytes, within: float) -> None:
         assert self._pod is not None
-        await publish(session, self._pod, body, CANARY, confirm_within=within)
+        await publish(session, self._pod, body, CANARY, confirm_within=within,
+                      headers=self._signer.sign(CANARY, body))

@@ -4,13 +4,15 @@ A node publishes one delivery at a time, often from many tasks in the same
 event-loop tick (a chat room fan-out, a resend sweep). One broker message per
 delivery would spend most of the broker's and the client's time on per-message
 overhead, so :class:`PublishBatcher` collects deliveries per destination pod
-and hands them to an injected ``send`` coroutine as one list:
+and hands them to an injected ``send`` coroutine as one list. It is a *group
+commit*: while ``max_in_flight`` messages to a pod await their confirms, that
+pod's next batch keeps filling, and goes out as soon as one of them returns.
+So batches grow with load (one message per confirm round trip at most, however
+many deliveries) and, idle, a lone publish waits for nothing but the loop tick
+it is already in. A buffer that reaches ``max_deliveries`` or ``max_bytes``
+goes out at once whatever is in flight.
 
-* on the next loop tick (``loop.call_soon``), so a lone publish waits for
-  nothing but the tick it is already in;
-* at once when a pod's buffer reaches ``max_deliveries`` or ``max_bytes``.
-
-Each broker message is sent by its own task, so many are in flight at once
+Each broker message is sent by its own task, so several are in flight at once
 (publisher confirms are awaited concurrently, not one after another). Tasks are
 created in flush order and the send path takes the channel's FIFO write lock
 before its first suspension, so one pod's broker messages leave in the order
@@ -63,9 +65,13 @@ class PublishBatcher:
     """Collects deliveries per pod and sends each pod's buffer as one message."""
 
     def __init__(self, send: SendBatch, *, max_deliveries: int = 512,
-                 max_bytes: int = 512 * 1024, deadline: float = 6.0) -> None:
-        if max_deliveries < 1 or max_bytes < 1 or deadline <= 0:
-            raise ValueError("batch limits and deadline must be positive")
+                 max_bytes: int = 512 * 1024, deadline: float = 6.0,
+                 max_in_flight: int = 2) -> None:
+        if max_deliveries < 1 or max_bytes < 1 or deadline <= 0 or max_in_flight < 1:
+            raise ValueError("batch limits, deadline and max_in_flight must be positive")
+        self.max_in_flight = max_in_flight
+        self._in_flight: dict[PodId, int] = {}
+        self._settling = False
         self._send = send
         self.deadline = deadline
         """Seconds after which a send still unsettled fails with BackendUnavailable
@@ -101,7 +107,7 @@ class PublishBatcher:
             if len(buf.deliveries) >= self.max_deliveries or buf.size >= self.max_bytes:
                 self._flush(pod)
         if self._buffers and self._tick is None:
-            self._tick = loop.call_soon(self._flush_all)
+            self._tick = loop.call_soon(self._tick_flush)
         return futures
 
     def flush(self) -> None:
@@ -113,19 +119,32 @@ class PublishBatcher:
     async def settle(self, grace: float) -> None:
         """Flush, wait up to ``grace`` seconds for in-flight messages, cancel
         the rest (their callers get BackendUnavailable)."""
+        self._settling = True
         self.flush()
-        if not self._tasks:
-            return
-        _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending, timeout=1.0)
+        if self._tasks:
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        # What filled behind a cancelled message goes nowhere: say so to its callers.
+        for buf in self._buffers.values():
+            if not buf.future.done():
+                buf.future.set_exception(BackendUnavailable("publish cancelled: bus stopping"))
+        self._buffers.clear()
 
     def _flush_all(self) -> None:
         self._tick = None
         for pod in list(self._buffers):
             self._flush(pod)
+
+    def _tick_flush(self) -> None:
+        """Each tick: send the buffers of pods with room in flight; the others keep
+        filling until a confirm returns (group commit)."""
+        self._tick = None
+        for pod in list(self._buffers):
+            if self._in_flight.get(pod, 0) < self.max_in_flight:
+                self._flush(pod)
 
     def _flush(self, pod: PodId) -> None:
         buf = self._buffers.pop(pod, None)
@@ -133,11 +152,28 @@ class PublishBatcher:
             return
         self.messages += 1
         self.deliveries += len(buf.deliveries)
+        self._in_flight[pod] = self._in_flight.get(pod, 0) + 1
         task = asyncio.get_running_loop().create_task(self._run(pod, buf))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _returned(self, pod: PodId) -> None:
+        """A message to ``pod`` is settled: what filled meanwhile goes out now."""
+        left = self._in_flight.get(pod, 1) - 1
+        if left:
+            self._in_flight[pod] = left
+        else:
+            self._in_flight.pop(pod, None)
+        if pod in self._buffers and not self._settling:
+            self._flush(pod)
+
     async def _run(self, pod: PodId, buf: _Buffer) -> None:
+        try:
+            await self._send_one(pod, buf)
+        finally:
+            self._returned(pod)
+
+    async def _send_one(self, pod: PodId, buf: _Buffer) -> None:
         try:
             # One timer per broker message rather than one per waiting caller.
             async with asyncio.timeout(self.deadline):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
 import orjson
@@ -27,6 +27,7 @@ from aio_pika.exceptions import AMQPError, DeliveryError, PublishError
 from wsnode.bus import ControlHandler, DeliveryHandler, Unroutable, decode_batch
 from wsnode.bus_rabbitmq_canary import Canary
 from wsnode.bus_rabbitmq_session import Session
+from wsnode.bus_sign import Signer
 from wsnode.errors import BackendUnavailable
 from wsnode.ids import PodId
 from wsnode.keys import AmqpNames
@@ -61,14 +62,15 @@ async def declare(session: Session, names: AmqpNames, pod: PodId | None,
 
 
 async def publish(session: Session, pod: PodId, body: bytes, kind: str, *,
-                  confirm_within: float, persistent: bool = False) -> None:
+                  confirm_within: float, persistent: bool = False,
+                  headers: dict[str, str] | None = None) -> None:
     """Publish one message of ``kind`` to ``pod`` (mandatory, confirmed within
     ``confirm_within`` seconds). Unroutable when returned; BackendUnavailable
     otherwise (after a timeout the outcome is unknown: a retry may duplicate)."""
     mode = aio_pika.DeliveryMode.PERSISTENT if persistent else \
         aio_pika.DeliveryMode.NOT_PERSISTENT
     message = aio_pika.Message(body, type=kind, content_type=_CONTENT_TYPES[kind],
-                               delivery_mode=mode)
+                               delivery_mode=mode, headers=cast(Any, headers) or None)
     try:
         await session.exchange.publish(message, routing_key=pod, mandatory=True,
                                        timeout=confirm_within)
@@ -97,8 +99,9 @@ class Consumer:
     """Consumes a pod's queue and the stranded queue on a session."""
 
     def __init__(self, names: AmqpNames, pod: PodId, handlers: Handlers, canary: Canary, *,
-                 prefetch: int, publish_timeout: float) -> None:
+                 prefetch: int, publish_timeout: float, signer: Signer | None = None) -> None:
         self._names = names
+        self._signer = signer or Signer(None)
         self.pod = pod
         self._handlers = handlers
         self._canary = canary
@@ -158,6 +161,10 @@ class Consumer:
     async def _handle(self, session: Session, message: AbstractIncomingMessage,
                       stranded: bool) -> None:
         kind = message.type
+        if not self._signer.valid(kind, message.body, message.headers):
+            await self._park(session, message, "unsigned",
+                             "not signed with this cluster's secret (WSNODE_CLUSTER_SECRET)")
+            return
         if kind == CANARY:
             if not stranded:
                 self._canary.back(message.body, self.pod)

@@ -12,6 +12,7 @@
     │   └── CorruptRecord        one stored record cannot be read (has .key); quarantine it
     ├── NotFound                 the thing asked for does not exist (pod, user, message)
     └── SendError                a message could not be accepted for delivery
+        └── QuotaExceeded        a limit on what clients may store refused it (has .limit)
 
 The Redis and RabbitMQ backends translate every error of their client library
 at the boundary (``redis_conn.translated``, the bus's publish and session
@@ -78,3 +79,13 @@ class NotFound(WsnodeError):
 
 class SendError(WsnodeError):
     """A message was refused (bad envelope, reserved type, unroutable)."""
+
+
+class QuotaExceeded(SendError):
+    """A message relayed from a client was refused by a limit: ``limit`` is
+    ``recipient`` (the recipient has too many pending messages from clients) or
+    ``sender`` (the client has too many undelivered messages of its own)."""
+
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit

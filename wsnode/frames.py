@@ -32,7 +32,7 @@ from collections.abc import Callable
 from websockets.exceptions import ConnectionClosed
 
 from wsnode.acks import AckStore, MsgState
-from wsnode.errors import BackendUnavailable, ProtocolError
+from wsnode.errors import BackendUnavailable, ProtocolError, QuotaExceeded
 from wsnode.hub import Conn
 from wsnode.ids import MsgId
 from wsnode.limiter import RateLimiter
@@ -53,6 +53,7 @@ from wsnode.protocol import (
 )
 from wsnode.replay import Replayer
 from wsnode.router import Router
+from wsnode.sender import RELAYED_FROM
 
 log = logging.getLogger("wsnode.gateway")
 
@@ -154,16 +155,23 @@ class Frames:
             reason = ("is sent by the server only" if env.type in RESERVED_TYPES
                       else "has no handler")
             raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"type '{env.type}' {reason}", env.id)
+        # What the handler sends, it sends on this client's behalf (wsnode.sender).
+        relaying = RELAYED_FROM.set(conn.user)
         try:
             await handler(conn, env)
         except ProtocolError:
             raise
+        except QuotaExceeded as exc:
+            self.error(conn, ErrorCode.QUOTA_EXCEEDED, str(exc), env.id, limit=exc.limit)
+            return
         except Exception as exc:
             log.exception("handler for %r failed", env.type,
                           extra={"conn": conn.id, "user": conn.user})
             self.error(conn, ErrorCode.HANDLER_ERROR,
                        f"handler for '{env.type}' failed: {type(exc).__name__}", env.id)
             return
+        finally:
+            RELAYED_FROM.reset(relaying)
         if env.requires_ack:
             conn.push(control_frame(Reserved.ACK, {"id": env.id}))
 

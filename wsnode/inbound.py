@@ -30,6 +30,7 @@ from wsnode.clock import Clock
 from wsnode.hub import Hub
 from wsnode.ids import PodId
 from wsnode.metrics import Metrics
+from wsnode.protocol import deliverable
 from wsnode.sender import Sender, SendReport
 from wsnode.trace import Tracer
 
@@ -63,6 +64,10 @@ class Inbound:
         for delivery in batch:
             if self._expired(delivery, now):
                 continue
+            if not deliverable(delivery.frame):
+                # Not built by a pod (wsnode.bus_sign): never handed to a client.
+                self._metrics.count_dropped("forged")
+                continue
             if delivery.redelivered and delivery.ack_id is None:
                 # It may have reached its connections before the broker connection
                 # was lost: at most once means not again.
@@ -86,7 +91,7 @@ class Inbound:
         of their own."""
         now = self._clock.now_ms()
         for delivery in batch:
-            if self._expired(delivery, now):
+            if self._expired(delivery, now) or not deliverable(delivery.frame):
                 continue
             origin = delivery.stranded_from
             published = tuple(p for p in delivery.published_to if p != origin) \

@@ -131,6 +131,15 @@ class RedisKeys:
         """ZSET id -> next_due (ms): when each pending message is due for a resend."""
         return f"{self.prefix}:{{u:{_enc(user)}}}:due"
 
+    def user_relayed(self, user: str) -> str:
+        """ZSET id -> seq: the user's pending messages relayed from clients (capped)."""
+        return f"{self.prefix}:{{u:{_enc(user)}}}:relayed"
+
+    def user_budget(self, user: str) -> str:
+        """ZSET ``"<recipient> <id>"`` -> until (ms): messages relayed from this
+        client that still take a place in its budget (pending, or dead letters)."""
+        return f"{self.prefix}:{{u:{_enc(user)}}}:budget"
+
     def user_claim(self, user: str) -> str:
         """HASH req, ids: the user's last resend claim, so that a re-sent request
         (its reply was lost) gets the same answer instead of claiming again."""
@@ -149,9 +158,14 @@ class RedisKeys:
         """ZSET ``"<user> <id>"`` -> dead_at, one bucket: every dead letter, newest last."""
         return f"{self.prefix}:{{b:{bucket}}}:dlq"
 
-    def trace(self, msg_id: str) -> str:
-        """LIST of a message id's trail events (JSON), capped, expiring."""
-        return f"{self.prefix}:trace:{{{_enc(msg_id)}}}"
+    def trace(self, user: str, msg_id: str) -> str:
+        """LIST of the trail events (JSON) of one user's message, capped, expiring.
+        Per (user, id): one user's events can never crowd out another's."""
+        return f"{self.prefix}:{{u:{_enc(user)}}}:trace:{_enc(msg_id)}"
+
+    def trace_users(self, msg_id: str) -> str:
+        """SET of the users with a trail of this id (``wsctl trace ID`` without --user)."""
+        return f"{self.prefix}:traceusers:{{{_enc(msg_id)}}}"
 
     @staticmethod
     def quarantined(key: str) -> str:

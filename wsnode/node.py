@@ -59,7 +59,7 @@ from wsnode.protocol import CloseCode, Envelope, Reserved, control_frame
 from wsnode.replay import Replayer
 from wsnode.resend import RECONCILE_S, Resender, Sweeper, scan_interval
 from wsnode.router import HandlerT, Router
-from wsnode.sender import Sender, SendReport
+from wsnode.sender import FROM_CONTEXT, FromContext, Sender, SendReport
 from wsnode.settings import NodeSettings, load_settings
 from wsnode.supervisor import Supervisor
 from wsnode.trace import TracePolicy
@@ -157,9 +157,14 @@ class Node:
         """Register the handler of a client message type (see :class:`Router`)."""
         return self.router.on(msg_type)
 
-    async def send_to_user(self, user: str, env: Envelope) -> SendReport:
-        """Deliver ``env`` to every connection of ``user`` on every pod."""
-        return await self.sender.send_to_user(UserId(user), env)
+    async def send_to_user(self, user: str, env: Envelope, *,
+                           on_behalf_of: UserId | FromContext | None = FROM_CONTEXT,
+                           ) -> SendReport:
+        """Deliver ``env`` to every connection of ``user`` on every pod. From an app
+        handler it is sent on behalf of the client whose frame is handled (its id
+        scoped to that client, and counted against the relayed limits); pass
+        ``on_behalf_of=None`` to send as the server (see :mod:`wsnode.sender`)."""
+        return await self.sender.send_to_user(UserId(user), env, on_behalf_of=on_behalf_of)
 
     async def retry_dead(self, msg_id: MsgId, user: UserId | None = None) -> list[SendReport]:
         """Send dead letters with this id again (see :meth:`Sender.retry_dead`)."""

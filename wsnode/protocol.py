@@ -22,6 +22,10 @@ from wsnode.errors import ProtocolError
 
 TYPE_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 MAX_ID_LENGTH = 128
+# Ids the server sends may be longer: a message relayed from a client carries the
+# client's id behind a prefix naming its sender (``wsnode.sender.relayed_id``).
+# A client may ack any id it got.
+MAX_SERVER_ID_LENGTH = 160
 MAX_CLOSE_REASON_BYTES = 123
 
 
@@ -40,6 +44,9 @@ class ErrorCode(StrEnum):
     TOO_LARGE = "too_large"
     RATE_LIMITED = "rate_limited"
     HANDLER_ERROR = "handler_error"
+    # A message relayed from a client was refused by a limit on what clients may
+    # store (the recipient's pending messages from clients, or the sender's own).
+    QUOTA_EXCEEDED = "quota_exceeded"
     INTERNAL = "internal"
 
 
@@ -113,12 +120,14 @@ class Envelope:
             raise ProtocolError(ErrorCode.BAD_ENVELOPE, "a frame must be a JSON object")
         raw_id = obj.get("id")
         msg_id = raw_id if isinstance(raw_id, str) else None
+        # An ack names an id the server sent, which may be longer than a client's own.
+        longest = MAX_SERVER_ID_LENGTH if obj.get("type") == Reserved.ACK else MAX_ID_LENGTH
         if raw_id is not None and (
-            not isinstance(raw_id, str) or not 0 < len(raw_id) <= MAX_ID_LENGTH
+            not isinstance(raw_id, str) or not 0 < len(raw_id) <= longest
         ):
             raise ProtocolError(
                 ErrorCode.BAD_ENVELOPE,
-                f"'id' must be a non-empty string of at most {MAX_ID_LENGTH} characters",
+                f"'id' must be a non-empty string of at most {longest} characters",
             )
         typ = obj.get("type")
         if not isinstance(typ, str) or not TYPE_PATTERN.fullmatch(typ):
@@ -166,7 +175,7 @@ def ack_target(env: Envelope) -> str | None:
     payload = env.payload
     if isinstance(payload, dict):
         pid = payload.get("id")
-        if isinstance(pid, str) and 0 < len(pid) <= MAX_ID_LENGTH:
+        if isinstance(pid, str) and 0 < len(pid) <= MAX_SERVER_ID_LENGTH:
             return pid
     return env.id
 
@@ -200,6 +209,29 @@ def error_frame(
 ) -> bytes:
     """Encode an ``error`` frame: ``{"type":"error","id":..,"payload":{code,message,..}}``."""
     return control_frame(Reserved.ERROR, {"code": code, "message": message, **extra}, msg_id)
+
+
+_FRAME_START = b'{"type":"'
+
+
+def deliverable(frame: bytes) -> bool:
+    """Whether ``frame`` may go to a client from the bus: text a pod built (UTF-8
+    JSON starting with a ``type`` that is not reserved). Every frame a pod
+    publishes is ``Envelope.encode``'s, whose first key is ``type``; a reserved
+    type can only be forged (``check_outgoing`` refuses them), and a client
+    must never get a fake ``welcome`` or ``reconnect``. Cheap: no JSON parse."""
+    if not frame.startswith(_FRAME_START):
+        return False
+    end = frame.find(b'"', len(_FRAME_START))
+    if end < 0:
+        return False
+    typ = frame[len(_FRAME_START):end]
+    try:
+        name = typ.decode("ascii")
+        frame.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return name not in RESERVED_TYPES and TYPE_PATTERN.fullmatch(name) is not None
 
 
 def close_reason(text: str) -> str:

@@ -59,7 +59,7 @@ class Replayer:
             try:
                 if failpoints.ACTIVE:
                     await failpoints.hit("replay.connect")
-                return await self.replay(conn, None)
+                return await self.replay(conn, None, traced=True)
             except BackendUnavailable as exc:
                 if conn.closing or conn.ws.close_code is not None:
                     return set()
@@ -75,9 +75,11 @@ class Replayer:
             await asyncio.sleep(random.uniform(backoff / 2, backoff))
             backoff = min(_RETRY_MAX_S, backoff * 2)
 
-    async def replay(self, conn: Conn, since: int | None) -> set[str]:
+    async def replay(self, conn: Conn, since: int | None, *, traced: bool = False) -> set[str]:
         """Push the user's pending messages (stored at or after ``since``), then
-        the ``restore`` end frame; returns the ids replayed."""
+        the ``restore`` end frame; returns the ids replayed. ``traced``: a
+        ``replayed`` trail event per message (the replay at connect; not a
+        client's ``restore``, which a client can repeat at will)."""
         high_water = conn.max_queue_bytes // 2
         replayed: set[str] = set()
         after = 0
@@ -91,7 +93,8 @@ class Replayer:
                 if not conn.push(frame):
                     return replayed  # closing
                 replayed.add(msg.id)
-                self._trace(msg.id, conn.user, "replayed", conn=conn.id, seq=msg.seq)
+                if traced:
+                    self._trace(msg.id, conn.user, "replayed", conn=conn.id, seq=msg.seq)
             if len(page) < PAGE:
                 break
             after = page[-1].seq

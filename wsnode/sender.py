@@ -19,16 +19,27 @@ Contract of :meth:`Sender.send_to_user`:
   ``wsnode_messages_dropped_total{reason}`` and visible in the report.
   An ACK-required delivery that reached no connection because a publish
   failed is due again soon in the store, without spending an attempt.
+
+Messages *relayed* from a client: a send made while an app handler handles a
+client's frame (or given ``on_behalf_of=``) is sent on that client's behalf.
+Its id is scoped to the client (:func:`relayed_id`: ``~<sender digest>.<id>``),
+so a client can neither suppress nor impersonate a message of the server or of
+another client by choosing its id, and an ACK-required one counts against the
+relayed limits of the store (``AckPolicy``), raising QuotaExceeded past them.
+Ids starting with ``~`` are refused from the server's own sends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import logging
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from wsnode import failpoints
 from wsnode.acks import AckBackend, DeadLetter, MsgState, StoredMessage
@@ -43,6 +54,24 @@ from wsnode.protocol import MAX_ID_LENGTH, RESERVED_TYPES, TYPE_PATTERN, Envelop
 from wsnode.trace import NoTracer, TracePolicy, Tracer
 
 log = logging.getLogger("wsnode.sender")
+
+RELAYED_FROM: ContextVar[UserId | None] = ContextVar("wsnode_relayed_from", default=None)
+"""The client whose frame the running app handler handles (set by ``wsnode.frames``)."""
+
+
+class FromContext:
+    """The default of ``on_behalf_of``: whoever :data:`RELAYED_FROM` names."""
+
+
+FROM_CONTEXT: Final = FromContext()
+RELAYED_PREFIX = "~"
+
+
+def relayed_id(sender: UserId, msg_id: str) -> str:
+    """The id a message relayed from ``sender`` carries: the client's id behind a
+    digest of the sender (13 characters), at most 143 characters in all."""
+    digest = hashlib.sha256(sender.encode()).digest()[:8]
+    return f"{RELAYED_PREFIX}{base64.b32encode(digest).decode().rstrip('=').lower()}.{msg_id}"
 
 
 @dataclass(slots=True)
@@ -76,9 +105,13 @@ class LocalDeliverer(Protocol):
     def deliver_local(self, delivery: Delivery) -> int: ...
 
 
-def check_outgoing(env: Envelope, clock: Clock) -> None:
+def check_outgoing(env: Envelope, clock: Clock, relayed: bool = False) -> None:
     """Refuse what no client should receive: a bad or reserved type, an ACK
-    without an id, a message already expired. Raises SendError."""
+    without an id, a message already expired, a server id in the relayed
+    namespace. Raises SendError."""
+    if not relayed and env.id is not None and env.id.startswith(RELAYED_PREFIX):
+        raise SendError(f"ids starting with {RELAYED_PREFIX!r} are those of messages relayed "
+                        "from clients: choose another id")
     if not TYPE_PATTERN.fullmatch(env.type):
         raise SendError(f"type {env.type!r} is not 1-64 characters of [A-Za-z0-9_.:-]")
     if env.type in RESERVED_TYPES:
@@ -122,17 +155,24 @@ class Sender:
         self.trace_policy = trace_policy or TracePolicy(ack=False)
         self._throttle = LogThrottle(log)
 
-    async def send_to_user(self, user: UserId, env: Envelope, *,
-                           trace: bool = False) -> SendReport:
+    async def send_to_user(self, user: UserId, env: Envelope, *, trace: bool = False,
+                           on_behalf_of: UserId | FromContext | None = FROM_CONTEXT,
+                           ) -> SendReport:
         """Store (ACK-required) and route ``env`` to ``user``. ``trace`` asks for a
-        trail of an at-most-once message too (it needs an id)."""
+        trail of an at-most-once message too (it needs an id). ``on_behalf_of``:
+        the client this message is relayed from (see the module), by default the
+        one whose frame is being handled; None sends as the server."""
         started = time.perf_counter()
-        check_outgoing(env, self._clock)
+        relayed = RELAYED_FROM.get() if isinstance(on_behalf_of, FromContext) \
+            else on_behalf_of
+        check_outgoing(env, self._clock, relayed is not None)
+        if relayed is not None and env.id is not None:
+            env = replace(env, id=relayed_id(relayed, env.id))
         report = SendReport(user)
         trace_id = MsgId(env.id) if env.id is not None and self.trace_policy.wants(
             env.requires_ack, True, trace) else None
         if env.requires_ack:
-            result = await self.acks.store(user, env)
+            result = await self.acks.store(user, env, relayed_from=relayed)
             report.stored, report.seq, report.duplicate = True, result.seq, result.duplicate
             if trace_id:
                 self.tracer.record(trace_id, user, "duplicate" if result.duplicate else "stored",

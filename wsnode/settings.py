@@ -183,6 +183,9 @@ class NodeSettings(BaseSettings):
     # origins is same-origin. The Host header is never trusted for this.
     public_origins: StrList = Field(default_factory=list)
     api_key: SecretStr | None = None
+    # Signs the messages pods (and wsctl) send each other over RabbitMQ; a pod
+    # parks unsigned ones (wsnode.bus_sign). The same value on every pod.
+    cluster_secret: SecretStr | None = None
 
     rate_limit: OptRate = Rate(20, 10.0)
     # Connections per user on this pod (handshakes in progress included): past it
@@ -213,6 +216,10 @@ class NodeSettings(BaseSettings):
     # Pending messages kept per user; past it the oldest is dead-lettered
     # (reason overflow), and the send's report names it in "evicted".
     ack_max_pending: int = Field(10_000, ge=1, le=1_000_000)
+    # Messages relayed from clients (an app handler sending on a client's behalf):
+    # pending ones per recipient, and a client's own pending or dead-lettered ones.
+    relayed_max_pending: int = Field(100, ge=1, le=1_000_000)
+    relayed_budget: int = Field(100, ge=1, le=1_000_000)
     # How long a delivery may wait in a pod's queue before it is stranded
     # (re-routed by another pod): a pod that stops consuming this long is
     # treated as gone for that message. Must stay well under a minute (the
@@ -237,6 +244,13 @@ class NodeSettings(BaseSettings):
     def _long_key(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 16:
             raise ValueError("use at least 16 characters (openssl rand -hex 16)")
+        return value
+
+    @field_validator("cluster_secret")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("use at least 32 characters (openssl rand -hex 32)")
         return value
 
     @field_validator("pod_id")
@@ -345,7 +359,7 @@ def _describe(err: ErrorDetails) -> str:
         return f"invalid settings: {message}"
     field = str(loc[0])
     value = err.get("input")
-    secret = field in {"jwt_secret", "api_key"}
+    secret = field in {"jwt_secret", "api_key", "cluster_secret"}
     shown = "" if secret or value is None or isinstance(value, dict) else f"={value!r}"
     return f"invalid setting {ENV_PREFIX}{field.upper()}{shown}: {message}"
 

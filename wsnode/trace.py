@@ -91,35 +91,46 @@ def make_event(at: int, user: UserId, event: str, pod: PodId | None,
 
 
 class MemoryTracer:
-    """Trails in process memory (embedded pod): at most ``max_ids`` ids."""
+    """Trails in process memory (embedded pod): at most ``max_ids`` trails, one
+    per (user, id)."""
 
     def __init__(self, ttl_ms: int = 86_400_000, *, max_ids: int = 100_000,
                  clock: Clock | None = None) -> None:
         self.ttl_ms = ttl_ms
         self._max_ids = max_ids
         self._clock = clock or SystemClock()
-        self._trails: OrderedDict[MsgId, list[dict[str, Any]]] = OrderedDict()
+        self._trails: OrderedDict[tuple[UserId, MsgId], list[dict[str, Any]]] = OrderedDict()
+        self._users: dict[MsgId, set[UserId]] = {}
         self.on_buffered: Callable[[], None] = _nothing
 
     def record(self, msg_id: MsgId, user: UserId, event: str, pod: PodId | None,
                *, at: int | None = None, **fields: Any) -> None:
-        trail = self._trails.pop(msg_id, [])
+        key = (user, msg_id)
+        trail = self._trails.pop(key, [])
         trail.append(make_event(at or self._clock.now_ms(), user, event, pod, fields))
-        self._trails[msg_id] = trail[-MAX_EVENTS:]  # most recently touched last
+        self._trails[key] = trail[-MAX_EVENTS:]  # most recently touched last
+        self._users.setdefault(msg_id, set()).add(user)
         while len(self._trails) > self._max_ids:
-            self._trails.popitem(last=False)
+            (old_user, old_id), _ = self._trails.popitem(last=False)
+            users = self._users.get(old_id)
+            if users is not None:
+                users.discard(old_user)
+                if not users:
+                    del self._users[old_id]
 
     async def flush(self) -> None:
         return None  # nothing is buffered
 
     async def trail(self, msg_id: MsgId, user: UserId | None = None) -> list[dict[str, Any]]:
-        events = self._trails.get(msg_id, [])
-        if events and events[-1]["at"] < self._clock.now_ms() - self.ttl_ms:
-            del self._trails[msg_id]
-            return []
+        users = [user] if user is not None else sorted(self._users.get(msg_id, ()))
+        oldest = self._clock.now_ms() - self.ttl_ms
+        events = []
+        for u in users:
+            trail = self._trails.get((u, msg_id), [])
+            if trail and trail[-1]["at"] >= oldest:
+                events += trail
         # Time order (stable: one pod's events keep their order on a tie).
-        return sorted((e for e in events if user is None or e["user"] == user),
-                      key=lambda e: int(e["at"]))
+        return sorted(events, key=lambda e: int(e["at"]))
 
     async def aclose(self) -> None:
         return None

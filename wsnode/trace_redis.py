@@ -1,7 +1,8 @@
 """Message trails in Redis (contract: ``wsnode.trace``), shared by every pod and
 read by ``wsctl trace`` without a pod.
 
-One list per message id (``keys.RedisKeys.trace``), capped and expiring.
+One list per (user, message id) (``keys.RedisKeys.trace``), capped and
+expiring, and per id the set of users that have one (``trace_users``).
 ``record`` only appends to a buffer and wakes the flusher (the pod's
 supervised ``trace`` loop), which waits ``FLUSH_S`` to gather more and writes
 the buffer as one pipeline: tracing adds no round trip to a send, and the
@@ -25,13 +26,14 @@ from wsnode.errors import BackendUnavailable, WsnodeError
 from wsnode.ids import MsgId, PodId, UserId
 from wsnode.keys import RedisKeys
 from wsnode.outage import LogThrottle
-from wsnode.redis_conn import Redis, translate, translated
+from wsnode.redis_conn import Redis, as_str, translate, translated
 from wsnode.trace import MAX_EVENTS, make_event
 
 log = logging.getLogger("wsnode.trace")
 
 FLUSH_S = 0.02
 _MAX_BUFFERED = 100_000
+_MAX_USERS = 100  # trails of one id listed at once, without a user
 
 
 class RedisTracer:
@@ -41,7 +43,7 @@ class RedisTracer:
         self._k = keys
         self.ttl_ms = ttl_ms
         self._clock = clock or SystemClock()
-        self._buffer: dict[str, list[bytes]] = {}
+        self._buffer: dict[tuple[UserId, MsgId], list[bytes]] = {}
         self._throttle = LogThrottle(log)
         self.on_buffered: Callable[[], None] = lambda: None
 
@@ -52,7 +54,7 @@ class RedisTracer:
                              default=str)
         if not self._buffer:
             self.on_buffered()
-        self._buffer.setdefault(self._k.trace(msg_id), []).append(entry)
+        self._buffer.setdefault((user, msg_id), []).append(entry)
         if len(self._buffer) > _MAX_BUFFERED:
             # The store has been away a long time: keep the newest, drop the oldest.
             del self._buffer[next(iter(self._buffer))]
@@ -64,10 +66,13 @@ class RedisTracer:
         batch, self._buffer = self._buffer, {}
 
         def build(pipe: Any) -> None:
-            for key, entries in batch.items():
+            for (user, msg_id), entries in batch.items():
+                key, users = self._k.trace(user, msg_id), self._k.trace_users(msg_id)
                 pipe.rpush(key, *entries)
                 pipe.ltrim(key, -MAX_EVENTS, -1)
                 pipe.pexpire(key, self.ttl_ms)
+                pipe.sadd(users, user)
+                pipe.pexpire(users, self.ttl_ms)
 
         with translated("trace"):
             async with self._r.pipeline(transaction=False) as pipe:
@@ -82,11 +87,19 @@ class RedisTracer:
 
     async def trail(self, msg_id: MsgId, user: UserId | None = None) -> list[dict[str, Any]]:
         with translated("trace"):
-            raw = await self._r.lrange(self._k.trace(msg_id), 0, -1)
-        # Pods append in batches, so the list is in write order: sort by time
+            if user is not None:
+                users = [user]
+            else:
+                found: Any = await self._r.srandmember(self._k.trace_users(msg_id), _MAX_USERS)
+                users = sorted(UserId(as_str(u)) for u in found or ())
+            async with self._r.pipeline(transaction=False) as pipe:
+                for u in users:
+                    pipe.lrange(self._k.trace(u, msg_id), 0, -1)
+                lists = await pipe.execute()
+        # Pods append in batches, so a list is in write order: sort by time
         # (stable, so the events of one pod keep their order on a tie).
-        events = sorted((orjson.loads(e) for e in raw), key=lambda e: e.get("at", 0))
-        return [e for e in events if user is None or e.get("user") == user]
+        return sorted((orjson.loads(e) for raw in lists for e in raw),
+                      key=lambda e: e.get("at", 0))
 
     async def aclose(self) -> None:
         """Write what is buffered, within two seconds; what cannot be is dropped."""

@@ -18,6 +18,7 @@ import redis
 from tests.conftest import PodFactory
 from tests.support.cluster import REDIS_URL, ClusterSlice
 from tests.support.pods import PodProcess, free_port
+from wsnode.keys import BUCKETS, RedisKeys
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -195,7 +196,7 @@ def test_wsctl_swarm_leaves_nothing_in_redis(pod_factory: PodFactory,
     pod = cluster.adopt(pod_factory("swarm-c", env=cluster.env(WSNODE_RATE_LIMIT="0"),
                                     args=["--app", "wsnode.examples.chat"]))
     client = redis.Redis.from_url(REDIS_URL)
-    lasting = [f"{cluster.prefix}:trace:*", f"{cluster.prefix}:{{u:lt-*}}:m:*"]
+    lasting = [f"{cluster.prefix}:{{u:lt-*}}:trace:*", f"{cluster.prefix}:{{u:lt-*}}:m:*"]
     most = dict.fromkeys(lasting, 0)
     stop = threading.Event()
 
@@ -216,8 +217,12 @@ def test_wsctl_swarm_leaves_nothing_in_redis(pod_factory: PodFactory,
     assert done.returncode == 0, done.stderr[-2000:]
     assert orjson.loads(done.stdout)["delivered"] > 0
     assert all(most.values()), most  # there was something to clean up
-    left = [k for pattern in [*lasting, f"{cluster.prefix}:{{u:lt-*"]
+    keys = RedisKeys(cluster.prefix)
+    left = [k for pattern in [*lasting, f"{cluster.prefix}:{{u:lt-*",
+                              f"{cluster.prefix}:traceusers:{{lt-*"]
             for k in client.scan_iter(match=pattern, count=1000)]
-    expiry = [m for m, _ in client.zscan_iter(f"{cluster.prefix}:acks:expiry", match="lt-*")]
+    indexed = [m for b in range(BUCKETS)
+               for index in (keys.ack_expiry(b), keys.dlq(b), keys.ack_due(b))
+               for m, _ in client.zscan_iter(index, match="lt-*")]
     client.close()
-    assert left == [] and expiry == []
+    assert left == [] and indexed == []

@@ -16,6 +16,7 @@ import pytest
 from tests.contract.factories import AcksFactory
 from tests.contract.poll import eventually
 from wsnode.acks import AckBackend, AckPolicy, Claimed, DeadLetter, DeadReason, MsgState
+from wsnode.errors import QuotaExceeded
 from wsnode.ids import MsgId, UserId
 from wsnode.protocol import Envelope
 
@@ -400,3 +401,50 @@ async def test_stats(acks: AckBackend) -> None:
     assert (await acks.stats()).pending == 3
     await acks.settle(ALICE, MsgId("m1"))
     assert (await acks.stats()).pending == 2
+
+
+# -- messages relayed from clients ----------------------------------------------
+
+RELAY = AckPolicy(retry_interval_ms=60_000, max_attempts=5, ttl_ms=3_600_000,
+                  relayed_max_pending=2, relayed_budget=3)
+MALLORY = UserId("mallory")
+
+
+async def test_a_recipient_holds_a_bounded_number_of_relayed_messages(
+        make_acks: AcksFactory) -> None:
+    acks = await make_acks(RELAY)
+    await acks.store(ALICE, env("r1"), relayed_from=MALLORY)
+    await acks.store(ALICE, env("r2"), relayed_from=BOB)
+    with pytest.raises(QuotaExceeded) as full:
+        await acks.store(ALICE, env("r3"), relayed_from=BOB)
+    assert full.value.limit == "recipient"
+    assert await acks.status(ALICE, MsgId("r3")) is None  # nothing stored
+    await acks.store(ALICE, env("s1"))  # the server's own messages are not limited so
+    await acks.settle(ALICE, MsgId("r1"))
+    await acks.store(ALICE, env("r3"), relayed_from=BOB)  # a place is free again
+    assert [m.id for m in await acks.pending(ALICE)] == ["r2", "s1", "r3"]
+
+
+async def test_a_client_has_a_bounded_number_of_undelivered_messages(
+        make_acks: AcksFactory) -> None:
+    acks = await make_acks(RELAY)
+    for n in range(3):  # to users that will never come: a flood of fake recipients
+        await acks.store(UserId(f"ghost{n}"), env("x"), relayed_from=MALLORY)
+    with pytest.raises(QuotaExceeded) as spent:
+        await acks.store(UserId("ghost3"), env("x"), relayed_from=MALLORY)
+    assert spent.value.limit == "sender"
+    assert await acks.status(UserId("ghost3"), MsgId("x")) is None
+    await acks.store(UserId("ghost3"), env("x"), relayed_from=BOB)  # per client
+    # A repeat of a message already counted takes no new place.
+    assert (await acks.store(UserId("ghost0"), env("x"), relayed_from=MALLORY)).duplicate
+    # Delivered (acked), a message gives its place back.
+    await acks.settle(UserId("ghost0"), MsgId("x"))
+    await acks.store(UserId("ghost4"), env("x"), relayed_from=MALLORY)
+
+
+async def test_a_dead_relayed_message_keeps_its_place(make_acks: AcksFactory) -> None:
+    acks = await make_acks(AckPolicy(retry_interval_ms=60_000, relayed_budget=1))
+    await acks.store(ALICE, env("short", expires_at=now_ms() + 100), relayed_from=MALLORY)
+    await _swept(acks)
+    with pytest.raises(QuotaExceeded):  # its dead letter is still stored
+        await acks.store(BOB, env("next"), relayed_from=MALLORY)

@@ -154,3 +154,17 @@ async def test_record_never_raises_whatever_the_fields(make_tracer: TracerFactor
     tracer.record(MsgId("m1"), ALICE, "acked", P1)
     events = await trail_of(tracer, "m1", 2)
     assert [e["event"] for e in events] == ["stored", "acked"]
+
+
+async def test_one_users_events_never_crowd_out_anothers_trail(
+        make_tracer: TracerFactory) -> None:
+    """Trails are per (user, id): a user with a flood of events for an id (its
+    own restores, say) cannot push another user's events of that id out."""
+    tracer = await make_tracer()
+    tracer.record(MsgId("shared"), BOB, "stored", P1, seq=1)
+    for n in range(MAX_EVENTS + 20):
+        tracer.record(MsgId("shared"), ALICE, "replayed", P1, n=n)
+    bobs = await trail_of(tracer, "shared", 1, BOB)
+    assert [e["event"] for e in bobs] == ["stored"]
+    everyone = await trail_of(tracer, "shared", MAX_EVENTS + 1)
+    assert len(everyone) == MAX_EVENTS + 1  # alice's capped, bob's whole

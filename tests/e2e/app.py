@@ -37,9 +37,10 @@ def setup(node: Node) -> None:
     @node.on("burst")
     async def burst(conn: Conn, env: Envelope) -> None:
         """Send ``n`` messages to user ``to`` from this pod, ACK-required unless
-        ``ack`` is false, with ids ``<prefix><i>``."""
+        ``ack`` is false, with ids ``<prefix><i>``: as the server (a test's tool for
+        traffic from a pod), not relayed on the client's behalf."""
         p = env.payload
         for i in range(int(p["n"])):
             await node.send_to_user(p["to"], Envelope(
                 type="burst", id=f"{p['prefix']}{i}", requires_ack=bool(p.get("ack", True)),
-                payload={"i": i}))
+                payload={"i": i}), on_behalf_of=None)

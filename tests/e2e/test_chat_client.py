@@ -57,7 +57,7 @@ class Running:
             if text in line:
                 return line
 
-    def wait_exit(self, timeout: float = 20) -> tuple[int, str]:
+    def wait_exit(self, timeout: float = 60) -> tuple[int, str]:
         """The exit code and everything it wrote on stderr."""
         code = self.proc.wait(timeout)
         for pump in self.pumps:

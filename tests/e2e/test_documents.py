@@ -188,7 +188,11 @@ async def _has(dead: Awaitable[Any], msg_id: str) -> bool:
 
 
 async def _trail_has(fetch: Callable[[], Awaitable[Any]], event: str) -> bool:
-    return any(e["event"] == event for e in (await fetch())["events"])
+    try:
+        trail = await fetch()
+    except AssertionError:  # not found yet: pods write trails a moment later
+        return False
+    return any(e["event"] == event for e in trail["events"])
 
 
 # -- the users ----------------------------------------------------------------------

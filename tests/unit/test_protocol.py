@@ -180,10 +180,21 @@ def test_ack_target_falls_back_to_top_level_id() -> None:
     assert ack_target(env) == "msg-2"
 
 
-@pytest.mark.parametrize("payload", [{"id": 5}, {"id": ""}, {"id": "x" * 129}, {}, "msg-3", None])
+@pytest.mark.parametrize("payload", [{"id": 5}, {"id": ""}, {"id": "x" * 161}, {}, "msg-3", None])
 def test_ack_target_ignores_unusable_payload_id(payload: object) -> None:
     env = Envelope(type="ack", payload=payload, id="top")
     assert ack_target(env) == "top"
+
+
+def test_an_ack_may_name_an_id_longer_than_a_clients_own() -> None:
+    """Ids the server sends (relayed ones) may be up to 160 characters."""
+    relayed = "~" + "a" * 13 + "." + "x" * 128
+    assert ack_target(parse_client_frame(orjson.dumps(
+        {"type": "ack", "payload": {"id": relayed}}).decode())) == relayed
+    assert ack_target(parse_client_frame(orjson.dumps(
+        {"type": "ack", "id": relayed}).decode())) == relayed
+    with pytest.raises(ProtocolError):  # other frames keep the 128 of a client's own
+        parse_client_frame(orjson.dumps({"type": "m", "id": "x" * 129}).decode())
 
 
 def test_ack_target_none_without_any_id() -> None:

@@ -5,8 +5,14 @@ delivered to every connection of user ``bob`` as ``{"type": "chat_message",
 "payload": {<the same payload>, "from": "<sender's user id>"}}``. Every field of
 the sender's payload passes through unchanged (the load tests put a send
 timestamp there). A frame with ``requiresAck`` and an ``id`` is delivered
-ACK-required with that id (stored, resent until bob acks, at least once), and
-the sender gets an ``ack`` frame once it is stored and routed.
+ACK-required (stored, resent until bob acks, at least once), and the sender
+gets an ``ack`` frame once it is stored and routed.
+
+The handler sends on the sender's behalf (``node.send_to_user`` inside a
+handler does): bob gets the message under the sender's id scoped to the sender
+(``~<digest>.<id>``), so no client can take an id the server or another client
+will use, and what clients can store this way is bounded per recipient and per
+sender (``WSNODE_RELAYED_MAX_PENDING``, ``WSNODE_RELAYED_BUDGET``).
 """
 
 from __future__ import annotations

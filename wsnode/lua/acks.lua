@@ -48,11 +48,12 @@ local function backoff(retry, attempts)
 end
 
 -- Move a pending message to the user's dead letters; kept dead_ttl for operators.
-local function kill(key, encid, pending, due, dlq, reason, now, dead_ttl, token)
+local function kill(key, encid, pending, due, dlq, relayed, reason, now, dead_ttl, token)
   redis.call('HSET', key, 'state', 'dead', 'dead_at', now, 'reason', reason, 'req', token)
   redis.call('PEXPIREAT', key, now + dead_ttl)
   kcall('ZREM', pending, encid)
   kcall('ZREM', due, encid)
+  kcall('ZREM', relayed, encid)
   kcall('ZADD', dlq, now, encid)
   redis.call('ZREMRANGEBYSCORE', dlq, '-inf', now - dead_ttl)
   redis.call('PEXPIRE', dlq, dead_ttl)
@@ -80,10 +81,12 @@ local op = ARGV[1]
 local token = ARGV[2]
 
 if op == 'store' then
-  -- KEYS: msg, seq, pending, due. ARGV: op, token, encid, type, body, ttl, retry,
-  -- env_expires|'', max_pending, dead_ttl.
+  -- KEYS: msg, seq, pending, due, relayed. ARGV: op, token, encid, type, body, ttl,
+  -- retry, env_expires|'', max_pending, dead_ttl, from|'', relayed_cap.
   -- Returns {0, seq, now, expires, next_due, overflow ids...} for a new message
-  -- (or a repeat of this request), {1, seq, state} for a duplicate.
+  -- (or a repeat of this request), {1, seq, state} for a duplicate, {2, 'full'}
+  -- when `from` (a client the message is relayed from) is set and the user
+  -- already has relayed_cap pending messages relayed from clients.
   local max_pending = tonumber(ARGV[9])
   if redis.call('EXISTS', KEYS[1]) == 1 then
     local f = kcall('HMGET', KEYS[1], 'seq', 'state', 'req', 'stored_at', 'expires_at',
@@ -96,6 +99,9 @@ if op == 'store' then
       for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, over - 1)) do table.insert(out, id) end
     end
     return out
+  end
+  if ARGV[11] ~= '' and kcall('ZCARD', KEYS[5]) >= tonumber(ARGV[12]) then
+    return {2, 'full'}
   end
   local now = now_ms()
   local ttl, retry, dead_ttl = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[10])
@@ -115,6 +121,11 @@ if op == 'store' then
              'expires_at', expires, 'attempts', 1, 'next_due', due, 'state', 'pending',
              'req', token)
   redis.call('PEXPIREAT', KEYS[1], expires + dead_ttl)
+  if ARGV[11] ~= '' then
+    redis.call('HSET', KEYS[1], 'from', ARGV[11])
+    kcall('ZADD', KEYS[5], seq, ARGV[3])
+    redis.call('PEXPIRE', KEYS[5], 2 * ttl)
+  end
   local out = {0, seq, now, expires, due}
   local over = redis.call('ZCARD', KEYS[3]) - max_pending
   if over > 0 then
@@ -123,35 +134,42 @@ if op == 'store' then
   return out
 
 elseif op == 'evict' then
-  -- KEYS: msg, pending, due, dlq. ARGV: op, token, encid, dead_ttl, max_pending.
+  -- KEYS: msg, pending, due, dlq, relayed. ARGV: op, token, encid, dead_ttl, max_pending.
   -- Dead-letters a message the user's pending cap pushed out (reason overflow),
   -- if it is still pending and the user still over the cap.
   local f = kcall('HMGET', KEYS[1], 'state', 'req')
   if f[1] == 'dead' and f[2] == token then return dead_reply(KEYS[1]) end
   if f[1] ~= 'pending' or kcall('ZCARD', KEYS[2]) <= tonumber(ARGV[5]) then return {'kept'} end
-  kill(KEYS[1], ARGV[3], KEYS[2], KEYS[3], KEYS[4], 'overflow', now_ms(), tonumber(ARGV[4]),
-       token)
+  kill(KEYS[1], ARGV[3], KEYS[2], KEYS[3], KEYS[4], KEYS[5], 'overflow', now_ms(),
+       tonumber(ARGV[4]), token)
   return dead_reply(KEYS[1])
 
 elseif op == 'settle' then
-  -- KEYS: msg, pending, due. ARGV: op, token, encid, ttl. Returns the state before.
-  local f = kcall('HMGET', KEYS[1], 'state', 'stored_at', 'req')
-  if not f[1] then return '' end
-  if f[1] == 'acked' and f[3] == token then return 'pending' end
+  -- KEYS: msg, pending, due, relayed. ARGV: op, token, encid, ttl, relayed_keep.
+  -- Returns {state before, from|''}: `from` names the client a settled message
+  -- was relayed from (its budget is given back).
+  local f = kcall('HMGET', KEYS[1], 'state', 'stored_at', 'req', 'from')
+  if not f[1] then return {'', ''} end
+  if f[1] == 'acked' and f[3] == token then return {'pending', f[4] or ''} end
   if f[1] == 'pending' then
     redis.call('HSET', KEYS[1], 'state', 'acked', 'req', token)
     -- What stays is the idempotency record (state, seq); the body is done with.
     redis.call('HDEL', KEYS[1], 'body', 'type')
     kcall('ZREM', KEYS[2], ARGV[3])
     kcall('ZREM', KEYS[3], ARGV[3])
-    -- Keep the id for the rest of the idempotency window (ack_ttl from storing).
-    redis.call('PEXPIREAT', KEYS[1],
-               math.max(num(KEYS[1], f[2]) + tonumber(ARGV[4]), now_ms() + 1000))
+    kcall('ZREM', KEYS[4], ARGV[3])
+    -- Keep the id for the rest of the idempotency window (ack_ttl from storing;
+    -- shorter for messages relayed from clients, which anyone can make).
+    local keep = tonumber(ARGV[4])
+    if f[4] then keep = math.min(keep, tonumber(ARGV[5])) end
+    redis.call('PEXPIREAT', KEYS[1], math.max(num(KEYS[1], f[2]) + keep, now_ms() + 1000))
+    return {'pending', f[4] or ''}
   end
-  return f[1]
+  return {f[1], ''}
 
 elseif op == 'page' then
-  -- KEYS: due, pending, msg1..msgN. ARGV: op, token, hold_ms, since|'', encid1..encidN.
+  -- KEYS: due, pending, relayed, msg1..msgN. ARGV: op, token, hold_ms, since|'',
+  -- encid1..encidN.
   -- One page of a replay: the messages that are pending, unexpired and stored
   -- at or after `since`, as {encid, fields}. With hold_ms, none of them falls
   -- due sooner than hold_ms from now (the client is getting them right now).
@@ -159,14 +177,15 @@ elseif op == 'page' then
   local hold = tonumber(ARGV[3])
   local since = tonumber(ARGV[4] ~= '' and ARGV[4] or '0')
   local out = {}
-  for i = 3, #KEYS do
-    local key, encid = KEYS[i], ARGV[i + 2]
+  for i = 4, #KEYS do
+    local key, encid = KEYS[i], ARGV[i + 1]
     local f = fields(key)
     local state = redis.call('HGET', key, 'state')
     if not state then
       -- Its record expired or was quarantined: the id must not linger.
       kcall('ZREM', KEYS[2], encid)
       kcall('ZREM', KEYS[1], encid)
+      kcall('ZREM', KEYS[3], encid)
     elseif state == 'pending' and num(key, f[5]) > now and num(key, f[4]) >= since then
       if hold > 0 and num(key, f[7]) < now + hold then
         f[7] = now + hold
@@ -179,8 +198,8 @@ elseif op == 'page' then
   return out
 
 elseif op == 'claim' then
-  -- KEYS: due, pending, dlq, claim, msg1..msgN. ARGV: op, token, max_attempts,
-  -- retry, ttl, dead_ttl, encid1..encidN.
+  -- KEYS: due, pending, dlq, claim, relayed, msg1..msgN. ARGV: op, token,
+  -- max_attempts, retry, ttl, dead_ttl, encid1..encidN.
   -- Atomic per user: of many pods asking at once, one gets each due message per
   -- attempt. Returns {now, next_due|'', {'resend', encid, fields}... |
   -- {'dead', encid, reason, dead_at, fields}...}. A repeat of the same request
@@ -190,7 +209,7 @@ elseif op == 'claim' then
   local out = {now, ''}
   if rec[1] == token then
     for kind, encid in string.gmatch(rec[2] or '', '(%a):(%S+)') do
-      local key = KEYS[4 + tonumber(string.match(encid, '^(%d+)/'))]
+      local key = KEYS[5 + tonumber(string.match(encid, '^(%d+)/'))]
       local id = string.match(encid, '/(.*)$')
       if kind == 'r' then
         table.insert(out, {'resend', id, fields(key)})
@@ -205,30 +224,34 @@ elseif op == 'claim' then
   local max_attempts, retry = tonumber(ARGV[3]), tonumber(ARGV[4])
   local ttl, dead_ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
   local done = {}
-  for i = 5, #KEYS do
-    local key, encid = KEYS[i], ARGV[i + 2]
+  for i = 6, #KEYS do
+    local key, encid = KEYS[i], ARGV[i + 1]
     local f = kcall('HMGET', key, 'state', 'expires_at', 'next_due', 'attempts')
     if f[1] ~= 'pending' then
       kcall('ZREM', KEYS[1], encid)  -- settled or dead meanwhile: not due any more
-      if not f[1] then kcall('ZREM', KEYS[2], encid) end  -- record gone: forget the id
+      if not f[1] then  -- record gone: forget the id
+        kcall('ZREM', KEYS[2], encid)
+        kcall('ZREM', KEYS[5], encid)
+      end
     elseif num(key, f[2]) <= now then
       local reason = expiry_reason(key, ttl)
-      kill(key, encid, KEYS[2], KEYS[1], KEYS[3], reason, now, dead_ttl, token)
+      kill(key, encid, KEYS[2], KEYS[1], KEYS[3], KEYS[5], reason, now, dead_ttl, token)
       table.insert(out, {'dead', encid, reason, now, fields(key)})
-      table.insert(done, 'd:' .. (i - 4) .. '/' .. encid)
+      table.insert(done, 'd:' .. (i - 5) .. '/' .. encid)
     elseif num(key, f[3]) <= now then
       local attempts = num(key, f[4])
       if attempts >= max_attempts then
-        kill(key, encid, KEYS[2], KEYS[1], KEYS[3], 'max_attempts', now, dead_ttl, token)
+        kill(key, encid, KEYS[2], KEYS[1], KEYS[3], KEYS[5], 'max_attempts', now, dead_ttl,
+             token)
         table.insert(out, {'dead', encid, 'max_attempts', now, fields(key)})
-        table.insert(done, 'd:' .. (i - 4) .. '/' .. encid)
+        table.insert(done, 'd:' .. (i - 5) .. '/' .. encid)
       else
         attempts = attempts + 1
         local due = now + backoff(retry, attempts)
         redis.call('HSET', key, 'attempts', attempts, 'next_due', due, 'req', token)
         kcall('ZADD', KEYS[1], due, encid)
         table.insert(out, {'resend', encid, fields(key)})
-        table.insert(done, 'r:' .. (i - 4) .. '/' .. encid)
+        table.insert(done, 'r:' .. (i - 5) .. '/' .. encid)
       end
     end
   end
@@ -258,18 +281,21 @@ elseif op == 'defer' then
   return next_due(KEYS[1])
 
 elseif op == 'expire' then
-  -- KEYS: msg, pending, due, dlq. ARGV: op, token, encid, ttl, dead_ttl. For the sweeper.
+  -- KEYS: msg, pending, due, dlq, relayed. ARGV: op, token, encid, ttl, dead_ttl.
+  -- For the sweeper.
   local f = kcall('HMGET', KEYS[1], 'state', 'expires_at', 'req')
   if f[1] == 'dead' and f[3] == token then return dead_reply(KEYS[1]) end
   if f[1] ~= 'pending' then return {'gone'} end
   local now = now_ms()
   if num(KEYS[1], f[2]) > now then return {'alive', f[2]} end
   local reason = expiry_reason(KEYS[1], tonumber(ARGV[4]))
-  kill(KEYS[1], ARGV[3], KEYS[2], KEYS[3], KEYS[4], reason, now, tonumber(ARGV[5]), token)
+  kill(KEYS[1], ARGV[3], KEYS[2], KEYS[3], KEYS[4], KEYS[5], reason, now, tonumber(ARGV[5]),
+       token)
   return dead_reply(KEYS[1])
 
 elseif op == 'revive' then
   -- KEYS: msg, seq, pending, due, dlq. ARGV: op, token, encid, body, ttl, retry, dead_ttl.
+  -- (An operator's retry is the server's: relayed limits do not apply to it.)
   -- A dead letter becomes pending again in one step, as a new message (new seq,
   -- first attempt, stored now): an operator's retry never loses it in between.
   local f = kcall('HMGET', KEYS[1], 'state', 'req')
@@ -279,7 +305,7 @@ elseif op == 'revive' then
   local ttl, retry = tonumber(ARGV[5]), tonumber(ARGV[6])
   local seq = kcall('INCR', KEYS[2])
   redis.call('PEXPIRE', KEYS[2], 2 * ttl)
-  redis.call('HDEL', KEYS[1], 'dead_at', 'reason', 'defers')
+  redis.call('HDEL', KEYS[1], 'dead_at', 'reason', 'defers', 'from')
   redis.call('HSET', KEYS[1], 'seq', seq, 'body', ARGV[4], 'stored_at', now,
              'expires_at', now + ttl, 'attempts', 1, 'next_due', now + retry,
              'state', 'pending', 'req', token)
@@ -310,6 +336,18 @@ elseif op == 'forget' then
     return 1
   end
   return 0
+
+elseif op == 'reserve' then
+  -- KEYS: a client's budget (zset "<recipient> <encid>" -> until). ARGV: op, token,
+  -- member, until, cap. A message relayed from this client takes a place until it
+  -- is acked or its dead letter is forgotten; 0 when every place is taken.
+  local now = now_ms()
+  kcall('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  if kcall('ZSCORE', KEYS[1], ARGV[3]) then return 1 end
+  if kcall('ZCARD', KEYS[1]) >= tonumber(ARGV[5]) then return 0 end
+  kcall('ZADD', KEYS[1], ARGV[4], ARGV[3])
+  redis.call('PEXPIREAT', KEYS[1], ARGV[4])
+  return 1
 
 elseif op == 'quarantine' then
   -- KEYS: a corrupt key, where it goes. ARGV: op, token, keep_ms.
