@@ -32,7 +32,7 @@ from collections.abc import Callable
 from websockets.exceptions import ConnectionClosed
 
 from wsnode.acks import AckStore, MsgState
-from wsnode.errors import BackendUnavailable, ProtocolError, QuotaExceeded
+from wsnode.errors import BackendUnavailable, ProtocolError, QuotaExceeded, SendError
 from wsnode.hub import Conn
 from wsnode.ids import MsgId
 from wsnode.limiter import RateLimiter
@@ -163,6 +163,11 @@ class Frames:
             raise
         except QuotaExceeded as exc:
             self.error(conn, ErrorCode.QUOTA_EXCEEDED, str(exc), env.id, limit=exc.limit)
+            return
+        except SendError as exc:
+            # Our own words (a user id no login could have...): worth showing.
+            self.error(conn, ErrorCode.HANDLER_ERROR,
+                       f"handler for '{env.type}' failed: {exc}", env.id)
             return
         except Exception as exc:
             log.exception("handler for %r failed", env.type,

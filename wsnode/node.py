@@ -43,11 +43,11 @@ from wsnode import failpoints
 from wsnode.acks import AckBackend, DeadLetter, MsgState
 from wsnode.admin import AdminApi
 from wsnode.admission import Admission, connection_limits, fd_limit, quiet_accept_errors
-from wsnode.auth import Authenticator
+from wsnode.auth import Authenticator, user_id_problem
 from wsnode.backends import Backends, build_backends
 from wsnode.bus import Bus, Unroutable
 from wsnode.clock import Clock, SystemClock
-from wsnode.errors import BackendUnavailable, NotFound, WsnodeError
+from wsnode.errors import BackendUnavailable, NotFound, SendError, WsnodeError
 from wsnode.frames import Frames
 from wsnode.gateway import ConnHooks, Gateway
 from wsnode.hub import Conn, Hub
@@ -163,7 +163,12 @@ class Node:
         """Deliver ``env`` to every connection of ``user`` on every pod. From an app
         handler it is sent on behalf of the client whose frame is handled (its id
         scoped to that client, and counted against the relayed limits); pass
-        ``on_behalf_of=None`` to send as the server (see :mod:`wsnode.sender`)."""
+        ``on_behalf_of=None`` to send as the server (see :mod:`wsnode.sender`).
+        A user id that no login could have (empty, over 256 characters) raises
+        :class:`SendError`: a handler cannot store messages under such a key."""
+        problem = user_id_problem(user)
+        if problem is not None:
+            raise SendError(problem)
         return await self.sender.send_to_user(UserId(user), env, on_behalf_of=on_behalf_of)
 
     async def retry_dead(self, msg_id: MsgId, user: UserId | None = None) -> list[SendReport]:

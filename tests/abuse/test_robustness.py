@@ -105,6 +105,13 @@ async def test_one_user_id_limit_everywhere(abuse_pods: AbusePods, cluster: Clus
     assert status == 400
     ok, _ = pod.api("GET", f"/v1/presence/{'u' * 256}")
     assert ok == 200
+    # An app handler cannot store under such an id either (the chat example).
+    chat = abuse_pods("pod-chat", args=["--app", "wsnode.examples.chat"])
+    async with await Client.open(chat.ws_url, chat.token("mallory")) as mallory:
+        await mallory.send({"type": "chat_message", "id": "m1", "requiresAck": True,
+                            "payload": {"to": long, "text": "x"}})
+        refused = await mallory.expect("error")
+        assert refused["id"] == "m1" and "256" in refused["payload"]["message"]
     wsctl = Wsctl()
     for env in ({"WSNODE_NODE": pod.admin_url}, {**cluster.env(), "WSNODE_NODE": None}):
         for args in (["send", long, "--type", "t"], ["presence", "get", long],
