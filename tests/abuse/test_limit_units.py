@@ -3,11 +3,12 @@ budget, the limits derived from the descriptor limit, log escaping."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
 
-from wsnode.admission import connection_limits
+from wsnode.admission import connection_limits, quiet_accept_errors
 from wsnode.budget import ConnBudget, TokenBucket
 from wsnode.errors import SettingsError
 from wsnode.logs import TextFormatter, escape
@@ -82,3 +83,22 @@ def test_a_traceback_cannot_pass_for_a_record() -> None:
     assert "failed" in lines[0]
     assert all(line.startswith("  ") for line in lines[1:])
     assert any("forged" in line for line in lines[1:])
+
+
+def test_accept_failures_are_logged_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        quiet_accept_errors(loop)
+        with caplog.at_level(logging.DEBUG, logger="wsnode.admission"):
+            for _ in range(500):
+                loop.call_exception_handler({
+                    "message": "socket.accept() out of system resource",
+                    "exception": OSError(24, "Too many open files")})
+        warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 1 and "descriptor limit" in warnings[0].getMessage()
+        handler = loop.get_exception_handler()
+        assert handler is not None
+        quiet_accept_errors(loop)  # a loop with its own handler is left alone
+        assert loop.get_exception_handler() is handler
+    finally:
+        loop.close()
