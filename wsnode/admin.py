@@ -36,6 +36,13 @@ log = logging.getLogger("wsnode.admin")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+EVERY_INTERFACE = ("0.0.0.0", "::", "[::]", "")  # noqa: S104 (compared, not bound)
+# Logged at start (host, port) when the admin port binds every interface by default.
+EXPOSED_WARNING = ("the admin port listens on every interface too (%s:%d): /metrics, /readyz "
+                   "and /healthz answer there without a key; bind it to an internal address "
+                   "with --admin-host (WSNODE_ADMIN_HOST), e.g. --admin-host 127.0.0.1, or "
+                   "firewall it")
+
 
 def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")

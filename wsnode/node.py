@@ -41,7 +41,7 @@ from websockets.asyncio.server import Server, serve
 
 from wsnode import failpoints
 from wsnode.acks import AckBackend, DeadLetter, MsgState
-from wsnode.admin import AdminApi
+from wsnode.admin import EVERY_INTERFACE, EXPOSED_WARNING, AdminApi
 from wsnode.admission import Admission, connection_limits, fd_limit, quiet_accept_errors
 from wsnode.auth import Authenticator, user_id_problem
 from wsnode.backends import Backends, build_backends
@@ -68,9 +68,6 @@ from wsnode.upkeep import PresenceUpkeep
 log = logging.getLogger("wsnode.node")
 
 _SWEEP_INTERVAL = 1.0
-_EVERY_INTERFACE = ("0.0.0.0", "::", "[::]", "")  # noqa: S104 (compared, not bound)
-
-
 class NodeState(StrEnum):
     NEW = "new"
     ACTIVE = "active"
@@ -164,10 +161,8 @@ class Node:
         handler it is sent on behalf of the client whose frame is handled (its id
         scoped to that client, and counted against the relayed limits); pass
         ``on_behalf_of=None`` to send as the server (see :mod:`wsnode.sender`).
-        A user id that no login could have (empty, over 256 characters) raises
-        :class:`SendError`: a handler cannot store messages under such a key."""
-        problem = user_id_problem(user)
-        if problem is not None:
+        A user id no login could have (over 256 characters...) raises SendError."""
+        if (problem := user_id_problem(user)) is not None:
             raise SendError(problem)
         return await self.sender.send_to_user(UserId(user), env, on_behalf_of=on_behalf_of)
 
@@ -193,7 +188,7 @@ class Node:
         if self.settings.admin_advertise:
             return self.settings.admin_advertise.rstrip("/")
         host = self.settings.admin_host or self.settings.host
-        if host in _EVERY_INTERFACE:
+        if host in EVERY_INTERFACE:
             host = socket.gethostname()
         elif ":" in host:
             host = f"[{host}]"
@@ -289,13 +284,9 @@ class Node:
         s = self.settings
         if failpoints.ACTIVE:
             log.warning("failpoints enabled (tests only): %s", s.failpoints)
-        if s.admin_host is None and s.host in _EVERY_INTERFACE:
-            log.warning("the admin port listens on every interface too (%s:%d): /metrics, "
-                        "/readyz and /healthz answer there without a key; bind it to an "
-                        "internal address with --admin-host (WSNODE_ADMIN_HOST), e.g. "
-                        "--admin-host 127.0.0.1, or firewall it", s.host, s.admin_port)
-        # Accept failures (descriptors exhausted) once a minute, not per accept.
-        quiet_accept_errors(asyncio.get_running_loop())
+        if s.admin_host is None and s.host in EVERY_INTERFACE:
+            log.warning(EXPOSED_WARNING, s.host, s.admin_port)
+        quiet_accept_errors(asyncio.get_running_loop())  # once a minute, not per accept
         # The admin port first: its URL is advertised in presence (wsctl doctor
         # asks each pod's /readyz there).
         runner = web.AppRunner(AdminApi(self, s.api_key).app(), access_log=None,
