@@ -1,8 +1,9 @@
 """``make bench``: every benchmark, one after the other, JSON lines on stdout.
 
 Each script prints a line per run and a summary line with medians (3 runs
-unless ``--runs``); the swarm runs once. Nothing else should run on the
-machine meanwhile: the figures are CPU-bound on 2 cores.
+unless ``--runs``); the swarm and the abuse bench (a line per flood) run
+once. Nothing else should run on the machine meanwhile: the figures are
+CPU-bound on 2 cores.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def main() -> None:
         ["connections.py", "--runs", runs],
         ["presence_churn.py", "--runs", runs],
         ["swarm.py"],
+        ["abuse.py", "--json"],
     ]
     import os
     print(orjson.dumps({"bench": "machine", "python": platform.python_version(),

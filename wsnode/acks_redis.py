@@ -238,8 +238,10 @@ class RedisAcks(RedisDeadLetters):
                 k.user_due(user), 0, _CLAIM_BATCH - 1, withscores=True))
         with translated("ack claim"):
             # Only candidates that may be due (the script decides, on its clock).
+            # The earliest always goes: our guess of the Redis clock can be off by
+            # as much as this process lags, and the scan that called us saw it due.
             horizon = self._redis_now() + EXPIRY_SLACK_MS
-            encs = [as_str(e) for e, due in rows if due <= horizon]
+            encs = [as_str(e) for i, (e, due) in enumerate(rows) if i == 0 or due <= horizon]
             resend: list[StoredMessage] = []
             dead: list[DeadLetter] = []
             next_due: int | None = int(rows[0][1]) if rows else None

@@ -23,6 +23,7 @@ from wsnode.keys import AmqpNames, RedisKeys
 from wsnode.limiter import MemoryLimiter, NoLimiter, RateLimiter
 from wsnode.metrics import Metrics
 from wsnode.presence import MemoryPresence, Presence
+from wsnode.presence_cache import PresenceFeed
 from wsnode.settings import NodeSettings
 from wsnode.trace import MemoryTracer, NoTracer, Tracer
 
@@ -39,6 +40,8 @@ class Backends:
     # presence lookup, which could only name this pod.
     shared_bus: bool = True
     tracer: Tracer = field(default_factory=NoTracer)
+    # Announcements of presence changes, for the senders' caches (shared stores only).
+    presence_feed: PresenceFeed | None = None
     # Called in order on close (connection pools and the like).
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -88,6 +91,7 @@ def build_backends(settings: NodeSettings, metrics: Metrics, clock: Clock | None
     from wsnode import redis_conn
     from wsnode.acks_redis import RedisAcks
     from wsnode.limiter_redis import RedisLimiter
+    from wsnode.presence_feed_redis import RedisPresenceFeed
     from wsnode.presence_redis import RedisPresence
     from wsnode.trace_redis import RedisTracer
 
@@ -123,5 +127,6 @@ def build_backends(settings: NodeSettings, metrics: Metrics, clock: Clock | None
         bus=bus,
         shared_bus=settings.amqp_url is not None,
         tracer=RedisTracer(client, keys, int(settings.trace_ttl * 1000)),
+        presence_feed=RedisPresenceFeed(client, keys) if settings.amqp_url else None,
         closers=[client.aclose],
     )

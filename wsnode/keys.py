@@ -86,6 +86,11 @@ class RedisKeys:
         """SET of ``"<pod> <epoch>"``: every pod life whose entries may exist."""
         return f"{self.prefix}:lives"
 
+    @property
+    def presence_feed(self) -> str:
+        """Pub/sub channel: users whose set of pods just changed (wsnode.presence_cache)."""
+        return f"{self.prefix}:presence:changes"
+
     def pod_epoch(self, pod: str) -> str:
         """Counter: the epoch of the pod's latest life."""
         return f"{self.prefix}:{{p:{_enc(pod)}}}:epoch"

@@ -70,6 +70,10 @@ class Metrics:
             "wsnode_bus_delivered_total",
             "Frames queued to this pod's connections for messages that came from another "
             "pod (the rest of wsnode_messages_out_total was sent on this pod)", registry=r)
+        self.presence_lookups = Counter(
+            "wsnode_presence_lookups_total",
+            "Users looked up for routing, by result: hit (the presence cache answered) "
+            "or miss (read from the presence store)", ["result"], registry=r)
         self.published = Counter(
             "wsnode_published_total", "Deliveries published to other pods", registry=r)
         self.bus_reconnects = Gauge(

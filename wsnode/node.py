@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import socket
 from collections.abc import Callable
 from enum import StrEnum
@@ -47,15 +46,17 @@ from wsnode.auth import Authenticator, user_id_problem
 from wsnode.backends import Backends, build_backends
 from wsnode.bus import Bus, Unroutable
 from wsnode.clock import Clock, SystemClock
+from wsnode.drain import move_everyone
 from wsnode.errors import BackendUnavailable, NotFound, SendError, WsnodeError
 from wsnode.frames import Frames
 from wsnode.gateway import ConnHooks, Gateway
-from wsnode.hub import Conn, Hub
+from wsnode.hub import Hub
 from wsnode.ids import MsgId, PodId, UserId
 from wsnode.inbound import Inbound
 from wsnode.metrics import Metrics
 from wsnode.presence import PodState, Presence
-from wsnode.protocol import CloseCode, Envelope, Reserved, control_frame
+from wsnode.presence_cache import CachedPresence
+from wsnode.protocol import Envelope
 from wsnode.replay import Replayer
 from wsnode.resend import RECONCILE_S, Resender, Sweeper, scan_interval
 from wsnode.router import HandlerT, Router
@@ -93,16 +94,25 @@ class Node:
         self.pod = PodId(s.pod_id)
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
+        self._lookup_hits = self.metrics.presence_lookups.labels("hit")
+        self._lookup_misses = self.metrics.presence_lookups.labels("miss")
         self.router = Router()
         self.hub = Hub()
         self.backends = backends if backends is not None else build_backends(
             s, self.metrics, self.clock)
         self.tracer = self.backends.tracer
         self.trace_policy = TracePolicy.parse(s.trace, int(s.trace_ttl * 1000))
-        self.sender = Sender(presence=self.presence, bus=self.bus, acks=self.acks,
+        # Senders read presence through a cache the presence feed keeps true
+        # (wsnode.presence_cache); without a feed (embedded) they read it directly.
+        feed = self.backends.presence_feed
+        self.presence_cache = CachedPresence(self.presence, counted=self._count_lookups) \
+            if feed is not None else None
+        self.sender = Sender(presence=self.presence_cache or self.presence, bus=self.bus,
+                             acks=self.acks,
                              metrics=self.metrics, pod=self.pod, clock=self.clock,
                              shared_bus=self.backends.shared_bus, tracer=self.tracer,
-                             trace_policy=self.trace_policy)
+                             trace_policy=self.trace_policy,
+                             stale=self.presence_cache.changed if self.presence_cache else None)
         self.inbound = Inbound(self.pod, self.hub, self.sender, self.metrics, self.tracer,
                                self.clock)
         self.sender.local = self.inbound
@@ -112,7 +122,8 @@ class Node:
                                  busy=self.hub.backed_up,
                                  interval=scan_interval(s.ack_retry_interval))
         self.upkeep = PresenceUpkeep(self.presence, self.pod, self.hub, self.metrics,
-                                     state=self._pod_state, on_announced=self._reconcile_soon)
+                                     state=self._pod_state, on_announced=self._reconcile_soon,
+                                     feed=feed)
         replayer = Replayer(self.acks, self.acks, self.metrics, hold_ms=retry_ms,
                             trace=self._trace_ack)
         # A SettingsError when MAX_CONNECTIONS cannot hold under the descriptor limit.
@@ -208,7 +219,8 @@ class Node:
         elif not self.bus.ready:
             problems.setdefault("bus", self.bus.problem or "not ready")
         checks: dict[str, bool] = {"accepting": self.state is NodeState.ACTIVE}
-        for name in ("heartbeat", "bus", "resend", "reconcile", "sweep", "trace"):
+        for name in ("heartbeat", "bus", "resend", "reconcile", "sweep", "trace",
+                     "presence-feed"):
             checks["presence" if name == "heartbeat" else name] = name not in problems
         ready = all(checks.values())
         self.metrics.ready.set(1 if ready else 0)
@@ -315,6 +327,12 @@ class Node:
         loops.every("reconcile", self.resender.reconcile_step, RECONCILE_S)
         loops.every("sweep", Sweeper(self.acks, self.sender).step, _SWEEP_INTERVAL)
         self.tracer.on_buffered = loops.every("trace", self.tracer.flush, 1.0).wake
+        if self.presence_cache is not None and self.backends.presence_feed is not None:
+            cache, feed = self.presence_cache, self.backends.presence_feed
+
+            async def listen() -> None:
+                await feed.listen(cache.changed, cache.listening)
+            loops.every("presence-feed", listen, 1.0)
         self.state = NodeState.ACTIVE
         log.info("pod %s serving ws://%s:%d/ws (admin :%d, %s)", self.pod, s.host,
                  self.port, self.admin_port, s.mode, extra={"pod": self.pod})
@@ -336,6 +354,12 @@ class Node:
                              then_exit=command.get("exit") is True)
         else:
             log.warning("unknown control command %r", command.get("cmd"))
+
+    def _count_lookups(self, hits: int, misses: int) -> None:
+        if hits:
+            self._lookup_hits.inc(hits)
+        if misses:
+            self._lookup_misses.inc(misses)
 
     def _pod_state(self) -> PodState:
         return PodState.DRAINING if self.state is NodeState.DRAINING else PodState.ACTIVE
@@ -381,36 +405,11 @@ class Node:
                  extra={"pod": self.pod})
         with contextlib.suppress(BackendUnavailable):
             await self.presence.heartbeat(self.pod, PodState.DRAINING)
-        conns = list(self.hub)
-        random.shuffle(conns)
-        step = over / len(conns) if conns else 0.0
-        start = loop.time()
-        closers: list[asyncio.Task[None]] = []
-        for i, conn in enumerate(conns):
-            wait = start + i * step - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            closers.append(loop.create_task(self._send_away(conn)))
-        # A handshake that was past its 503 check when the drain began opens a
-        # connection after the snapshot above: send those away too.
-        sent = {c.id for c in conns}
-        while late := [c for c in self.hub if c.id not in sent and not c.closing]:
-            if loop.time() >= deadline:
-                break
-            sent.update(c.id for c in late)
-            closers += [loop.create_task(self._send_away(c)) for c in late]
-            await asyncio.sleep(0.05)
-        if closers:
-            await asyncio.wait(closers, timeout=max(0.1, deadline - loop.time()))
+        await move_everyone(self.hub, over, deadline)
         # Each closed connection left presence as it closed. The pod itself stays
         # listed, as draining with no connections, until it stops: operators see
         # a drained pod that is still up, and nothing routes to it.
         log.info("drained (%d connections left)", len(self.hub), extra={"pod": self.pod})
-
-    async def _send_away(self, conn: Conn) -> None:
-        conn.push(control_frame(Reserved.RECONNECT, {
-            "reason": "drain", "retryAfterMs": random.randint(0, 250)}))
-        await conn.close(CloseCode.DRAIN, "pod draining: reconnect")
 
     async def close(self) -> None:
         """Stop everything (clients still connected get 1001); bounded in time.

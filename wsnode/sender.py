@@ -37,6 +37,7 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Protocol
@@ -50,7 +51,7 @@ from wsnode.ids import MsgId, PodId, UserId
 from wsnode.metrics import Metrics
 from wsnode.outage import LogThrottle
 from wsnode.presence import PresenceReader
-from wsnode.protocol import MAX_ID_LENGTH, RESERVED_TYPES, TYPE_PATTERN, Envelope
+from wsnode.protocol import MAX_ID_LENGTH, RESERVED_TYPES, Envelope, valid_type
 from wsnode.trace import NoTracer, TracePolicy, Tracer
 
 log = logging.getLogger("wsnode.sender")
@@ -112,7 +113,7 @@ def check_outgoing(env: Envelope, clock: Clock, relayed: bool = False) -> None:
     if not relayed and env.id is not None and env.id.startswith(RELAYED_PREFIX):
         raise SendError(f"ids starting with {RELAYED_PREFIX!r} are those of messages relayed "
                         "from clients: choose another id")
-    if not TYPE_PATTERN.fullmatch(env.type):
+    if not valid_type(env.type):
         raise SendError(f"type {env.type!r} is not 1-64 characters of [A-Za-z0-9_.:-]")
     if env.type in RESERVED_TYPES:
         raise SendError(f"type {env.type!r} is reserved by the protocol")
@@ -140,6 +141,7 @@ class Sender:
         shared_bus: bool = True,
         tracer: Tracer | None = None,
         trace_policy: TracePolicy | None = None,
+        stale: Callable[[list[UserId]], None] | None = None,
     ) -> None:
         self.presence = presence
         self.bus = bus
@@ -153,6 +155,8 @@ class Sender:
         self._shared_bus = shared_bus
         self.tracer: Tracer = tracer or NoTracer()
         self.trace_policy = trace_policy or TracePolicy(ack=False)
+        # Told of users whose cached presence proved wrong (a pod it named is gone).
+        self._stale = stale
         self._throttle = LogThrottle(log)
 
     async def send_to_user(self, user: UserId, env: Envelope, *, trace: bool = False,
@@ -289,6 +293,8 @@ class Sender:
             report.failed_pods.append(pod)
             if isinstance(outcome, Unroutable):
                 reason = "pod_gone"
+                if self._stale is not None:
+                    self._stale([delivery.user])
             elif isinstance(outcome, BackendUnavailable):
                 reason = "bus_unavailable"
                 self.metrics.backend_errors.labels("bus").inc()

@@ -20,6 +20,7 @@ from wsnode.hub import Conn, Hub
 from wsnode.ids import PodId
 from wsnode.metrics import Metrics
 from wsnode.presence import PodState, Presence
+from wsnode.presence_cache import PresenceFeed
 
 log = logging.getLogger("wsnode.presence")
 
@@ -28,7 +29,9 @@ class PresenceUpkeep:
     """Keeps one pod's presence true (see the module)."""
 
     def __init__(self, presence: Presence, pod: PodId, hub: Hub, metrics: Metrics, *,
-                 state: Callable[[], PodState], on_announced: Callable[[], None]) -> None:
+                 state: Callable[[], PodState], on_announced: Callable[[], None],
+                 feed: PresenceFeed | None = None) -> None:
+        self._feed = feed
         self._presence = presence
         self._pod = pod
         self._hub = hub
@@ -71,6 +74,7 @@ class PresenceUpkeep:
             await self._presence.add(self._pod, conn.user, conn.id, conn.since)
         except BackendUnavailable:
             self.dirty = True  # the heartbeat loop re-announces
+        self._announce_user(conn)
 
     async def closed(self, conn: Conn) -> None:
         self._metrics.connections.set(len(self._hub))
@@ -78,6 +82,14 @@ class PresenceUpkeep:
             await self._presence.remove(self._pod, conn.user, conn.id)
         except BackendUnavailable:
             self.dirty = True
+        self._announce_user(conn)
+
+    def _announce_user(self, conn: Conn) -> None:
+        """Tell the other pods' caches when this pod starts or stops holding the
+        user (its first connection here, or its last), after presence says so."""
+        if self._feed is not None and len(self._hub.conns_of(conn.user)) == (
+                1 if self._hub.get(conn.id) is not None else 0):
+            self._feed.changed(conn.user)
 
     async def leave(self) -> None:
         await self._presence.leave(self._pod)
@@ -95,4 +107,7 @@ class PresenceUpkeep:
             raise
         log.info("presence re-announced (%d connections, %d users)", len(snapshot),
                  self._hub.user_count, extra={"pod": self._pod})
+        if self._feed is not None:
+            for user in self._hub.users():
+                self._feed.changed(user)
         self._on_announced()
