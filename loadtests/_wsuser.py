@@ -164,9 +164,11 @@ class WsnodeUser(User):
         started = time.perf_counter()
         self.ready.clear()
         try:
+            # No Origin header: this is not a browser page (websocket-client would
+            # send one made from the URL, which pods refuse unless it is public).
             ws = websocket.create_connection(
                 url, header=[f"Authorization: Bearer {mint(self.user_id)}"], timeout=30,
-                enable_multithread=True)
+                enable_multithread=True, suppress_origin=True)
             welcome = json.loads(ws.recv())
             if welcome.get("type") != "welcome":
                 raise ConnectionError(f"first frame is {welcome.get('type')!r}, not welcome")

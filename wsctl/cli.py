@@ -25,6 +25,7 @@ from wsctl.operations import Outcome
 from wsctl.swarm_command import swarm_command
 from wsctl.target import Target, resolve_target
 from wsnode import clihelp
+from wsnode.auth import user_id_problem
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -123,6 +124,14 @@ def _finish(outcome: Outcome[T], json_out: bool, show: Callable[[T], None]) -> N
         raise outcome.problem
 
 
+def _user_id(value: str | None) -> str | None:
+    """The rule of every pod (1-256 characters), checked before anything is sent."""
+    problem = user_id_problem(value) if value is not None else None
+    if problem is not None:
+        raise typer.BadParameter(problem)
+    return value
+
+
 # -- send ---------------------------------------------------------------------
 
 def _show_send(report: doc.SendReport) -> None:
@@ -136,7 +145,7 @@ def _show_send(report: doc.SendReport) -> None:
 @_reporting
 def send(
     user: Annotated[str, typer.Argument(metavar="USER", help="User id to send to.",
-                                        show_default=False)],
+                                        show_default=False, callback=_user_id)],
     msg_type: Annotated[str, typer.Option("--type", "-t", metavar="TYPE", show_default=False,
                                           help="Message type, e.g. notification.")],
     payload: Annotated[str | None, typer.Option(
@@ -204,7 +213,8 @@ def _show_user(document: doc.UserPresence) -> None:
                       epilog="Example: wsctl presence get alice --json")
 @_reporting
 def presence_get(
-    user: Annotated[str, typer.Argument(metavar="USER", help="User id.", show_default=False)],
+    user: Annotated[str, typer.Argument(metavar="USER", help="User id.", show_default=False,
+                                        callback=_user_id)],
     node: NodeOpt = None, api_key: ApiKeyOpt = None, timeout: TimeoutOpt = DEFAULT_TIMEOUT,
     json_out: JsonOpt = False,
 ) -> None:
@@ -281,7 +291,7 @@ def drain(
                       epilog="Example: wsctl dlq ls --user alice --limit 20")
 @_reporting
 def dlq_ls(
-    user: Annotated[str | None, typer.Option("--user", metavar="USER",
+    user: Annotated[str | None, typer.Option("--user", metavar="USER", callback=_user_id,
                                              help="Only this user's.")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, metavar="N",
                                        help="At most N messages.")] = 100,
@@ -306,7 +316,8 @@ def dlq_retry(
     msg_id: Annotated[str, typer.Argument(metavar="ID", help="Message id.",
                                           show_default=False)],
     user: Annotated[str | None, typer.Option(
-        "--user", metavar="USER", help="Only this user's dead letter of that id.")] = None,
+        "--user", metavar="USER", help="Only this user's dead letter of that id.",
+        callback=_user_id)] = None,
     node: NodeOpt = None, api_key: ApiKeyOpt = None, timeout: TimeoutOpt = DEFAULT_TIMEOUT,
     json_out: JsonOpt = False,
 ) -> None:
@@ -324,8 +335,8 @@ def trace_cmd(
     msg_id: Annotated[str, typer.Argument(metavar="ID", help="Message id.",
                                           show_default=False)],
     user: Annotated[str | None, typer.Option(
-        "--user", metavar="USER", help="Only the trail of this user's message of that id.")
-    ] = None,
+        "--user", metavar="USER", help="Only the trail of this user's message of that id.",
+        callback=_user_id)] = None,
     node: NodeOpt = None, api_key: ApiKeyOpt = None, timeout: TimeoutOpt = DEFAULT_TIMEOUT,
     json_out: JsonOpt = False,
 ) -> None:
@@ -393,7 +404,7 @@ app.command(name="swarm", cls=clihelp.Command,
 @_reporting
 def token(
     user: Annotated[str, typer.Argument(metavar="USER", help="User id the token is for.",
-                                        show_default=False)],
+                                        show_default=False, callback=_user_id)],
     ttl: Annotated[str, typer.Option("--ttl", metavar="DURATION",
                                      help="Lifetime: 90, 30s, 15m, 1h, 1d.")] = "1h",
     json_out: Annotated[bool, typer.Option(

@@ -4,6 +4,11 @@ Not for the internet. ``/healthz``, ``/readyz`` and ``/metrics`` are open (for
 probes and scrapers); every ``/v1`` call needs ``Authorization: Bearer
 <WSNODE_API_KEY>``, compared in constant time. Errors are JSON:
 ``{"error": {"code": ..., "message": ...}}``.
+
+Path parameters are percent-decoded once and may hold any character but an
+unencoded ``/`` (``{``, ``}``, ``%``, spaces, ``/`` as ``%2F``): any user or
+message id is reachable. User ids follow the login's rule everywhere
+(:func:`~wsnode.auth.user_id_problem`: 1-256 characters), else 400.
 """
 
 from __future__ import annotations
@@ -19,15 +24,24 @@ from pydantic import SecretStr
 
 from wsnode import podprobe
 from wsnode.acks import DeadLetter, MsgState
+from wsnode.auth import user_id_problem
 from wsnode.errors import NotFound, ProtocolError, SendError, WsnodeError
 from wsnode.ids import MsgId, PodId, UserId
 from wsnode.presence import PresenceReader
 from wsnode.protocol import Envelope
 from wsnode.sender import SendReport
+from wsnode.settings import POD_ID
 
 log = logging.getLogger("wsnode.admin")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+EVERY_INTERFACE = ("0.0.0.0", "::", "[::]", "")  # noqa: S104 (compared, not bound)
+# Logged at start (host, port) when the admin port binds every interface by default.
+EXPOSED_WARNING = ("the admin port listens on every interface too (%s:%d): /metrics, /readyz "
+                   "and /healthz answer there without a key; bind it to an internal address "
+                   "with --admin-host (WSNODE_ADMIN_HOST), e.g. --admin-host 127.0.0.1, or "
+                   "firewall it")
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -36,6 +50,24 @@ def _json(body: Any, status: int = 200) -> web.Response:
 
 def _error(status: int, code: str, message: str) -> web.Response:
     return _json({"error": {"code": code, "message": message}}, status)
+
+
+def _bad_request(message: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(
+        body=orjson.dumps({"error": {"code": "bad_request", "message": message}}),
+        content_type="application/json")
+
+
+def _user(value: object, where: str = "'user'") -> UserId:
+    """A user id from a request, or 400 saying what is wrong with it."""
+    problem = user_id_problem(value)
+    if problem is not None:
+        raise _bad_request(f"{where}: {problem}")
+    return UserId(str(value))
+
+
+def _optional_user(value: str | None) -> UserId | None:
+    return _user(value, "'user'") if value else None
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -95,11 +127,12 @@ class AdminApi:
         app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/v1/send", self.send)
         app.router.add_get("/v1/presence", self.presence)
-        app.router.add_get("/v1/presence/{user}", self.presence_user)
+        # "[^/]+": aiohttp's default pattern refuses "{" and "}" in a segment.
+        app.router.add_get("/v1/presence/{user:[^/]+}", self.presence_user)
         app.router.add_get("/v1/pods", self.pods)
         app.router.add_post("/v1/drain", self.drain)
-        app.router.add_get("/v1/messages/{user}/{id}", self.message)
-        app.router.add_get("/v1/trace/{id}", self.trace)
+        app.router.add_get("/v1/messages/{user:[^/]+}/{id:[^/]+}", self.message)
+        app.router.add_get("/v1/trace/{id:[^/]+}", self.trace)
         app.router.add_get("/v1/dlq", self.dlq)
         app.router.add_post("/v1/dlq/retry", self.dlq_retry)
         return app
@@ -145,11 +178,9 @@ class AdminApi:
 
     async def send(self, request: web.Request) -> web.Response:
         body = await _body(request)
-        user = body.get("user")
-        if not isinstance(user, str) or not user:
-            return _error(400, "bad_request", "'user' must be a non-empty string")
+        user = _user(body.get("user"))
         env = Envelope.from_wire(body.get("envelope"))
-        report = await self.node.send(UserId(user), env, trace=body.get("trace") is True)
+        report = await self.node.send(user, env, trace=body.get("trace") is True)
         return _json(report.to_json())
 
     async def presence(self, request: web.Request) -> web.Response:
@@ -158,8 +189,8 @@ class AdminApi:
         return _json({"users": [u.to_json() for u in users]})
 
     async def presence_user(self, request: web.Request) -> web.Response:
-        user = request.match_info["user"]
-        conns = await self.node.presence.connections(UserId(user))
+        user = _user(request.match_info["user"], "the user in the path")
+        conns = await self.node.presence.connections(user)
         return _json({"user": user, "connections": [c.to_json() for c in conns]})
 
     async def pods(self, request: web.Request) -> web.Response:
@@ -176,33 +207,36 @@ class AdminApi:
                 or over < 0 or not isinstance(then_exit, bool):
             return _error(400, "bad_request", "'pod' must be a string, 'overSeconds' a number "
                           ">= 0 and 'exit' a boolean")
+        if not POD_ID.fullmatch(pod):
+            return _error(404, "not_found", f"pod {pod!r} is not running (not a valid pod id)")
         await self.node.drain_pod(PodId(pod), float(over), then_exit=then_exit)
         return _json({"pod": pod, "state": "draining", "overSeconds": over, "exit": then_exit},
                      202)
 
     async def message(self, request: web.Request) -> web.Response:
-        user, msg_id = UserId(request.match_info["user"]), MsgId(request.match_info["id"])
+        user = _user(request.match_info["user"], "the user in the path")
+        msg_id = MsgId(request.match_info["id"])
         state = await self.node.message_state(user, msg_id)
         if state is None:
             return _error(404, "not_found", f"no message {msg_id!r} for user {user!r}")
         return _json({"user": user, "id": msg_id, "state": state.value})
 
     async def trace(self, request: web.Request) -> web.Response:
-        msg_id, user = MsgId(request.match_info["id"]), request.query.get("user")
-        events = await self.node.trail(msg_id, UserId(user) if user else None)
+        msg_id = MsgId(request.match_info["id"])
+        events = await self.node.trail(msg_id, _optional_user(request.query.get("user")))
         if not events:
             return _error(404, "not_found", f"no trail for message {msg_id!r}")
         return _json({"id": msg_id, "events": events})
 
     async def dlq(self, request: web.Request) -> web.Response:
-        user = request.query.get("user")
+        user = _optional_user(request.query.get("user"))
         try:
             limit = int(request.query.get("limit", "100"))
         except ValueError:
             limit = 0
         if not 1 <= limit <= 1000:
             return _error(400, "bad_request", "'limit' must be an integer from 1 to 1000")
-        rows = await self.node.dead_letters(UserId(user) if user else None, limit)
+        rows = await self.node.dead_letters(user, limit)
         return _json({"messages": [d.to_json() for d in rows]})
 
     async def dlq_retry(self, request: web.Request) -> web.Response:
@@ -210,5 +244,5 @@ class AdminApi:
         msg_id, user = body.get("id"), body.get("user")
         if not isinstance(msg_id, str) or (user is not None and not isinstance(user, str)):
             return _error(400, "bad_request", "'id' (and optional 'user') must be strings")
-        reports = await self.node.retry_dead(MsgId(msg_id), UserId(user) if user else None)
+        reports = await self.node.retry_dead(MsgId(msg_id), _optional_user(user))
         return _json({"retried": [r.to_json() for r in reports]})

@@ -2,9 +2,15 @@
 
 Contract: :meth:`Authenticator.authenticate` returns an :class:`Identity` or
 raises :class:`~wsnode.errors.AuthError` with status 401 (no/bad/expired token,
-or one without ``exp``) or 403 (origin refused). Algorithms are pinned from
-settings, never read from the token, so ``alg: none`` and HS/RS key confusion
-are refused. Error messages never contain the token.
+or one without ``exp``), 403 (origin refused) or 400 (two ``Origin`` or two
+``Authorization`` headers: which one counts would be a guess). Algorithms are
+pinned from settings, never read from the token, so ``alg: none`` and HS/RS key
+confusion are refused. Error messages never contain the token.
+
+Origins: a page is allowed when its origin matches ``ALLOWED_ORIGINS`` (globs)
+or is one of ``PUBLIC_ORIGINS`` (scheme, host and port compared, default ports
+filled in). The ``Host`` header is never trusted: with DNS rebinding a hostile
+page reaches the pod under a name of its own, and its Host header says so.
 """
 
 from __future__ import annotations
@@ -20,10 +26,37 @@ import jwt
 
 from wsnode.errors import AuthError, SettingsError
 from wsnode.ids import UserId
-from wsnode.settings import NodeSettings
+from wsnode.settings import NodeSettings, parse_origin
 
 BEARER_SUBPROTOCOL = "bearer"
 MAX_USER_ID_LENGTH = 256
+
+
+def user_id_problem(user: object) -> str | None:
+    """Why ``user`` cannot be a user id, or None when it can. One rule for logins,
+    the admin API and ``wsctl``: 1 to 256 characters of text that UTF-8 can encode
+    (a JSON ``\\ud800`` escape decodes to a lone surrogate, which no key, log or
+    frame could carry)."""
+    if not isinstance(user, str) or not user:
+        return "a user id must be a non-empty string"
+    if len(user) > MAX_USER_ID_LENGTH:
+        return f"a user id has at most {MAX_USER_ID_LENGTH} characters"
+    try:
+        user.encode()
+    except UnicodeEncodeError:
+        return "a user id must be valid Unicode text (no lone surrogates)"
+    return None
+
+
+def _one(headers: Mapping[str, str], name: str) -> str | None:
+    """The value of a header that may appear once; AuthError 400 when repeated."""
+    get_all = getattr(headers, "get_all", None)
+    if get_all is None:  # a plain mapping holds one value per name
+        return headers.get(name)
+    values: list[str] = get_all(name)
+    if len(values) > 1:
+        raise AuthError(400, f"more than one {name} header: send one")
+    return values[0] if values else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +113,7 @@ def token_from(headers: Mapping[str, str], path: str) -> tuple[str | None, bool]
     Order: ``Authorization: Bearer``, ``?token=``, ``?access_token=``, then the
     subprotocol pair ``bearer, <token>``.
     """
-    auth = headers.get("Authorization")
+    auth = _one(headers, "Authorization")
     if auth:
         scheme, _, value = auth.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
@@ -90,7 +123,11 @@ def token_from(headers: Mapping[str, str], path: str) -> tuple[str | None, bool]
         values = query.get(name)
         if values and values[0]:
             return values[0], False
-    protocols = [p.strip() for p in headers.get("Sec-WebSocket-Protocol", "").split(",")]
+    # This header may be repeated: its values then form one list (RFC 9110 §5.3).
+    get_all = getattr(headers, "get_all", None)
+    offered = ", ".join(get_all("Sec-WebSocket-Protocol")) if get_all is not None \
+        else headers.get("Sec-WebSocket-Protocol", "")
+    protocols = [p.strip() for p in offered.split(",")]
     if len(protocols) >= 2 and protocols[0].lower() == BEARER_SUBPROTOCOL and protocols[1]:
         return protocols[1], True
     return None, False
@@ -105,6 +142,7 @@ class Authenticator:
         self._audience = settings.jwt_audience
         self._issuer = settings.jwt_issuer
         self._origins = [o.rstrip("/").lower() for o in settings.allowed_origins]
+        self._public = {parse_origin(o) for o in settings.public_origins}
         if settings.jwt_secret is None and settings.jwt_public_key_file is None:
             if not insecure:
                 raise SettingsError(
@@ -116,22 +154,26 @@ class Authenticator:
             self._key, self._algorithms = _load_key(settings)
 
     def check_origin(self, headers: Mapping[str, str]) -> None:
-        """Refuse (403) a browser origin outside ``allowed_origins``.
+        """Refuse (403) a browser origin that is neither allowed nor public.
 
-        No ``Origin`` header (a non-browser client) is allowed. With an empty
-        allowlist only same-origin pages pass (Origin host equals Host), so a
-        pod is not open to every web page by default; ``*`` allows all.
+        No ``Origin`` header (a non-browser client) is allowed. A page passes
+        when its origin matches ``allowed_origins`` (globs; ``*`` allows all)
+        or equals one of ``public_origins`` in scheme, host and port. With both
+        empty, every page is refused: the ``Host`` header is not evidence of
+        anything (DNS rebinding sets it to the attacker's name).
         """
-        origin = headers.get("Origin")
+        origin = _one(headers, "Origin")
         if origin is None:
             return
         origin_l = origin.rstrip("/").lower()
-        if not self._origins:
-            host = (headers.get("Host") or "").lower()
-            if urlsplit(origin_l).netloc == host:
-                return
-        elif any(fnmatch.fnmatchcase(origin_l, pattern) for pattern in self._origins):
+        if any(fnmatch.fnmatchcase(origin_l, pattern) for pattern in self._origins):
             return
+        if self._public:
+            try:
+                if parse_origin(origin) in self._public:
+                    return
+            except ValueError:
+                pass  # "null", or not an origin at all
         raise AuthError(403, "origin not allowed")
 
     def authenticate(self, headers: Mapping[str, str], path: str) -> Identity:
@@ -139,7 +181,7 @@ class Authenticator:
         if token is None:
             if self.insecure:
                 user = parse_qs(urlsplit(path).query).get("user", [""])[0]
-                if user and len(user) <= MAX_USER_ID_LENGTH:
+                if user_id_problem(user) is None:
                     return Identity(UserId(user))
                 raise AuthError(401, "insecure mode: pass ?user=NAME or a token")
             raise AuthError(401, "missing token")
@@ -173,7 +215,7 @@ class Authenticator:
             user = claims.get("user_id")
         if isinstance(user, int) and not isinstance(user, bool):
             user = str(user)
-        if not isinstance(user, str) or not 0 < len(user) <= MAX_USER_ID_LENGTH:
+        if not isinstance(user, str) or user_id_problem(user) is not None:
             raise AuthError(401, f"token has no usable '{self._claim}' claim")
         exp = claims.get("exp")
         return Identity(UserId(user), float(exp) if exp is not None else None, claims,

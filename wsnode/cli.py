@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from wsnode import clihelp, logs
+from wsnode import admission, clihelp, logs
 from wsnode.errors import SettingsError
 from wsnode.node import Node
 from wsnode.settings import load_settings
@@ -107,6 +107,8 @@ def serve(
                                  redis_url=redis_url, amqp_url=amqp_url, log_level=log_level,
                                  log_format=log_format)
         logs.configure(settings.log_level, settings.log_format)
+        # Every descriptor the hard limit allows: MAX_CONNECTIONS defaults from it.
+        admission.raise_fd_limit()
         node = Node(settings, insecure=insecure)
     except SettingsError as exc:
         raise _fail(str(exc), 2) from None

@@ -20,6 +20,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from wsnode.budget import ConnBudget
 from wsnode.ids import ConnId, PodId, UserId
 from wsnode.protocol import CloseCode, Envelope, close_reason
 
@@ -43,9 +44,11 @@ class Conn:
         "_queued",
         "_replayed",
         "_writer",
+        "budget",
         "claims",
         "close_timeout",
         "closing",
+        "dropping",
         "id",
         "max_queue_bytes",
         "pod",
@@ -67,6 +70,7 @@ class Conn:
         close_timeout: float = 5.0,
         on_overflow: Callable[[Conn], None] | None = None,
         on_held_dropped: Callable[[int], None] | None = None,
+        budget: ConnBudget | None = None,
     ) -> None:
         self.ws = ws
         self.id = conn_id
@@ -77,6 +81,12 @@ class Conn:
         self.max_queue_bytes = max_queue_bytes
         self.close_timeout = close_timeout
         self.closing = False
+        # Closing abruptly (token expired, over budget, too slow): nothing more is
+        # written to it, and its frames are no longer handled.
+        self.dropping = False
+        # What this connection may still send of the frames the rate limiter does
+        # not count (wsnode.budget); None: no limit.
+        self.budget = budget
         self._on_overflow = on_overflow
         self._on_held_dropped = on_held_dropped
         self._queue: deque[bytes] = deque()
@@ -209,21 +219,29 @@ class Conn:
     def _overflow(self) -> None:
         log.warning("closing slow consumer: send queue over %d bytes", self.max_queue_bytes,
                     extra={"conn": self.id, "user": self.user})
-        # Closing from now on: every later push is refused, not queued again.
-        self.closing = True
-        self._drop_queue()
-        self._held, self._held_bytes = None, 0
-        if self._writer is not None:
-            # The writer is parked in drain() behind a full socket: stop it so the
-            # close frame is the next thing written.
-            self._writer.cancel()
-            self._writer = None
+        self._discard()
         if self._on_overflow is not None:
             self._on_overflow(self)
         self.close_soon(CloseCode.SLOW_CONSUMER, "slow consumer: send queue overflow")
 
-    def close_soon(self, code: int, reason: str) -> None:
-        """Start closing (idempotent); queued frames are flushed first."""
+    def _discard(self) -> None:
+        """Closing from now on, and nothing more written before the close frame:
+        every later push is refused, what is queued or held is dropped."""
+        self.closing = self.dropping = True
+        self._drop_queue()
+        self._held, self._held_bytes = None, 0
+        if self._writer is not None:
+            # The writer may be parked in drain() behind a full socket: stop it so
+            # the close frame is the next thing written.
+            self._writer.cancel()
+            self._writer = None
+
+    def close_soon(self, code: int, reason: str, *, discard: bool = False) -> None:
+        """Start closing (idempotent). Queued frames are flushed first, unless
+        ``discard``: then they are dropped and the close frame goes out next
+        (a token that expired must not keep a replay flowing)."""
+        if discard:
+            self._discard()
         if self._closer is None:
             self._closer = asyncio.get_running_loop().create_task(self.close(code, reason))
 

@@ -3,6 +3,16 @@
 Redaction runs on the final formatted line (message, arguments and traceback),
 so a token cannot leak through a third-party logger either (websockets logs
 request lines at DEBUG, aiohttp logs access lines).
+
+One record is one line, whatever a client put in it (a user id, a close
+reason, a message id): in text format control characters (newline, CR, ESC,
+...), Unicode line separators and lone surrogates in the message and in every
+context field are escaped (``\\n``, ``\\x1b``, ``\\ud800``), and a context
+value with a space, ``=`` or ``"`` is quoted, so no field can be forged
+either. A traceback follows on lines that each start with two spaces, so
+none of them can pass for a record of its own. JSON lines are escaped by the
+encoder, with lone surrogates escaped first (UTF-8 cannot carry them) and
+U+0085, U+2028 and U+2029 escaped after (line breaks to many readers).
 """
 
 from __future__ import annotations
@@ -28,6 +38,43 @@ _SECRETS = [
 CONTEXT_FIELDS = ("pod", "conn", "user", "code", "reason", "peer")
 
 
+# C0 and C1 controls, DEL, Unicode line/paragraph separators, lone surrogates.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+_JSON_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _SHORT.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def escape(text: str) -> str:
+    """``text`` with control characters, line separators and lone surrogates
+    escaped: printable on one line, whatever it held."""
+    return _UNSAFE.sub(_escape_char, text)
+
+
+def _field(value: object) -> str:
+    text = escape(str(value))
+    if not text or any(c in text for c in ' ="'):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
+
+
+def _json_safe(value: object) -> object:
+    """A string UTF-8 can encode (lone surrogates escaped); other values as they are."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return escape(value)
+    return value
+
+
 def redact(text: str) -> str:
     """Remove tokens and bearer credentials from ``text``."""
     for pattern, replacement in _SECRETS:
@@ -36,15 +83,26 @@ def redact(text: str) -> str:
 
 
 class TextFormatter(logging.Formatter):
+    """``time level logger: message key=value ...`` on one line (see the module)."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        record.message = escape(record.getMessage())
+        record.asctime = self.formatTime(record, self.datefmt)
+        line = self.formatMessage(record)
         context = " ".join(
-            f"{k}={getattr(record, k)}" for k in CONTEXT_FIELDS if hasattr(record, k)
+            f"{k}={_field(getattr(record, k))}" for k in CONTEXT_FIELDS if hasattr(record, k)
         )
-        return redact(f"{line} {context}" if context else line)
+        if context:
+            line = f"{line} {context}"
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        for extra in (record.exc_text, record.stack_info and self.formatStack(record.stack_info)):
+            if extra:
+                line += "".join(f"\n  {escape(part)}" for part in extra.splitlines())
+        return redact(line)
 
 
 class JsonFormatter(logging.Formatter):
@@ -54,14 +112,16 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": _json_safe(record.getMessage()),
         }
         for key in CONTEXT_FIELDS:
             if hasattr(record, key):
-                out[key] = getattr(record, key)
+                out[key] = _json_safe(getattr(record, key))
         if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return redact(orjson.dumps(out, default=str).decode())
+            out["exc"] = _json_safe(self.formatException(record.exc_info))
+        # JSON may carry these raw, but many line readers (Python's splitlines,
+        # JavaScript) end a line at them.
+        return redact(orjson.dumps(out, default=str).decode().translate(_JSON_BREAKS))
 
 
 def configure(level: str = "INFO", fmt: str = "text") -> None:

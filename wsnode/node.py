@@ -40,13 +40,14 @@ from websockets.asyncio.server import Server, serve
 
 from wsnode import failpoints
 from wsnode.acks import AckBackend, DeadLetter, MsgState
-from wsnode.admin import AdminApi
-from wsnode.auth import Authenticator
+from wsnode.admin import EVERY_INTERFACE, EXPOSED_WARNING, AdminApi
+from wsnode.admission import Admission, connection_limits, fd_limit, quiet_accept_errors
+from wsnode.auth import Authenticator, user_id_problem
 from wsnode.backends import Backends, build_backends
 from wsnode.bus import Bus, Unroutable
 from wsnode.clock import Clock, SystemClock
 from wsnode.drain import move_everyone
-from wsnode.errors import BackendUnavailable, NotFound, WsnodeError
+from wsnode.errors import BackendUnavailable, NotFound, SendError, WsnodeError
 from wsnode.frames import Frames
 from wsnode.gateway import ConnHooks, Gateway
 from wsnode.hub import Hub
@@ -68,8 +69,6 @@ from wsnode.upkeep import PresenceUpkeep
 log = logging.getLogger("wsnode.node")
 
 _SWEEP_INTERVAL = 1.0
-
-
 class NodeState(StrEnum):
     NEW = "new"
     ACTIVE = "active"
@@ -127,13 +126,16 @@ class Node:
                                      feed=feed)
         replayer = Replayer(self.acks, self.acks, self.metrics, hold_ms=retry_ms,
                             trace=self._trace_ack)
+        # A SettingsError when MAX_CONNECTIONS cannot hold under the descriptor limit.
+        self.admission = Admission(connection_limits(
+            s.max_connections, s.max_connections_per_user, fd_limit()))
         self.gateway = Gateway(
             s, auth=Authenticator(s, insecure=insecure), hub=self.hub,
             hooks=ConnHooks(self._accepting, self.upkeep.opened, self.upkeep.closed),
             replayer=replayer,
             frames=Frames(self.router, self.backends.limiter, self.acks, replayer,
                           self.metrics, self._trace_ack),
-            metrics=self.metrics, clock=self.clock)
+            metrics=self.metrics, clock=self.clock, admission=self.admission)
         self.loops = Supervisor()
         self.state = NodeState.NEW
         self._ws_server: Server | None = None
@@ -169,7 +171,10 @@ class Node:
         """Deliver ``env`` to every connection of ``user`` on every pod. From an app
         handler it is sent on behalf of the client whose frame is handled (its id
         scoped to that client, and counted against the relayed limits); pass
-        ``on_behalf_of=None`` to send as the server (see :mod:`wsnode.sender`)."""
+        ``on_behalf_of=None`` to send as the server (see :mod:`wsnode.sender`).
+        A user id no login could have (over 256 characters...) raises SendError."""
+        if (problem := user_id_problem(user)) is not None:
+            raise SendError(problem)
         return await self.sender.send_to_user(UserId(user), env, on_behalf_of=on_behalf_of)
 
     async def retry_dead(self, msg_id: MsgId, user: UserId | None = None) -> list[SendReport]:
@@ -194,7 +199,7 @@ class Node:
         if self.settings.admin_advertise:
             return self.settings.admin_advertise.rstrip("/")
         host = self.settings.admin_host or self.settings.host
-        if host in ("0.0.0.0", "::", ""):  # noqa: S104 (a comparison, not a bind)
+        if host in EVERY_INTERFACE:
             host = socket.gethostname()
         elif ":" in host:
             host = f"[{host}]"
@@ -291,6 +296,9 @@ class Node:
         s = self.settings
         if failpoints.ACTIVE:
             log.warning("failpoints enabled (tests only): %s", s.failpoints)
+        if s.admin_host is None and s.host in EVERY_INTERFACE:
+            log.warning(EXPOSED_WARNING, s.host, s.admin_port)
+        quiet_accept_errors(asyncio.get_running_loop())  # once a minute, not per accept
         # The admin port first: its URL is advertised in presence (wsctl doctor
         # asks each pod's /readyz there).
         runner = web.AppRunner(AdminApi(self, s.api_key).app(), access_log=None,
@@ -309,6 +317,7 @@ class Node:
             ping_timeout=s.ping_timeout or None,
             close_timeout=min(5.0, s.drain_timeout),
             server_header="wsnode",
+            create_connection=self.admission.connection_class(),
         )
         loops = self.loops
         loops.every("bus", self._bus_step, 1.0)
@@ -327,6 +336,7 @@ class Node:
         self.state = NodeState.ACTIVE
         log.info("pod %s serving ws://%s:%d/ws (admin :%d, %s)", self.pod, s.host,
                  self.port, self.admin_port, s.mode, extra={"pod": self.pod})
+        log.info("connection limits: %s", self.admission.limits, extra={"pod": self.pod})
 
     async def _bus_step(self) -> float:
         """Start the bus (fails fast; retried with backoff by the supervisor).

@@ -53,6 +53,9 @@ class ErrorCode(StrEnum):
     # record expired). Not in DESIGN §2's list: a duplicate ack of a settled id
     # is silent, but a client acking ids it never got deserves to hear so.
     UNKNOWN_ID = "unknown_id"
+    # A ``ping`` frame too large to be echoed (frames over MAX_MESSAGE_BYTES
+    # close the connection with 1009 instead).
+    TOO_LARGE = "too_large"
     RATE_LIMITED = "rate_limited"
     HANDLER_ERROR = "handler_error"
     # A message relayed from a client was refused by a limit on what clients may

@@ -13,6 +13,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BeforeValidator,
@@ -28,6 +29,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from wsnode.errors import SettingsError
 
 ENV_PREFIX = "WSNODE_"
+POD_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", re.IGNORECASE)
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -96,6 +98,40 @@ def parse_rate(value: Any) -> Rate | None:
     return Rate(count, period)
 
 
+def parse_byte_rate(value: Any) -> Rate | None:
+    """``"256KiB/10s"`` -> Rate(262144, 10.0); ``"0"``/``"off"`` -> None (no limit)."""
+    if value is None or isinstance(value, Rate):
+        return value
+    text = str(value).strip().lower()
+    if text in {"0", "off", "none", ""}:
+        return None
+    size_text, sep, period_text = text.partition("/")
+    if not sep:
+        raise ValueError(f"{value!r} is not a byte rate: use SIZE/PERIOD such as 256KiB/10s, "
+                         "or 0 for off")
+    size, period = parse_size(size_text), parse_duration(period_text)
+    if period <= 0:
+        raise ValueError("a byte rate needs a positive period (or 0 for off)")
+    return Rate(size, period)
+
+
+def parse_origin(value: str) -> tuple[str, str, int]:
+    """``(scheme, host, port)`` of an origin such as ``https://chat.example.com``:
+    lower case, the default port filled in, ``ws``/``wss`` read as ``http``/``https``
+    (so the WebSocket URL itself may be given). ValueError when it is not one."""
+    try:
+        parts = urlsplit(value.strip().rstrip("/"))
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not an origin: {exc}") from None
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme.lower(), parts.scheme.lower())
+    if scheme not in ("http", "https") or not parts.hostname or parts.path \
+            or parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"{value!r} is not an origin: use scheme://host[:port], "
+                         "e.g. https://chat.example.com")
+    return scheme, parts.hostname.lower(), port or (443 if scheme == "https" else 80)
+
+
 def _split_list(value: Any) -> Any:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
@@ -106,6 +142,7 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 StrList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
 OptRate = Annotated[Rate | None, NoDecode, BeforeValidator(parse_rate)]
+OptByteRate = Annotated[Rate | None, NoDecode, BeforeValidator(parse_byte_rate)]
 
 _SYMMETRIC = {"HS256", "HS384", "HS512"}
 _ASYMMETRIC = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
@@ -121,7 +158,9 @@ class NodeSettings(BaseSettings):
         env_ignore_empty=True,
     )
 
-    pod_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
+    # Valid as an AMQP queue name and routing key, a Redis key part, a URL path
+    # segment and a log field as it is: every hostname and Kubernetes pod name fits.
+    pod_id: str = Field(default_factory=socket.gethostname)
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=0, le=65535)
     admin_host: str | None = None  # defaults to host
@@ -140,15 +179,34 @@ class NodeSettings(BaseSettings):
     jwt_issuer: str | None = None
     user_claim: str = "sub"
     allowed_origins: StrList = Field(default_factory=list)
+    # Where browsers reach /ws (through the load balancer): a page of one of these
+    # origins is same-origin. The Host header is never trusted for this.
+    public_origins: StrList = Field(default_factory=list)
     api_key: SecretStr | None = None
     # Signs the messages pods (and wsctl) send each other over RabbitMQ; a pod
     # parks unsigned ones (wsnode.bus_sign). The same value on every pod.
     cluster_secret: SecretStr | None = None
 
     rate_limit: OptRate = Rate(20, 10.0)
+    # Connections per user on this pod (handshakes in progress included): past it
+    # a handshake gets 429. 0 turns it off.
+    max_connections_per_user: int = Field(64, ge=0, le=1_000_000)
+    # Connections on this pod: past it a handshake gets 503. Unset: the descriptor
+    # limit minus a reserve (wsnode.admission).
+    max_connections: int | None = Field(None, ge=1)
+    # Per connection: client `restore` frames (past it: error rate_limited), and the
+    # budget of ack/ping/restore frames and their bytes (past it: close 1008).
+    restore_rate: OptRate = Rate(2, 10.0)
+    control_frames: OptRate = Rate(100, 10.0)
+    control_bytes: OptByteRate = Rate(256 * 1024, 10.0)
     compression: bool = False
     max_message_bytes: Size = 65536
     send_queue_size: Size = 1024 * 1024
+    # The kernel's send buffer of each connection (SO_SNDBUF; 0: the kernel
+    # tunes it, up to megabytes). Bounds what a client that stopped reading
+    # still gets after its token expired, and the kernel memory it pins.
+    socket_send_buffer: Annotated[int, BeforeValidator(
+        lambda v: 0 if str(v).strip() == "0" else parse_size(v))] = 128 * 1024
     ping_interval: Duration = 20.0
     ping_timeout: Duration = 20.0
     heartbeat_interval: Duration = 5.0
@@ -193,6 +251,21 @@ class NodeSettings(BaseSettings):
     def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 32:
             raise ValueError("use at least 32 characters (openssl rand -hex 32)")
+        return value
+
+    @field_validator("pod_id")
+    @classmethod
+    def _pod_id(cls, value: str) -> str:
+        if not POD_ID.fullmatch(value):
+            raise ValueError("use 1-64 characters of A-Z, a-z, 0-9, '.', '_', '-' (the pod id "
+                             "names AMQP queues, Redis keys and URLs)")
+        return value
+
+    @field_validator("public_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            parse_origin(origin)  # its ValueError names the bad one
         return value
 
     @field_validator("trace")

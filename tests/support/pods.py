@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def descriptor_limit(soft: int, hard: int | None = None) -> Callable[[], None]:
+    """A ``preexec`` for :class:`PodProcess`: the child starts with this
+    ``RLIMIT_NOFILE`` (``hard`` defaults to ``soft``: the pod cannot raise it)."""
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, soft if hard is None else hard))
+    return limit
 
 
 def base_env(**extra: str) -> dict[str, str]:
@@ -53,8 +63,10 @@ class PodProcess:
     """
 
     def __init__(self, pod_id: str, log_dir: Path, env: dict[str, str] | None = None,
-                 args: list[str] | None = None) -> None:
+                 args: list[str] | None = None,
+                 preexec: Callable[[], None] | None = None) -> None:
         self.pod_id = pod_id
+        self.preexec = preexec  # run in the child before exec (e.g. descriptor_limit)
         self.port = 0
         self.admin_port = 0
         self.env = base_env(**(env or {}))
@@ -80,7 +92,8 @@ class PodProcess:
                "--host", "127.0.0.1", "--port", "0", "--admin-port", "0", *self.args]
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                     preexec_fn=self.preexec)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

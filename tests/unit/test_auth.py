@@ -312,16 +312,28 @@ def test_no_origin_header_is_allowed() -> None:
     hs_auth().check_origin({"Host": "pod.example:8765"})
 
 
-def test_empty_allowlist_allows_only_same_origin() -> None:
-    auth = hs_auth()
-    auth.check_origin({"Origin": "https://pod.example:8765", "Host": "pod.example:8765"})
-    auth.check_origin({"Origin": "https://POD.example:8765/", "Host": "pod.example:8765"})
-    for origin in ("https://evil.example", "https://pod.example", "null"):
+def test_public_origins_are_same_origin_by_scheme_host_and_port() -> None:
+    auth = hs_auth(public_origins=["https://pod.example:8765", "wss://chat.example.com"])
+    for origin in ("https://pod.example:8765", "https://POD.example:8765/",
+                   "https://chat.example.com", "https://chat.example.com:443"):
+        auth.check_origin({"Origin": origin, "Host": "pod.example:8765"})
+    for origin in ("http://pod.example:8765",  # another scheme
+                   "https://pod.example", "https://pod.example:8766",  # another port
+                   "http://chat.example.com", "https://evil.example", "null", "garbage"):
         with pytest.raises(AuthError) as info:
             auth.check_origin({"Origin": origin, "Host": "pod.example:8765"})
+        assert info.value.status == 403, origin
+
+
+def test_the_host_header_is_not_trusted() -> None:
+    """DNS rebinding: a hostile page under its own name reaches the pod, and its Host
+    header names it too. Without allowed or public origins, every page is refused."""
+    auth = hs_auth()
+    for origin, host in (("http://rebind.evil:8765", "rebind.evil:8765"),
+                         ("https://pod.example:8765", "pod.example:8765")):
+        with pytest.raises(AuthError) as info:
+            auth.check_origin({"Origin": origin, "Host": host})
         assert info.value.status == 403
-    with pytest.raises(AuthError):
-        auth.check_origin({"Origin": "https://pod.example:8765"})  # no Host
 
 
 def test_explicit_allowlist_with_glob() -> None:
