@@ -90,7 +90,7 @@ class RabbitBus:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         names: AmqpNames,
         *,
         queue_expires_ms: int = 60_000,
@@ -166,6 +166,12 @@ class RabbitBus:
         return f"deaf: no canary back for {self._canary.silent_for:.1f}s"
 
     @property
+    def connected_to(self) -> str | None:
+        """The URL (password hidden) of the broker node of the live session, or None."""
+        session = self._sessions.current
+        return session.where if session is not None and not session.lost.is_set() else None
+
+    @property
     def reconnects(self) -> int:
         """Sessions opened to replace a lost one."""
         return self._sessions.reconnects
@@ -216,12 +222,13 @@ class RabbitBus:
                 self._canary, prefetch=self._prefetch, publish_timeout=self._publish_timeout,
                 signer=self._signer)
             try:
-                self._sessions.begin(await self._open_session())
+                session = await self._open_session()
+                self._sessions.begin(session)
             except BaseException:
                 self._pod = self._sessions.pod = None
                 self._consumer = None
                 raise
-            log.info("bus connected to %s, consuming %s", self._endpoint.safe_url,
+            log.info("bus connected to %s, consuming %s", session.where,
                      self._names.pod_queue(pod), extra={"pod": pod})
 
     async def publish(self, pod: PodId, deliveries: Sequence[Delivery]) -> None:
