@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -26,7 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from tests.conftest import PodFactory
 from tests.support.client import Client
 from tests.support.cluster import ClusterSlice
-from tests.support.pods import PodProcess
+from tests.support.pods import PodProcess, base_env
 from tests.support.rabbit_cluster import RabbitCluster, RabbitNode
 from tests.support.waits import eventually
 
@@ -174,6 +176,40 @@ async def test_a_pod_fails_over_when_its_node_goes_and_no_ack_message_is_lost(
     finally:
         for device in devices.values():
             await device.close()
+
+
+async def test_wsctl_takes_the_url_list_and_names_a_node_that_is_down(
+        pod_factory: PodFactory, cluster: ClusterSlice, rabbit: RabbitCluster) -> None:
+    env = cluster.env(amqp_url=rabbit.url_list(0))
+    a = cluster.adopt(await asyncio.to_thread(pod_factory, "pod-a", env=env,
+                                              args=["--app", "tests.e2e.app"]))
+    await eventually(partial(_ready, a), 60, "pod-a ready")
+    client = await Client.open(a.ws_url, a.token("zoe"))
+    down = rabbit.nodes[1]
+    await asyncio.to_thread(down.stop)
+
+    done = await asyncio.to_thread(wsctl, env, "doctor", "--json")
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    checks = {c["name"]: c for c in orjson.loads(done.stdout)["checks"]}
+    assert checks["rabbitmq"]["status"] == "WARN"
+    assert checks["rabbitmq"]["detail"] == (f"2 of 3 nodes connect; unreachable: "
+                                            f"{redacted(down)} (AMQPConnectionError)")
+    assert checks["queue pod-a"]["status"] == "OK"
+
+    # A list that starts with the node that is down: wsctl goes on to the next.
+    env_down_first = {**env, "WSNODE_AMQP_URL": rabbit.url_list(1)}
+    done = await asyncio.to_thread(wsctl, env_down_first, "send", "zoe", "--type", "note",
+                                   "--payload", '{"via": "wsctl"}', "--json")
+    assert done.returncode == 0, done.stderr
+    assert orjson.loads(done.stdout)["pods"] == ["pod-a"]
+    frame = await client.expect("note")
+    assert frame["payload"] == {"via": "wsctl"}
+    await client.close()
+
+
+def wsctl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "wsctl", *args], env=base_env(**env),
+                          capture_output=True, text=True, timeout=60, check=False)
 
 
 def holds(predicate: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:

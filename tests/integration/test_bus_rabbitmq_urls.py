@@ -171,5 +171,5 @@ async def test_an_older_queue_with_other_arguments_is_still_refused(broker: Brok
     await channel.close()
     bus = await broker.bus(None)
     inbox = Inbox()
-    with pytest.raises(BackendUnavailable, match="refused a declaration.*x-message-ttl"):
+    with pytest.raises(BackendUnavailable, match=r"refused a declaration.*x-message-ttl"):
         await bus.start(A, inbox.on_deliveries, inbox.on_control, inbox.on_stranded)
