@@ -3,6 +3,8 @@ at start (one line naming the setting, passwords hidden)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from wsnode.errors import SettingsError
@@ -29,7 +31,7 @@ def test_a_list_is_split_and_trimmed() -> None:
     (" , ", "no URL given"),
 ])
 def test_a_bad_url_is_named_without_its_password(value: str, message: str) -> None:
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(ValueError, match=re.escape(message)) as caught:
         split_amqp_urls(value)
     assert message in str(caught.value)
     assert "pw-9" not in str(caught.value)
