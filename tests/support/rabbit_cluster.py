@@ -57,7 +57,7 @@ class RabbitNode:
     def __init__(self, cluster: RabbitCluster, index: int) -> None:
         self.cluster = cluster
         self.index = index
-        self.name = f"wsnode-t{index + 1}-{cluster.run}@localhost"
+        self.name = f"{cluster.name}{index + 1}-{cluster.run}@localhost"
         self.port = free_port()
         self.dist_port = free_port()
         self.dir = cluster.dir / f"node{index + 1}"
@@ -125,6 +125,12 @@ class RabbitNode:
                                f"{done.returncode}: {(done.stderr or done.stdout).strip()}")
         return done.stdout
 
+    def ctl_command(self, *args: str) -> str:
+        """``rabbitmqctl -n NODE ARGS`` as a shell line, for a person to run."""
+        env = self.env()
+        pairs = [f"{k}={env[k]}" for k in ("HOME", "ERL_EPMD_PORT", "RABBITMQ_CONF_ENV_FILE")]
+        return " ".join([*pairs, _tool("rabbitmqctl"), "-n", self.name, *args])
+
     def await_startup(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         last = ""
@@ -173,8 +179,9 @@ class RabbitNode:
 class RabbitCluster:
     """``size`` RabbitMQ nodes clustered on loopback (see the module)."""
 
-    def __init__(self, workdir: Path, size: int = 3) -> None:
+    def __init__(self, workdir: Path, size: int = 3, name: str = "wsnode-t") -> None:
         self.run = uuid.uuid4().hex[:6]
+        self.name = name
         self.dir = workdir / f"rabbit-{self.run}"
         self.home = self.dir / "home"
         self.home.mkdir(parents=True)
