@@ -109,6 +109,16 @@ class Session:
             await asyncio.wait(self.tasks, timeout=CLOSE_TIMEOUT)
 
 
+TRANSIENT_REFUSED = "transient_nonexcl_queues"
+"""In the broker's refusal of a transient non-exclusive queue (RabbitMQ 4.3+)."""
+
+
+def refused_everywhere(exc: BaseException | None) -> bool:
+    """Whether every node of the cluster would refuse the same (a declaration:
+    the nodes share their queues and settings), so trying the others is moot."""
+    return isinstance(exc, ChannelPreconditionFailed) or TRANSIENT_REFUSED in str(exc)
+
+
 class Endpoint:
     """Where the brokers are: opens sessions, says what went wrong without the password.
 
@@ -151,6 +161,13 @@ class Endpoint:
         if isinstance(exc, ChannelPreconditionFailed):
             text = (f"RabbitMQ refused a declaration ({detail}); a queue or exchange exists "
                     "with other arguments: delete it or let it expire")
+        elif TRANSIENT_REFUSED in detail:
+            # RabbitMQ 4.3+ by default: pod queues are transient so that they can
+            # move to another node when theirs is lost (see wsnode.bus_rabbitmq).
+            text = ("RabbitMQ refuses transient non-exclusive queues (a deprecated feature, "
+                    "refused by default since 4.3): set deprecated_features.permit."
+                    "transient_nonexcl_queues = true in rabbitmq.conf on every node (README, "
+                    "RabbitMQ cluster)")
         elif isinstance(exc, ProbableAuthenticationError):
             text = f"RabbitMQ at {safe_url} refused the login"
         elif isinstance(exc, TimeoutError):
@@ -172,7 +189,7 @@ class Endpoint:
                 session = await self._open_one(index, name, setup)
             except BackendUnavailable as exc:
                 failures.append(exc)
-                if isinstance(exc.__cause__, ChannelPreconditionFailed):
+                if refused_everywhere(exc.__cause__):
                     break
                 continue
             # The next session (after this one is lost) tries the next node first.

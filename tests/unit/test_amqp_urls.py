@@ -61,3 +61,19 @@ def test_settings_take_a_list_and_refuse_a_bad_one_in_one_line(
 ])
 def test_redact_hides_every_password(url: str, shown: str) -> None:
     assert redact(url) == shown
+
+
+def test_a_broker_refusing_transient_queues_is_explained() -> None:
+    from aiormq.exceptions import ConnectionInternalError
+
+    from wsnode.bus_rabbitmq_session import Endpoint, refused_everywhere
+
+    refusal = ConnectionInternalError(
+        541, "INTERNAL_ERROR - Feature `transient_nonexcl_queues` is deprecated.")
+    endpoint = Endpoint("amqp://u:pw-9@h1/,amqp://u:pw-9@h2/", 5.0)
+    text = str(endpoint.unavailable(refusal, 1))
+    assert "deprecated_features.permit.transient_nonexcl_queues = true" in text
+    assert refused_everywhere(refusal)  # the other nodes are not tried for it
+    assert endpoint.safe_urls == ["amqp://u:***@h1/", "amqp://u:***@h2/"]
+    assert str(endpoint.unavailable(TimeoutError(), 1)) == \
+        "RabbitMQ at amqp://u:***@h2/ did not answer in 5.0s"
