@@ -14,11 +14,11 @@ translates every failure to open one into
 password of the URLs.
 
 Contract of :class:`Supervisor`: once begun, it reconnects forever (until
-``end``) with exponential backoff and full jitter between rounds (a round
-tries every URL once, so a pod fails over to another node at once). It never dies quietly: an
-exception of any type while closing a lost session, opening, declaring or
-consuming is logged once per outage with its traceback (later ones at DEBUG,
-with a reminder every minute), and the loop goes on. ``problem`` says what
+``end``) with exponential backoff and full jitter between attempts (an attempt
+tries every URL once, so a pod fails over to another node at once). It never
+dies quietly: an exception of any type while closing a lost session, opening,
+declaring or consuming is logged once per outage with its traceback (later
+ones at DEBUG, with a reminder every minute), and the loop goes on. ``problem`` says what
 it is doing meanwhile, for ``/readyz``.
 """
 
@@ -123,10 +123,10 @@ class Endpoint:
     """Where the brokers are: opens sessions, says what went wrong without the password.
 
     ``urls`` are the nodes of one RabbitMQ cluster (``WSNODE_AMQP_URL``, a
-    comma-separated list). :meth:`open` tries them in turn, starting after the
-    URL of the last session it opened (so a lost node is tried last) and
-    beginning with the first URL; the first that answers and accepts the
-    declarations wins. A refused declaration is not tried elsewhere: every
+    comma-separated list). :meth:`open` tries them in turn: the first time from
+    the first URL, later from the URL after that of the last session opened
+    (so the node just lost is tried last); the first that answers and accepts
+    the declarations wins. A refused declaration is not tried elsewhere: every
     node of a cluster holds the same queues and gives the same answer.
     """
 
