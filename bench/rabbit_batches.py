@@ -115,9 +115,11 @@ async def run(rabbit: RabbitCluster, pods_n: int, rate: float, args: argparse.Na
         cpu0 = [cpu_seconds(p) for p in beams], [cpu_seconds(p.proc.pid) for p in pods]
         got0, t0 = got, time.monotonic()
         await asyncio.sleep(args.seconds)
+        # As at the start: the counters (read as rabbitmqctl ends, a second or
+        # more after it starts), then the rest at once, so the windows agree.
+        counters1 = await asyncio.to_thread(broker_counters, rabbit.nodes)
         got1, t1 = got, time.monotonic()
         cpu1 = [cpu_seconds(p) for p in beams], [cpu_seconds(p.proc.pid) for p in pods]
-        counters1 = await asyncio.to_thread(broker_counters, rabbit.nodes)
         stop.set()
         await sender
     finally:
