@@ -37,9 +37,10 @@ clean:
 
 # docker-compose.yml's topology on loopback, in the foreground: three pods behind
 # haproxy (deploy/haproxy/haproxy.cfg) on ws://127.0.0.1:8080/ws. Ctrl-C stops it.
+# HA=1: highly available backends of their own (a 3-node RabbitMQ cluster).
 cluster: $(STAMP) services
 	@scripts/ensure-haproxy.sh
-	@$(BIN)/python scripts/cluster.py
+	@CLUSTER_HA=$(HA) $(BIN)/python scripts/cluster.py
 
 # Every benchmark of bench/ (about 10 minutes on 2 cores; run it on a quiet
 # machine): JSON lines on stdout and in bench/results/latest.jsonl.

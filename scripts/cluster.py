@@ -9,6 +9,10 @@ Ctrl-C drains the pods (their clients get ``reconnect`` + 1012) and stops all.
 Environment: WSNODE_REDIS_URL, WSNODE_AMQP_URL, WSNODE_KEY_PREFIX (defaults: the
 local services, prefix ``ws``); CLUSTER_LB_PORT (8080), CLUSTER_STATS_PORT (8404),
 CLUSTER_POD_PORT (8765), CLUSTER_ADMIN_PORT (9765).
+
+``CLUSTER_HA=1`` (``make cluster HA=1``): a 3-node RabbitMQ cluster of its own
+(tests/support/rabbit_cluster.py, free loopback ports, data in the log
+directory) instead of WSNODE_AMQP_URL; every pod gets the three URLs.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from tests.deploy.loopback import (  # noqa: E402 (after the path is set)
     ensure_haproxy,
     port_free_on,
 )
+from tests.support.rabbit_cluster import RabbitCluster, Unavailable  # noqa: E402
 
 DEV_ENV = ROOT / os.environ.get("WSNODE_DEV_ENV", ".dev.env")
 BIN = Path(sys.executable).parent
@@ -109,8 +114,17 @@ def main() -> int:
            "WSNODE_KEY_PREFIX": prefix, "WSNODE_DRAIN_OVER": "2s",
            "WSNODE_DRAIN_TIMEOUT": "10s"}
     log_dir = Path(tempfile.mkdtemp(prefix="wsnode-cluster-"))
+    rabbit = None
+    if os.environ.get("CLUSTER_HA", "").strip() not in ("", "0"):
+        rabbit = start_rabbit_ha(log_dir)
+        if rabbit is None:
+            return 1
+        amqp_url = env["WSNODE_AMQP_URL"] = rabbit.url_list()
     cluster = LoopbackCluster(log_dir, env, pod_ids=PODS, port=pod_port, admin_port=admin_port,
                               lb_port=lb_port, stats_port=stats_port)
+    if rabbit is not None:
+        for i, pod in enumerate(cluster.pods):  # each pod starts on another node
+            pod.env["WSNODE_AMQP_URL"] = rabbit.url_list(i)
     tail = Tail({**{p.pod_id: p.log_path for p in cluster.pods},
                  "lb": cluster.balancer.log_path})
     tail.start()
@@ -124,6 +138,8 @@ def main() -> int:
         # Own sessions: Ctrl-C reaches this script only, which then drains the pods.
         cluster.start(haproxy, own_session=True)
         banner(cluster, redis_url, amqp_url, prefix, log_dir)
+        if rabbit is not None:
+            rabbit_banner(rabbit)
         while not stopping.wait(0.5):
             if cluster.balancer.proc is not None and cluster.balancer.proc.poll() is not None:
                 say("cluster: haproxy exited; stopping", err=True)
@@ -149,10 +165,35 @@ def main() -> int:
         return 1
     finally:
         cluster.kill()
+        if rabbit is not None:
+            say("cluster: stopping the RabbitMQ nodes")
+            rabbit.close()
         time.sleep(0.3)
         tail.stop.set()
         tail.join(1)
         say(f"cluster: stopped (logs in {log_dir})")
+
+
+def start_rabbit_ha(log_dir: Path) -> RabbitCluster | None:
+    """HA=1: a 3-node RabbitMQ cluster of its own on free loopback ports (the
+    shared broker is not touched), or None after saying why it cannot start."""
+    say("cluster: HA=1: starting a 3-node RabbitMQ cluster (some seconds per node)")
+    try:
+        return RabbitCluster(log_dir / "rabbitmq", name="wsnode-ha").start()
+    except Unavailable as exc:
+        say(f"cluster: HA=1: {exc}", err=True)
+        return None
+
+
+def rabbit_banner(rabbit: RabbitCluster) -> None:
+    nodes = "\n".join(f"  {n.name}  {redact(n.url)}" for n in rabbit.nodes)
+    say(f"""RabbitMQ cluster (HA=1), quorum queues for the shared queues; each pod lists every
+node, starting with another one:
+{nodes}
+Stop the node pod-1 is connected to; pod-1 fails over to the next URL, nobody loses a message:
+  {rabbit.nodes[0].ctl_command("stop_app")}
+  {rabbit.nodes[0].ctl_command("start_app")}
+""")
 
 
 def banner(cluster: LoopbackCluster, redis_url: str, amqp_url: str, prefix: str,

@@ -168,27 +168,69 @@ def _ack_checks(stats: Any, ack_ttl: float) -> list[Check]:
 
 
 async def _bus_checks(url: str, names: Any, pods: dict[str, PodState]) -> list[Check]:
-    import aio_pika
+    """Every broker URL of ``WSNODE_AMQP_URL`` (the nodes of one cluster) is
+    connected to; the queues are inspected through the first that answers."""
+    from wsnode.urls import split_amqp_urls
 
-    from wsnode.urls import redact
-
-    started = time.perf_counter()
+    urls = split_amqp_urls(url)
+    answers = await asyncio.gather(*(_connect(u) for u in urls))
     try:
-        connection = await aio_pika.connect(url, timeout=3)
-    except Exception as exc:
-        return [Check("rabbitmq", Status.FAIL, f"unreachable at {redact(url)}: "
-                      f"{type(exc).__name__}", "check WSNODE_AMQP_URL and that RabbitMQ runs")]
-    ms = (time.perf_counter() - started) * 1000
-    checks = [Check("rabbitmq", Status.OK if ms < 10 * SLOW_MS else Status.WARN,
-                    f"connects in {ms:.0f} ms")]
-    async with connection:
+        checks = [_broker_check(urls, answers)]
+        connection = next((a.connection for a in answers if a.connection is not None), None)
+        if connection is None:
+            return checks
         for pod, state in pods.items():
             checks.append(await _queue_check(connection, names.pod_queue(pod), f"queue {pod}",
                                              want_consumers=True,
                                              pod_answers=state != PodState.UNREACHABLE))
         checks.append(await _queue_check(connection, names.poison_queue, "poison queue",
                                          want_consumers=False))
-    return checks
+        return checks
+    finally:
+        for answer in answers:
+            if answer.connection is not None:
+                with contextlib.suppress(Exception):
+                    await answer.connection.close()
+
+
+@dataclass(slots=True)
+class _Broker:
+    connection: Any
+    ms: float = 0.0
+    error: str = ""
+
+
+async def _connect(url: str) -> _Broker:
+    import aio_pika
+
+    started = time.perf_counter()
+    try:
+        connection = await aio_pika.connect(url, timeout=3)
+    except Exception as exc:
+        return _Broker(None, error=type(exc).__name__)
+    return _Broker(connection, (time.perf_counter() - started) * 1000)
+
+
+def _broker_check(urls: list[str], answers: list[_Broker]) -> Check:
+    from wsnode.urls import redact
+
+    hint = "check WSNODE_AMQP_URL and that RabbitMQ runs"
+    down = [f"{redact(u)} ({a.error})" for u, a in zip(urls, answers, strict=True)
+            if a.connection is None]
+    slowest = max((a.ms for a in answers if a.connection is not None), default=0.0)
+    status = Status.OK if slowest < 10 * SLOW_MS else Status.WARN
+    if len(urls) == 1:
+        if down:
+            return Check("rabbitmq", Status.FAIL, f"unreachable at {redact(urls[0])}: "
+                         f"{answers[0].error}", hint)
+        return Check("rabbitmq", status, f"connects in {slowest:.0f} ms")
+    if len(down) == len(urls):
+        return Check("rabbitmq", Status.FAIL, f"no node answers: {', '.join(down)}", hint)
+    if down:
+        return Check("rabbitmq", Status.WARN, f"{len(urls) - len(down)} of {len(urls)} nodes "
+                     f"connect; unreachable: {', '.join(down)}", "the pods fail over to the "
+                     "nodes that answer; bring it back, or take its URL out of WSNODE_AMQP_URL")
+    return Check("rabbitmq", status, f"{len(urls)} nodes connect, in {slowest:.0f} ms at most")
 
 
 async def _queue_check(connection: Any, queue: str, name: str, *,

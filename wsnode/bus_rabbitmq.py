@@ -3,17 +3,32 @@
 Topology (names from :class:`~wsnode.keys.AmqpNames`)::
 
     publish(pod) ─> [exchange: direct, durable] ──key=pod──> [pod_queue(pod)] ──> this pod
+                                                      (classic, transient)
                                                                 │ x-message-ttl passed
                                                                 v (dead-letter)
                     [stranded_exchange: fanout] ──> [stranded_queue] ──> every live pod
-                                                                        (on_stranded)
-    undecodable bodies ──> [poison_queue]  (parked for an operator, never requeued)
+                                                       (quorum)          (on_stranded)
+    undecodable bodies ──> [poison_queue]  (quorum; parked for an operator, never requeued)
 
-A pod queue is durable with ``x-expires`` (it disappears some time after its
-pod stops consuming) and ``x-message-ttl`` < ``x-expires`` (so a dead pod's
-messages are dead-lettered to the stranded queue, and re-routed by a live pod,
-before the broker deletes the queue). Message ``type`` says what a body is:
-``deliver`` (an ``encode_batch`` body), ``control`` (a JSON command) or ``canary``.
+A pod queue is a classic queue with ``x-expires`` (it disappears some time
+after its pod stops consuming) and ``x-message-ttl`` < ``x-expires`` (so a dead
+pod's messages are dead-lettered to the stranded queue, and re-routed by a live
+pod, before the broker deletes the queue). It is transient: it lives on the
+node its pod declared it from and goes with that node, so that the pod can
+declare it again on whichever node it reconnects to (RabbitMQ refuses to
+re-declare a durable classic queue whose node is down). Meanwhile publishes to
+the pod are unroutable, and the sender keeps ACK-required deliveries stored.
+The stranded and poison queues are quorum queues, replicated over the cluster's
+nodes: they outlive the loss of any one node. Queues declared by an older
+wsnode (classic shared queues, durable pod queues) are used as they are, with
+a warning (:func:`~wsnode.bus_rabbitmq_topology.ensure_queue`). Message
+``type`` says what a body is: ``deliver`` (an ``encode_batch`` body),
+``control`` (a JSON command) or ``canary``.
+
+Brokers: ``url`` is one URL or several (a comma-separated string or a
+sequence), the nodes of one RabbitMQ cluster. A session is opened on the
+first that answers; a lost session is replaced on the next one (the lost node
+is tried last), see :class:`~wsnode.bus_rabbitmq_session.Endpoint`.
 
 Contracts beyond the Protocol's:
 
@@ -90,7 +105,7 @@ class RabbitBus:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         names: AmqpNames,
         *,
         queue_expires_ms: int = 60_000,
@@ -166,6 +181,12 @@ class RabbitBus:
         return f"deaf: no canary back for {self._canary.silent_for:.1f}s"
 
     @property
+    def connected_to(self) -> str | None:
+        """The URL (password hidden) of the broker node of the live session, or None."""
+        session = self._sessions.current
+        return session.where if session is not None and not session.lost.is_set() else None
+
+    @property
     def reconnects(self) -> int:
         """Sessions opened to replace a lost one."""
         return self._sessions.reconnects
@@ -216,12 +237,13 @@ class RabbitBus:
                 self._canary, prefetch=self._prefetch, publish_timeout=self._publish_timeout,
                 signer=self._signer)
             try:
-                self._sessions.begin(await self._open_session())
+                session = await self._open_session()
+                self._sessions.begin(session)
             except BaseException:
                 self._pod = self._sessions.pod = None
                 self._consumer = None
                 raise
-            log.info("bus connected to %s, consuming %s", self._endpoint.safe_url,
+            log.info("bus connected to %s, consuming %s", session.where,
                      self._names.pod_queue(pod), extra={"pod": pod})
 
     async def publish(self, pod: PodId, deliveries: Sequence[Delivery]) -> None:

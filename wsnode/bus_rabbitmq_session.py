@@ -7,15 +7,18 @@ never repaired: any loss (the connection or a channel closes, the broker
 cancels a consumer, a session task fails, the deaf-pod check gives up) marks it
 ``lost``, and the :class:`Supervisor` throws it away whole and opens a new one.
 
-:class:`Endpoint` opens sessions and translates every failure to open one into
-:class:`~wsnode.errors.BackendUnavailable` with a message that never holds the
-password of the URL.
+:class:`Endpoint` opens sessions on the first of its broker URLs that answers
+(the nodes of a RabbitMQ cluster, tried in turn, the lost one last) and
+translates every failure to open one into
+:class:`~wsnode.errors.BackendUnavailable` with a message that never holds a
+password of the URLs.
 
 Contract of :class:`Supervisor`: once begun, it reconnects forever (until
-``end``) with exponential backoff and full jitter. It never dies quietly: an
-exception of any type while closing a lost session, opening, declaring or
-consuming is logged once per outage with its traceback (later ones at DEBUG,
-with a reminder every minute), and the loop goes on. ``problem`` says what
+``end``) with exponential backoff and full jitter between attempts (an attempt
+tries every URL once, so a pod fails over to another node at once). It never
+dies quietly: an exception of any type while closing a lost session, opening,
+declaring or consuming is logged once per outage with its traceback (later
+ones at DEBUG, with a reminder every minute), and the loop goes on. ``problem`` says what
 it is doing meanwhile, for ``/readyz``.
 """
 
@@ -26,7 +29,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -36,7 +39,7 @@ from aio_pika.exceptions import ChannelPreconditionFailed, ProbableAuthenticatio
 
 from wsnode.errors import BackendUnavailable
 from wsnode.outage import Outage
-from wsnode.urls import redact
+from wsnode.urls import redact, split_amqp_urls
 
 log = logging.getLogger("wsnode.bus")
 
@@ -50,8 +53,10 @@ class Session:
     pub: AbstractChannel
     exchange: AbstractExchange
 
-    def __init__(self, connection: AbstractConnection) -> None:
+    def __init__(self, connection: AbstractConnection, where: str = "") -> None:
         self.connection = connection
+        self.where = where
+        """The URL of the broker node, password hidden."""
         self.lost = asyncio.Event()
         self.reason = ""
         self.consumers: list[tuple[AbstractQueue, str]] = []
@@ -104,51 +109,107 @@ class Session:
             await asyncio.wait(self.tasks, timeout=CLOSE_TIMEOUT)
 
 
-class Endpoint:
-    """Where the broker is: opens sessions, says what went wrong without the password."""
+TRANSIENT_REFUSED = "transient_nonexcl_queues"
+"""In the broker's refusal of a transient non-exclusive queue (RabbitMQ 4.3+)."""
 
-    def __init__(self, url: str, connect_timeout: float) -> None:
-        self.url = url
-        self.safe_url = redact(url)
+
+def refused_everywhere(exc: BaseException | None) -> bool:
+    """Whether every node of the cluster would refuse the same (a declaration:
+    the nodes share their queues and settings), so trying the others is moot."""
+    return isinstance(exc, ChannelPreconditionFailed) or TRANSIENT_REFUSED in str(exc)
+
+
+class Endpoint:
+    """Where the brokers are: opens sessions, says what went wrong without the password.
+
+    ``urls`` are the nodes of one RabbitMQ cluster (``WSNODE_AMQP_URL``, a
+    comma-separated list). :meth:`open` tries them in turn: the first time from
+    the first URL, later from the URL after that of the last session opened
+    (so the node just lost is tried last); the first that answers and accepts
+    the declarations wins. A refused declaration is not tried elsewhere: every
+    node of a cluster holds the same queues and gives the same answer.
+    """
+
+    def __init__(self, urls: str | Sequence[str], connect_timeout: float) -> None:
+        self.urls = split_amqp_urls(urls) if isinstance(urls, str) else list(urls)
+        if not self.urls:
+            raise ValueError("no RabbitMQ URL given")
+        self.safe_urls = [redact(url) for url in self.urls]
+        self.safe_url = ",".join(self.safe_urls)
         self.connect_timeout = connect_timeout
-        self._secrets: tuple[str, ...] = ()
-        with contextlib.suppress(ValueError):
-            password = urlsplit(url).password
-            if password:
-                self._secrets = tuple({password, unquote(password)})
+        self._next = 0
+        secrets: set[str] = set()
+        for url in self.urls:
+            with contextlib.suppress(ValueError):
+                password = urlsplit(url).password
+                if password:
+                    secrets |= {password, unquote(password)}
+        # Longest first: a password that contains another is replaced whole.
+        self._secrets = tuple(sorted(secrets, key=len, reverse=True))
 
     def scrub(self, text: str) -> str:
-        """``text`` without the URL's password (no library message we know
-        has it; be sure anyway: these texts reach logs and ``/readyz``)."""
+        """``text`` without the URLs' passwords (no library message we know
+        has one; be sure anyway: these texts reach logs and ``/readyz``)."""
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
 
-    def unavailable(self, exc: Exception) -> BackendUnavailable:
-        """What a failure to open a session means, as BackendUnavailable."""
+    def unavailable(self, exc: Exception, index: int = 0) -> BackendUnavailable:
+        """What a failure to open a session on URL ``index`` means, as BackendUnavailable."""
         detail = self.scrub(str(exc))
+        safe_url = self.safe_urls[index]
         if isinstance(exc, ChannelPreconditionFailed):
             text = (f"RabbitMQ refused a declaration ({detail}); a queue or exchange exists "
                     "with other arguments: delete it or let it expire")
+        elif TRANSIENT_REFUSED in detail:
+            # RabbitMQ 4.3+ by default: pod queues are transient so that they can
+            # move to another node when theirs is lost (see wsnode.bus_rabbitmq).
+            text = ("RabbitMQ refuses transient non-exclusive queues (a deprecated feature, "
+                    "refused by default since 4.3): set deprecated_features.permit."
+                    "transient_nonexcl_queues = true in rabbitmq.conf on every node (README, "
+                    "RabbitMQ cluster)")
         elif isinstance(exc, ProbableAuthenticationError):
-            text = f"RabbitMQ at {self.safe_url} refused the login"
+            text = f"RabbitMQ at {safe_url} refused the login"
         elif isinstance(exc, TimeoutError):
-            text = f"RabbitMQ at {self.safe_url} did not answer in {self.connect_timeout}s"
+            text = f"RabbitMQ at {safe_url} did not answer in {self.connect_timeout}s"
         else:
-            text = f"RabbitMQ at {self.safe_url} unreachable: {detail}"
+            text = f"RabbitMQ at {safe_url} unreachable: {detail}"
         return BackendUnavailable(text)
 
     async def open(self, name: str, setup: Callable[[Session], Awaitable[None]]) -> Session:
-        """Connect as ``name`` and run ``setup`` (declare, consume) within
-        ``connect_timeout``; on any failure close what was opened and raise
-        BackendUnavailable."""
+        """Connect as ``name`` to the first URL that answers (see the class) and
+        run ``setup`` (declare, consume) there within ``connect_timeout``; on
+        any failure close what was opened and try the next URL. When none
+        works, BackendUnavailable naming each failure."""
+        failures: list[BackendUnavailable] = []
+        start = self._next
+        for k in range(len(self.urls)):
+            index = (start + k) % len(self.urls)
+            try:
+                session = await self._open_one(index, name, setup)
+            except BackendUnavailable as exc:
+                failures.append(exc)
+                if refused_everywhere(exc.__cause__):
+                    break
+                continue
+            # The next session (after this one is lost) tries the next node first.
+            self._next = (index + 1) % len(self.urls)
+            return session
+        if len(failures) == 1:
+            raise failures[0]
+        raise BackendUnavailable(
+            f"no RabbitMQ node answered ({len(failures)} tried): "
+            + "; ".join(str(f) for f in failures)) from failures[-1]
+
+    async def _open_one(self, index: int, name: str,
+                        setup: Callable[[Session], Awaitable[None]]) -> Session:
         connection: AbstractConnection | None = None
         session: Session | None = None
         try:
             async with asyncio.timeout(self.connect_timeout):
                 connection = await aio_pika.connect(
-                    self.url, client_properties={"connection_name": name})
-                session = Session(connection)
+                    self.urls[index], client_properties={"connection_name": name})
+                session = Session(connection, self.safe_urls[index])
                 await setup(session)
                 return session
         except BaseException as exc:
@@ -159,7 +220,7 @@ class Endpoint:
                     async with asyncio.timeout(CLOSE_TIMEOUT):
                         await connection.close()
             if isinstance(exc, Exception):
-                raise self.unavailable(exc) from exc
+                raise self.unavailable(exc, index) from exc
             raise
 
 
@@ -266,8 +327,8 @@ class Supervisor:
             self.reconnects += 1
             self._install(session)
             self._outage.recovered(pod=self.pod)
-            log.info("bus reconnected after %d attempt(s), %.1fs", attempts,
-                     time.monotonic() - began, extra={"pod": self.pod})
+            log.info("bus reconnected to %s after %d attempt(s), %.1fs", session.where,
+                     attempts, time.monotonic() - began, extra={"pod": self.pod})
             return session
 
     def _failed(self, text: str, exc: BaseException) -> None:

@@ -15,6 +15,7 @@ poison queue, once, and never requeued.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any, cast
@@ -22,7 +23,12 @@ from typing import Any, cast
 import aio_pika
 import orjson
 from aio_pika.abc import AbstractIncomingMessage
-from aio_pika.exceptions import AMQPError, DeliveryError, PublishError
+from aio_pika.exceptions import (
+    AMQPError,
+    ChannelPreconditionFailed,
+    DeliveryError,
+    PublishError,
+)
 
 from wsnode.bus import ControlHandler, DeliveryHandler, Unroutable, decode_batch
 from wsnode.bus_rabbitmq_canary import Canary
@@ -40,10 +46,16 @@ _CONTENT_TYPES = {DELIVER: "application/x-wsnode-batch", CONTROL: "application/j
                   CANARY: "text/plain"}
 
 
+QUORUM: dict[str, Any] = {"x-queue-type": "quorum"}
+"""Arguments of the shared queues: replicated, so they outlive any one node."""
+
+
 async def declare(session: Session, names: AmqpNames, pod: PodId | None,
                   queue_args: dict[str, Any]) -> None:
     """Open the publishing channel (confirms, returns raise) and declare the
-    exchanges, the stranded and poison queues, and ``pod``'s queue when given."""
+    exchanges, the stranded and poison queues (quorum queues), and ``pod``'s
+    queue when given (classic and transient: see :mod:`wsnode.bus_rabbitmq`).
+    Queues of an older wsnode are used as they are (see :func:`ensure_queue`)."""
     pub = session.connection.channel(publisher_confirms=True, on_return_raises=True)
     await pub.initialize()
     pub.close_callbacks.add(session.on_closed)
@@ -52,13 +64,59 @@ async def declare(session: Session, names: AmqpNames, pod: PodId | None,
         names.exchange, aio_pika.ExchangeType.DIRECT, durable=True)
     stranded_x = await pub.declare_exchange(
         names.stranded_exchange, aio_pika.ExchangeType.FANOUT, durable=True)
-    stranded_q = await pub.declare_queue(names.stranded_queue, durable=True)
+    await ensure_queue(session, names.stranded_queue, durable=True, arguments=QUORUM,
+                       older=(True, {}), cost="it does not survive the loss of its node "
+                       "(messages stranded on it wait for that node)")
+    stranded_q = await pub.get_queue(names.stranded_queue, ensure=False)
     await stranded_q.bind(stranded_x)
-    await pub.declare_queue(names.poison_queue, durable=True)
+    await ensure_queue(session, names.poison_queue, durable=True, arguments=QUORUM,
+                       older=(True, {}), cost="it does not survive the loss of its node")
     if pod is not None:
-        queue = await pub.declare_queue(names.pod_queue(pod), durable=True,
-                                        arguments=queue_args)
+        name = names.pod_queue(pod)
+        await ensure_queue(session, name, durable=False, arguments=queue_args,
+                           older=(True, queue_args), cost="it cannot be declared on another "
+                           "node while its own is down (this pod stays disconnected until "
+                           "that node is back); it expires a minute after the pod stops")
+        queue = await pub.get_queue(name, ensure=False)
         await queue.bind(session.exchange, routing_key=pod)
+
+
+_OLDER_DIFFERENCES = ("inequivalent arg 'durable'", "inequivalent arg 'x-queue-type'")
+
+
+async def ensure_queue(session: Session, name: str, *, durable: bool,
+                       arguments: dict[str, Any], older: tuple[bool, dict[str, Any]],
+                       cost: str) -> None:
+    """Declare queue ``name`` as this version wants it. If the broker refuses
+    because the queue exists as an older wsnode declared it (``older``:
+    durable, arguments; a classic queue where a quorum one is wanted, or a
+    durable one where a transient one is), use it as it is and warn with
+    ``cost``, what it means: RabbitMQ cannot change a queue's type or
+    durability, and refusing would stop every pod of a rolling upgrade. Any
+    other difference raises ChannelPreconditionFailed. Attempts use channels
+    of their own (a refusal closes its channel)."""
+    try:
+        await _declare_on_own_channel(session, name, durable, arguments)
+        return
+    except ChannelPreconditionFailed as exc:
+        if not any(text in str(exc) for text in _OLDER_DIFFERENCES):
+            raise
+    # Raises when the queue differs from the older form too (another setting).
+    await _declare_on_own_channel(session, name, *older)
+    log.warning("queue %s was declared by an older wsnode (classic or durable); it is used "
+                "as it is, but %s. To replace it, delete it when it is empty: see README, "
+                "RabbitMQ cluster", name, cost)
+
+
+async def _declare_on_own_channel(session: Session, name: str, durable: bool,
+                                  arguments: dict[str, Any]) -> None:
+    channel = session.connection.channel(publisher_confirms=False)
+    await channel.initialize()
+    try:
+        await channel.declare_queue(name, durable=durable, arguments=arguments)
+    finally:
+        with contextlib.suppress(Exception):  # already closed by a refusal
+            await channel.close()
 
 
 async def publish(session: Session, pod: PodId, body: bytes, kind: str, *,

@@ -268,6 +268,13 @@ class NodeSettings(BaseSettings):
             parse_origin(origin)  # its ValueError names the bad one
         return value
 
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_urls(cls, value: str | None) -> str | None:
+        from wsnode.urls import split_amqp_urls
+
+        return None if value is None else ",".join(split_amqp_urls(value))
+
     @field_validator("trace")
     @classmethod
     def _trace_policy(cls, value: str) -> str:
@@ -360,6 +367,10 @@ def _describe(err: ErrorDetails) -> str:
     field = str(loc[0])
     value = err.get("input")
     secret = field in {"jwt_secret", "api_key", "cluster_secret"}
+    if field.endswith("_url") and isinstance(value, str):
+        from wsnode.urls import redact
+
+        value = redact(value)  # a backend URL may carry a password
     shown = "" if secret or value is None or isinstance(value, dict) else f"={value!r}"
     return f"invalid setting {ENV_PREFIX}{field.upper()}{shown}: {message}"
 

@@ -8,10 +8,14 @@ of the test alone, whose keys are deleted when the test ends (never FLUSHALL).
 Objects a factory makes within one test share that prefix, so for a shared
 backend they are two pods on one store.
 
-``make_bus`` runs once per bus in :data:`BUSES`: the in-process one, and
+``make_bus`` runs once per bus in :data:`BUSES`: the in-process one,
 RabbitMQ (``WSNODE_TEST_AMQP_URL``, default the shared broker) under AMQP names
-of the test alone, whose queues and exchanges are deleted when it ends. Buses a
-factory makes within one test are pods of one cluster.
+of the test alone, whose queues and exchanges are deleted when it ends, and a
+private 3-node RabbitMQ cluster (:mod:`tests.support.rabbit_cluster`, started
+once per module that asks for it, skipped with the reason where it cannot
+start): every bus gets the three URLs, each starting with another node, so
+the pods of one test sit on different nodes. Buses a factory makes within one
+test are pods of one cluster.
 
 Time: the Redis backends use Redis server time, so contract tests run on the
 real clock with short durations and bounded polls (``poll.eventually``); the
@@ -25,7 +29,7 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import aio_pika
 import pytest
@@ -39,6 +43,7 @@ from tests.contract.factories import (
 )
 from tests.integration.conftest import AMQP_URL, Broker, Inbox
 from tests.support.pods import free_port
+from tests.support.rabbit_cluster import RabbitCluster, start_or_skip
 from wsnode import redis_conn
 from wsnode.acks import AckBackend, AckPolicy
 from wsnode.acks_memory import MemoryAcks
@@ -58,7 +63,7 @@ from wsnode.trace import MemoryTracer, Tracer
 from wsnode.trace_redis import RedisTracer
 
 BACKENDS = ["memory", "redis"]
-BUSES = ["memory", "rabbitmq"]
+BUSES = ["memory", "rabbitmq", "rabbitmq-cluster"]
 REDIS_URL = os.environ.get("WSNODE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
@@ -188,18 +193,46 @@ def bus_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+class UrlsBroker(Broker):
+    """A Broker whose buses take turns with ``urls`` (one per bus, in order)."""
+
+    def __init__(self, connection: aio_pika.abc.AbstractConnection, prefix: str,
+                 urls: list[str]) -> None:
+        super().__init__(connection, prefix)
+        self.urls = urls
+
+    def next_url(self) -> str:
+        return self.urls[len(self.buses) % len(self.urls)]
+
+
+@pytest.fixture(scope="module")
+def rabbit_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]:
+    """A private 3-node RabbitMQ cluster for the module (only made when asked for)."""
+    cluster = start_or_skip(tmp_path_factory.mktemp("rabbit"))
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
 @pytest.fixture
-async def amqp_broker(bus_backend: str) -> AsyncIterator[Broker | None]:
-    """The real RabbitMQ under names of this test alone (None for memory);
-    its buses are stopped and its queues and exchanges deleted afterwards."""
-    if bus_backend != "rabbitmq":
+async def amqp_broker(bus_backend: str,
+                      request: pytest.FixtureRequest) -> AsyncIterator[UrlsBroker | None]:
+    """The real RabbitMQ (or the private cluster) under names of this test alone
+    (None for memory); its buses are stopped and its queues and exchanges
+    deleted afterwards."""
+    if bus_backend == "memory":
         yield None
         return
+    urls: list[str] = [AMQP_URL]
+    if bus_backend == "rabbitmq-cluster":
+        cluster: RabbitCluster = request.getfixturevalue("rabbit_cluster")
+        urls = [cluster.url_list(i) for i in range(len(cluster.nodes))]
     try:
-        connection = await aio_pika.connect(AMQP_URL, timeout=3)
+        connection = await aio_pika.connect(urls[0].split(",")[0], timeout=3)
     except (OSError, aio_pika.exceptions.AMQPError, TimeoutError) as exc:
-        pytest.fail(f"RabbitMQ not reachable at {AMQP_URL} (make services starts it): {exc}")
-    broker = Broker(connection, f"wscontract{uuid.uuid4().hex[:8]}")
+        pytest.fail(f"RabbitMQ not reachable at {urls[0]} (make services starts it): {exc}")
+    broker = UrlsBroker(connection, f"wscontract{uuid.uuid4().hex[:8]}", urls)
     try:
         yield broker
     finally:
@@ -208,7 +241,8 @@ async def amqp_broker(bus_backend: str) -> AsyncIterator[Broker | None]:
 
 
 @pytest.fixture
-async def make_bus(bus_backend: str, amqp_broker: Broker | None) -> AsyncIterator[BusFactory]:
+async def make_bus(bus_backend: str,
+                   amqp_broker: UrlsBroker | None) -> AsyncIterator[BusFactory]:
     """``await make_bus(pod, inbox=None)`` -> (a bus started as ``pod`` with the
     handlers of ``inbox`` (a fresh Inbox by default), that inbox);
     ``make_bus(None)`` -> a publish-only bus. Buses of one test reach each other."""
@@ -224,7 +258,7 @@ async def make_bus(bus_backend: str, amqp_broker: Broker | None) -> AsyncIterato
                 await bus.start(PodId(pod), inbox.on_deliveries, inbox.on_control,
                                 inbox.on_stranded)
         else:
-            bus = await amqp_broker.bus(pod, inbox=inbox)
+            bus = await amqp_broker.bus(pod, url=amqp_broker.next_url(), inbox=inbox)
         made.append(bus)
         return bus, inbox
 

@@ -34,7 +34,10 @@ from tests.deploy.specs import (
 )
 from wsnode.settings import NodeSettings
 
-SERVICES = {"redis", "rabbitmq", "wsnode", "lb", "loadtest"}
+SERVICES = {"redis", "rabbitmq", "wsnode", "lb", "loadtest", "rabbitmq-2", "rabbitmq-3"}
+PROFILED = {"loadtest": "loadtest", "rabbitmq-2": "ha", "rabbitmq-3": "ha"}
+RABBIT_NODES = ["rabbitmq", "rabbitmq-2", "rabbitmq-3"]
+RABBIT_CONF = ROOT / "deploy" / "rabbitmq"
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +58,9 @@ def pod_settings(services: dict) -> NodeSettings:
 
 def test_the_topology(services: dict) -> None:
     assert set(services) == SERVICES
-    assert services["loadtest"]["profiles"] == ["loadtest"]
-    for name in SERVICES - {"loadtest"}:
+    for name, profile in PROFILED.items():
+        assert services[name]["profiles"] == [profile]
+    for name in SERVICES - set(PROFILED):
         assert "profiles" not in services[name], f"{name} must start by default"
     assert services["wsnode"]["deploy"]["replicas"] == 3
 
@@ -92,12 +96,62 @@ def test_pod_environment_and_command_are_real_settings_and_options(
 def test_pods_reach_redis_and_rabbitmq_by_service_name(
         services: dict, pod_settings: NodeSettings) -> None:
     assert pod_settings.redis_url and pod_settings.amqp_url
-    redis, amqp = urlsplit(pod_settings.redis_url), urlsplit(pod_settings.amqp_url)
+    redis = urlsplit(pod_settings.redis_url)
     assert (redis.hostname, redis.port or 6379) == ("redis", 6379)
-    assert (amqp.hostname, amqp.port or 5672) == ("rabbitmq", 5672)
+    # Every RabbitMQ node, the one that always runs first.
+    amqps = [urlsplit(url) for url in pod_settings.amqp_url.split(",")]
+    assert [(a.hostname, a.port or 5672) for a in amqps] == [(n, 5672) for n in RABBIT_NODES]
     rabbit = environment_of(services["rabbitmq"])
-    assert (amqp.username, amqp.password) == (rabbit["RABBITMQ_DEFAULT_USER"],
-                                              rabbit["RABBITMQ_DEFAULT_PASS"])
+    for amqp in amqps:
+        assert (amqp.username, amqp.password) == (rabbit["RABBITMQ_DEFAULT_USER"],
+                                                  rabbit["RABBITMQ_DEFAULT_PASS"])
+
+
+def _conf(path: Path) -> dict[str, str]:
+    """A rabbitmq.conf (``key = value`` lines) as a dict."""
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return {k.strip(): v.strip() for k, _, v in (line.partition("=") for line in lines if line)}
+
+
+def test_profile_ha_clusters_three_rabbitmq_nodes(services: dict) -> None:
+    nodes = {name: services[name] for name in RABBIT_NODES}
+    cookies = {environment_of(n)["RABBITMQ_ERLANG_COOKIE"] for n in nodes.values()}
+    assert len(cookies) == 1, "one Erlang cookie for every node of the cluster"
+    raw = yaml.safe_load(COMPOSE.read_text())["services"]
+    for name in RABBIT_NODES:
+        assert raw[name]["environment"]["RABBITMQ_ERLANG_COOKIE"].startswith(
+            "${RABBITMQ_ERLANG_COOKIE:-"), "the cookie comes from .env"
+    for name, node in nodes.items():
+        assert node["hostname"] == name, "the node name (rabbit@HOST) is what others join"
+        assert node["image"].startswith("rabbitmq:3.13"), "one RabbitMQ version in a cluster"
+        mounts = {v.target: v for v in _volumes(node)}
+        conf = mounts["/etc/rabbitmq/conf.d/20-wsnode.conf"]
+        assert (ROOT / conf.source).resolve() == RABBIT_CONF / "wsnode.conf" and conf.read_only
+        data = mounts["/var/lib/rabbitmq"].source
+        assert data in compose_volumes(), f"{name} keeps its data in a volume of its own"
+        assert _has_healthcheck(node)
+    assert len({mounts_of(n)["/var/lib/rabbitmq"] for n in nodes.values()}) == 3
+    wsnode_conf = _conf(RABBIT_CONF / "wsnode.conf")
+    assert wsnode_conf["deprecated_features.permit.transient_nonexcl_queues"] == "true"
+    assert wsnode_conf["quorum_queue.continuous_membership_reconciliation.enabled"] == "true"
+    join = _conf(RABBIT_CONF / "join.conf")
+    assert join == {"cluster_formation.peer_discovery_backend": "classic_config",
+                    "cluster_formation.classic_config.nodes.1": "rabbit@rabbitmq"}
+    for name in RABBIT_NODES[1:]:
+        node = nodes[name]
+        mounts = {v.target: v for v in _volumes(node)}
+        assert (ROOT / mounts["/etc/rabbitmq/conf.d/30-join.conf"].source).resolve() == \
+            RABBIT_CONF / "join.conf"
+        assert node["depends_on"] == {"rabbitmq": {"condition": "service_healthy"}}
+    assert "/etc/rabbitmq/conf.d/30-join.conf" not in mounts_of(nodes["rabbitmq"])
+
+
+def mounts_of(service: dict) -> dict[str, str]:
+    return {v.target: v.source for v in _volumes(service)}
+
+
+def compose_volumes() -> set[str]:
+    return set(yaml.safe_load(COMPOSE.read_text())["volumes"])
 
 
 def test_secrets_come_from_the_environment_and_are_required() -> None:
@@ -218,8 +272,8 @@ def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
     env_file.write_text("".join(f"{k}={v}\n" for k, v in TEST_SECRETS.items()))
     base = [binary, "--project-directory", str(ROOT), "-f", str(COMPOSE)]
     done = subprocess.run([*base, "--env-file", str(env_file), "--profile", "loadtest",
-                           "config", "-q"], capture_output=True, text=True, timeout=60,
-                          check=False)
+                           "--profile", "ha", "config", "-q"], capture_output=True, text=True,
+                          timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     empty = tmp_path / "empty"
     empty.write_text("")
