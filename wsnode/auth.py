@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import fnmatch
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -57,6 +58,9 @@ def _one(headers: Mapping[str, str], name: str) -> str | None:
     if len(values) > 1:
         raise AuthError(400, f"more than one {name} header: send one")
     return values[0] if values else None
+
+
+_REMEMBERED = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +143,7 @@ class Authenticator:
     def __init__(self, settings: NodeSettings, *, insecure: bool = False) -> None:
         self.insecure = insecure
         self._claim = settings.user_claim
+        self._verified: OrderedDict[str, Identity] = OrderedDict()
         self._audience = settings.jwt_audience
         self._issuer = settings.jwt_issuer
         self._origins = [o.rstrip("/").lower() for o in settings.allowed_origins]
@@ -190,7 +195,23 @@ class Authenticator:
         return self.verify(token, via_subprotocol)
 
     def verify(self, token: str, via_subprotocol: bool = False) -> Identity:
-        """Verify a JWT and read the user id from it."""
+        """Verify a JWT and read the user id from it. A token verified once is
+        remembered until its ``exp`` (at most ``_REMEMBERED`` of them): a client
+        that reconnects, or a flood of handshakes with one token, costs one
+        signature check, not one per handshake."""
+        known = self._verified.get(token)
+        if known is not None:
+            if known.expires_at is not None and known.expires_at > time.time():
+                self._verified.move_to_end(token)
+                return replace(known, via_subprotocol=via_subprotocol)
+            del self._verified[token]
+        identity = self._verify(token, via_subprotocol)
+        self._verified[token] = identity
+        if len(self._verified) > _REMEMBERED:
+            self._verified.popitem(last=False)
+        return identity
+
+    def _verify(self, token: str, via_subprotocol: bool) -> Identity:
         try:
             claims = jwt.decode(
                 token,

@@ -33,6 +33,7 @@ from wsnode.protocol import ErrorCode, Reserved, control_frame, error_frame
 log = logging.getLogger("wsnode.replay")
 
 PAGE = 200
+_YIELD_EVERY = 32
 _RETRY_FIRST_S = 0.2
 _RETRY_MAX_S = 5.0
 
@@ -86,10 +87,12 @@ class Replayer:
         while True:
             page = await self._acks.pending(conn.user, since, after_seq=after, limit=PAGE,
                                             hold_ms=self._hold_ms)
-            for msg in page:
+            for n, msg in enumerate(page):
                 frame = msg.frame()
                 if conn.queued_bytes and conn.queued_bytes + len(frame) > high_water:
                     await conn.flushed()
+                elif n % _YIELD_EVERY == _YIELD_EVERY - 1:
+                    await asyncio.sleep(0)  # a long replay must not hold the loop
                 if not conn.push(frame):
                     return replayed  # closing
                 replayed.add(msg.id)

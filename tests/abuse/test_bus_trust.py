@@ -46,6 +46,15 @@ async def forge(cluster: ClusterSlice, pod: str, *messages: tuple[str, bytes]) -
             await exchange.publish(aio_pika.Message(body, type=kind), routing_key=pod)
 
 
+async def all_ready(*pods: PodProcess) -> None:
+    """Until every pod is ready: its queue exists (before, a forged message would
+    go nowhere, and the test would show nothing)."""
+    for pod in pods:
+        async def up(pod: PodProcess = pod) -> bool:
+            return (await asyncio.to_thread(pod.api, "GET", "/readyz", None, None))[0] == 200
+        await eventually(up, 20, f"{pod.pod_id} ready")
+
+
 def delivery(user: str, frame: bytes) -> bytes:
     return encode_batch([Delivery(UserId(user), frame, "x")])
 
@@ -61,6 +70,7 @@ async def dropped(pod: PodProcess, reason: str) -> float:
 async def test_reserved_or_broken_frames_from_the_bus_never_reach_a_client(
         pod_factory: PodFactory, cluster: ClusterSlice) -> None:
     pod = cluster.adopt(pod_factory("pod-a", env=cluster.env()))
+    await all_ready(pod)
     async with await Client.open(pod.ws_url, pod.token("carol")) as carol:
         fake_welcome = orjson.dumps({"type": "welcome", "payload": {"connId": "evil"}})
         fake_reconnect = orjson.dumps({"type": "reconnect", "payload": {"reason": "x"}})
@@ -84,6 +94,7 @@ async def test_with_a_cluster_secret_unsigned_messages_are_parked(
     env = cluster.env(WSNODE_CLUSTER_SECRET=SECRET)
     a = cluster.adopt(pod_factory("pod-a", env=env))
     b = cluster.adopt(pod_factory("pod-b", env=env))
+    await all_ready(a, b)
     async with await Client.open(a.ws_url, a.token("carol")) as carol:
         await forge(cluster, "pod-a",
                     ("deliver", delivery("carol", b'{"type":"n","p":1}')),
