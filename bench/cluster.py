@@ -75,6 +75,10 @@ async def cluster(pod_ids: list[str], **settings: str) -> AsyncIterator[list[Pod
                # store through the chat app must not throttle its ACK runs.
                WSNODE_RELAYED_MAX_PENDING="1000000", WSNODE_RELAYED_BUDGET="1000000")
     env.update(settings)
+    # WSNODE_BENCH_POD_<NAME>=value: a pod setting for an A/B run (the rest of
+    # the caller's WSNODE_* environment is ignored on purpose).
+    env.update({f"WSNODE_{k[len('WSNODE_BENCH_POD_'):]}": v for k, v in os.environ.items()
+                if k.startswith("WSNODE_BENCH_POD_")})
     log_dir = Path(os.environ.get("WSNODE_BENCH_LOGS", "/tmp/wsnode-bench"))
     log_dir.mkdir(parents=True, exist_ok=True)
     pods = [Pod(p, env, log_dir) for p in pod_ids]

@@ -165,12 +165,18 @@ class RedisKeys:
 
     def trace(self, user: str, msg_id: str) -> str:
         """LIST of the trail events (JSON) of one user's message, capped, expiring.
-        Per (user, id): one user's events can never crowd out another's."""
-        return f"{self.prefix}:{{u:{_enc(user)}}}:trace:{_enc(msg_id)}"
+        Per (user, id): one user's events can never crowd out another's. In the
+        trail bucket of the id (:meth:`trace_bucket`), beside :meth:`trace_users`,
+        so a pod writes every trail of a bucket in one script call."""
+        return f"{self.trace_bucket(msg_id)}:trace:{_enc(user)}:{_enc(msg_id)}"
 
     def trace_users(self, msg_id: str) -> str:
         """SET of the users with a trail of this id (``wsctl trace ID`` without --user)."""
-        return f"{self.prefix}:traceusers:{{{_enc(msg_id)}}}"
+        return f"{self.trace_bucket(msg_id)}:traceusers:{_enc(msg_id)}"
+
+    def trace_bucket(self, msg_id: str) -> str:
+        """The key prefix (and hash slot, ``{t:<n>}``) of the trails of ``msg_id``."""
+        return f"{self.prefix}:{{t:{bucket_of(msg_id)}}}"
 
     @staticmethod
     def quarantined(key: str) -> str:

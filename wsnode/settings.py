@@ -235,6 +235,9 @@ class NodeSettings(BaseSettings):
     trace_ttl: Duration = 86400.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+    # uvloop (libuv, transports in C) halves the loop's cost per socket write;
+    # asyncio is there for debugging and for platforms without uvloop.
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     # Tests only: make this pod fail at named places (wsnode.failpoints). Off
     # by default, and costs nothing when off.
     failpoints: str = ""
