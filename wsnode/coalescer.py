@@ -9,49 +9,80 @@ Contract: each ``await run(queue)`` gets the reply of the one command its
 ``queue(pipe)`` adds to the shared pipeline, or raises that command's error
 (a redis-py exception: callers translate it with ``redis_conn.translated``).
 A pipeline that fails as a whole (connection lost) fails every caller in it.
+
+At most ``max_in_flight`` pipelines run at once; what arrives meanwhile waits
+and goes out in the next (larger) pipeline. On a Redis Cluster the pipeline is
+redis-py's cluster pipeline: it splits the commands by node (each node gets
+its commands in order, in one round trip) and never wraps them in MULTI, so no
+command ever spans two slots.
+
+Durable writes: a call made with ``durable`` keys (the ACK store's) is
+followed, in the same pipeline and so on the same connection, by ``WAIT
+replicas timeout`` on the node of each of those keys; if a node's replicas did
+not all confirm, that call fails with a ``NOREPLICAS`` error (the caller sees
+``BackendUnavailable`` and the message is not reported stored). Replication is
+asynchronous: without this, a write acknowledged by a master that dies before
+its replica copied it would be lost when the replica takes over.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError, SlotNotCoveredError
 
-from wsnode.redis_conn import Redis, queue_script
+from wsnode.redis_conn import Redis, is_cluster, queue_script
 
-# (queue, number of commands it adds (0: one, reply unwrapped), future)
-_Queued = tuple[Callable[[Any], Any], int, asyncio.Future[Any]]
+
+@dataclass(slots=True)
+class _Queued:
+    queue: Callable[[Any], Any]
+    count: int  # commands it adds (0: one, its reply unwrapped)
+    future: asyncio.Future[Any]
+    durable: Sequence[str] = field(default_factory=tuple)
+    nodes: list[str] = field(default_factory=list)  # where its durable keys went
 
 
 class Coalescer:
-    """One shared pipeline per loop tick (see the module contract)."""
+    """One shared pipeline per loop tick (see the module contract). ``replicas``:
+    how many replicas must confirm durable writes (0: no WAIT), within
+    ``wait_ms``."""
 
-    def __init__(self, client: Redis, *, max_batch: int = 512) -> None:
+    def __init__(self, client: Redis, *, max_batch: int = 512, max_in_flight: int = 8,
+                 replicas: int = 0, wait_ms: int = 1000) -> None:
         self._client = client
         self._max = max_batch
+        self._cap = max_in_flight
+        self._replicas = replicas
+        self._wait_ms = wait_ms
         self._pending: list[_Queued] = []
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def run(self, queue: Callable[[Any], Any]) -> Any:
+    async def run(self, queue: Callable[[Any], Any], *, durable: Sequence[str] = ()) -> Any:
         """``queue(pipe)`` adds one command to ``pipe``; returns that command's
-        reply, or raises its error."""
-        return await self._add(queue, 0)
+        reply, or raises its error. ``durable``: the keys it writes that must
+        reach a replica before it counts (see the module)."""
+        return await self._add(queue, 0, durable)
 
-    async def run_group(self, queue: Callable[[Any], Any], count: int) -> list[Any]:
+    async def run_group(self, queue: Callable[[Any], Any], count: int, *,
+                        durable: Sequence[str] = ()) -> list[Any]:
         """``queue(pipe)`` adds ``count`` commands, which go out together and in
         this order in one pipeline; returns their replies, errors included as
         exception objects (not raised)."""
-        return list(await self._add(queue, count))
+        return list(await self._add(queue, count, durable))
 
-    def _add(self, queue: Callable[[Any], Any], count: int) -> asyncio.Future[Any]:
+    def _add(self, queue: Callable[[Any], Any], count: int,
+             durable: Sequence[str]) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((queue, count, future))
-        if len(self._pending) >= self._max:
+        self._pending.append(_Queued(queue, count, future,
+                                     durable if self._replicas else ()))
+        if len(self._pending) >= self._max and len(self._tasks) < self._cap:
             self._flush()
         elif not self._scheduled:
             self._scheduled = True
@@ -59,47 +90,104 @@ class Coalescer:
         return future
 
     async def script(self, script: AsyncScript, keys: Sequence[Any],
-                     args: Sequence[Any]) -> Any:
-        """One script call, coalesced; a NOSCRIPT (Redis restarted) is retried
-        on its own, which loads the script again. Scripts run through here must
-        be safe to run twice (ours carry a request token)."""
+                     args: Sequence[Any], *, durable: bool = False) -> Any:
+        """One script call, coalesced. After a NOSCRIPT (Redis restarted, or a
+        replica took over) the script is loaded (on every master of a cluster)
+        and called again. Scripts run through here must be safe to run twice
+        (ours carry a request token). ``durable``: its first key is written
+        durably (see the module)."""
+        def queue(pipe: Any) -> None:
+            queue_script(pipe, script, keys, args)
+
+        durable_keys = [keys[0]] if durable and keys else []
         try:
-            return await self.run(lambda pipe: queue_script(pipe, script, keys, args))
+            return await self.run(queue, durable=durable_keys)
         except NoScriptError:
-            return await script(keys=keys, args=args)
+            await self._client.script_load(script.script)
+            return await self.run(queue, durable=durable_keys)
 
     def _flush(self) -> None:
         self._scheduled = False
-        batch, self._pending = self._pending, []
-        if batch:
-            task = asyncio.get_running_loop().create_task(self._execute(batch))
+        loop = asyncio.get_running_loop()
+        while self._pending and len(self._tasks) < self._cap:
+            batch, self._pending = self._pending[:self._max], self._pending[self._max:]
+            task = loop.create_task(self._execute(batch))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._pending and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     async def _execute(self, batch: list[_Queued]) -> None:
         try:
             async with self._client.pipeline(transaction=False) as pipe:
-                for queue, _, _ in batch:
-                    queue(pipe)
+                for item in batch:
+                    item.queue(pipe)
+                nodes = self._queue_waits(pipe, batch)
                 replies = await pipe.execute(raise_on_error=False)
         except BaseException as exc:
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
             return
+        unconfirmed = self._unconfirmed(nodes, replies[len(replies) - len(nodes):])
         at = 0
-        for _, count, future in batch:
-            if count:
-                reply: Any = replies[at:at + count]
-                at += count
+        for item in batch:
+            if item.count:
+                reply: Any = replies[at:at + item.count]
+                at += item.count
             else:
                 reply = replies[at]
                 at += 1
-            if future.done():
+            if item.future.done():
                 continue
-            if isinstance(reply, Exception):
-                future.set_exception(reply)
+            failed = [unconfirmed[n] for n in item.nodes if n in unconfirmed]
+            if failed:
+                item.future.set_exception(failed[0])
+            elif isinstance(reply, Exception):
+                item.future.set_exception(reply)
             else:
-                future.set_result(reply)
+                item.future.set_result(reply)
+
+    def _queue_waits(self, pipe: Any, batch: list[_Queued]) -> list[str]:
+        """Queue a WAIT on every node that durable writes of ``batch`` went to;
+        their names, in the order of the WAITs."""
+        durable = [item for item in batch if item.durable]
+        if not durable:
+            return []
+        client = self._client
+        if not is_cluster(client):
+            pipe.execute_command("WAIT", self._replicas, self._wait_ms)
+            for item in durable:
+                item.nodes = [""]
+            return [""]
+        names: dict[str, Any] = {}
+        for item in durable:
+            for key in item.durable:
+                # The slot map the cluster pipeline routes by (it was initialised
+                # on entering the pipeline).
+                node = client.get_node_from_key(key)
+                if node is None:
+                    raise SlotNotCoveredError(f"no node serves the slot of {key!r}")
+                names.setdefault(node.name, node)
+                item.nodes.append(node.name)
+        for node in names.values():
+            pipe.execute_command("WAIT", self._replicas, self._wait_ms, target_nodes=node)
+        return list(names)
+
+    def _unconfirmed(self, nodes: list[str], replies: Sequence[Any]) -> dict[str, Exception]:
+        """Node name -> the error for the durable writes it did not confirm."""
+        out: dict[str, Exception] = {}
+        for name, reply in zip(nodes, replies, strict=True):
+            if isinstance(reply, Exception):
+                out[name] = reply
+            elif int(reply) < self._replicas:
+                out[name] = ResponseError(
+                    f"NOREPLICAS {int(reply)} of {self._replicas} replica(s) confirmed the "
+                    f"write within {self._wait_ms} ms{' on ' + name if name else ''}")
+        return out
