@@ -17,9 +17,9 @@ its commands in order, in one round trip) and never wraps them in MULTI, so no
 command ever spans two slots.
 
 Durable writes: a call made with ``durable`` keys (the ACK store's) is
-followed, in the same pipeline and so on the same connection, by ``WAIT
-replicas timeout`` on the node of each of those keys; if a node's replicas did
-not all confirm, that call fails with a ``NOREPLICAS`` error (the caller sees
+followed, in the same pipeline and so on the same connection, by ``WAIT`` on
+the node of each of those keys; when ``wsnode.redis_wait`` judges a node's
+answer short, that call fails with a ``NOREPLICAS`` error (the caller sees
 ``BackendUnavailable`` and the message is not reported stored). Replication is
 asynchronous: without this, a write acknowledged by a master that dies before
 its replica copied it would be lost when the replica takes over.
@@ -33,9 +33,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, ResponseError, SlotNotCoveredError
+from redis.exceptions import NoScriptError, SlotNotCoveredError
 
 from wsnode.redis_conn import Redis, is_cluster, queue_script
+from wsnode.redis_wait import ReplicaWait
 
 
 @dataclass(slots=True)
@@ -49,16 +50,14 @@ class _Queued:
 
 class Coalescer:
     """One shared pipeline per loop tick (see the module contract). ``replicas``:
-    how many replicas must confirm durable writes (0: no WAIT), within
-    ``wait_ms``."""
+    how many replicas must confirm durable writes (0: no WAIT)."""
 
     def __init__(self, client: Redis, *, max_batch: int = 512, max_in_flight: int = 8,
-                 replicas: int = 0, wait_ms: int = 1000) -> None:
+                 replicas: int = 0) -> None:
         self._client = client
         self._max = max_batch
         self._cap = max_in_flight
-        self._replicas = replicas
-        self._wait_ms = wait_ms
+        self._wait = ReplicaWait(replicas) if replicas else None
         self._pending: list[_Queued] = []
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -80,8 +79,7 @@ class Coalescer:
              durable: Sequence[str]) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append(_Queued(queue, count, future,
-                                     durable if self._replicas else ()))
+        self._pending.append(_Queued(queue, count, future, durable if self._wait else ()))
         if len(self._pending) >= self._max and len(self._tasks) < self._cap:
             self._flush()
         elif not self._scheduled:
@@ -158,11 +156,11 @@ class Coalescer:
         """Queue a WAIT on every node that durable writes of ``batch`` went to;
         their names, in the order of the WAITs."""
         durable = [item for item in batch if item.durable]
-        if not durable:
+        if not durable or self._wait is None:
             return []
-        client = self._client
+        wait, client = self._wait, self._client
         if not is_cluster(client):
-            pipe.execute_command("WAIT", self._replicas, self._wait_ms)
+            pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms(""))
             for item in durable:
                 item.nodes = [""]
             return [""]
@@ -176,18 +174,18 @@ class Coalescer:
                     raise SlotNotCoveredError(f"no node serves the slot of {key!r}")
                 names.setdefault(node.name, node)
                 item.nodes.append(node.name)
-        for node in names.values():
-            pipe.execute_command("WAIT", self._replicas, self._wait_ms, target_nodes=node)
+        for name, node in names.items():
+            pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms(name),
+                                 target_nodes=node)
         return list(names)
 
     def _unconfirmed(self, nodes: list[str], replies: Sequence[Any]) -> dict[str, Exception]:
         """Node name -> the error for the durable writes it did not confirm."""
         out: dict[str, Exception] = {}
+        if self._wait is None:
+            return out
         for name, reply in zip(nodes, replies, strict=True):
-            if isinstance(reply, Exception):
-                out[name] = reply
-            elif int(reply) < self._replicas:
-                out[name] = ResponseError(
-                    f"NOREPLICAS {int(reply)} of {self._replicas} replica(s) confirmed the "
-                    f"write within {self._wait_ms} ms{' on ' + name if name else ''}")
+            error = self._wait.verdict(name, reply)
+            if error is not None:
+                out[name] = error
         return out
