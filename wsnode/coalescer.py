@@ -28,6 +28,7 @@ its replica copied it would be lost when the replica takes over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, SlotNotCoveredError
 
 from wsnode.redis_conn import Redis, is_cluster, queue_script
+from wsnode.redis_sentinel import sentinel_pool
 from wsnode.redis_wait import ReplicaWait
 
 
@@ -134,6 +136,10 @@ class Coalescer:
                 raise
             return
         unconfirmed = self._unconfirmed(nodes, replies[len(replies) - len(nodes):])
+        pool = sentinel_pool(self._client)
+        if unconfirmed and pool is not None:
+            with contextlib.suppress(Exception):  # best effort: the next write tries again
+                await pool.recheck()
         at = 0
         for item in batch:
             if item.count:
@@ -160,10 +166,14 @@ class Coalescer:
             return []
         wait, client = self._wait, self._client
         if not is_cluster(client):
-            pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms(""))
+            # One server: Sentinel's master (named by its address, so that a new
+            # master is judged on its own), or a single Redis.
+            pool = sentinel_pool(client)
+            name = pool.master_name if pool is not None else ""
+            pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms(name))
             for item in durable:
-                item.nodes = [""]
-            return [""]
+                item.nodes = [name]
+            return [name]
         names: dict[str, Any] = {}
         for item in durable:
             for key in item.durable:

@@ -19,6 +19,7 @@ follows ACK-store writes with ``WAIT`` (see ``docs/architecture.md``).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -29,7 +30,41 @@ from wsnode.urls import RedisTarget
 
 class BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
     """Sentinel's pool (master looked up per connection) that waits for a free
-    connection instead of raising."""
+    connection instead of raising, and drops a connection to a former master
+    when it is taken from the pool (redis-py only drops the idle ones at the
+    moment it learns of a new master: a connection in use then would go on
+    writing to the old one until Sentinel demotes it, which takes seconds)."""
+
+    _rechecked = 0.0
+
+    async def ensure_connection(self, connection: Any) -> None:
+        if connection.is_connected and self.master_address is not None \
+                and (connection.host, connection.port) != tuple(self.master_address):
+            await connection.disconnect()
+        await super().ensure_connection(connection)
+
+    async def recheck(self) -> None:
+        """Ask the sentinels for the master now (at most twice a second): a
+        write the old master took but no replica confirmed says a failover
+        may be under way."""
+        now = time.monotonic()
+        if now - self._rechecked >= 0.5:
+            self._rechecked = now
+            await self.get_master_address()  # type: ignore[no-untyped-call]
+
+    @property
+    def master_name(self) -> str:
+        """``host:port`` of the master as last looked up ("" before the first)."""
+        if self.master_address is None:
+            return ""
+        host, port = self.master_address
+        return f"{host}:{port}"
+
+
+def sentinel_pool(client: Any) -> BlockingSentinelPool | None:
+    """The pool of a client made by :func:`connect_sentinel`, else None."""
+    pool = getattr(client, "connection_pool", None)
+    return pool if isinstance(pool, BlockingSentinelPool) else None
 
 
 class SentinelMaster(aioredis.Redis):

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from redis.exceptions import ResponseError
 
@@ -46,16 +47,18 @@ PROBE_MS = 1
 class ReplicaWait:
     """The ``WAIT`` to send to each node and the verdict on its answer (see the module)."""
 
-    def __init__(self, replicas: int, wait_ms: int = 1000, grace_s: float = GRACE_S) -> None:
+    def __init__(self, replicas: int, wait_ms: int = 1000, grace_s: float = GRACE_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.replicas = replicas
         self.wait_ms = wait_ms
         self.grace_s = grace_s
+        self._clock = clock
         self._confirmed_at: dict[str, float] = {}
         self._throttle = LogThrottle(log)
 
     def _recent(self, node: str) -> bool:
         at = self._confirmed_at.get(node)
-        return at is not None and time.monotonic() - at < self.grace_s
+        return at is not None and self._clock() - at < self.grace_s
 
     def timeout_ms(self, node: str) -> int:
         """The ``WAIT`` timeout for ``node``: the full one while it is a confirmed
@@ -69,7 +72,7 @@ class ReplicaWait:
         confirmed = int(reply)  # type: ignore[call-overload]
         where = f" on {node}" if node else ""
         if confirmed >= self.replicas:
-            self._confirmed_at[node] = time.monotonic()
+            self._confirmed_at[node] = self._clock()
             return None
         if self._recent(node):
             return ResponseError(
