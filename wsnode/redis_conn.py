@@ -33,6 +33,7 @@ from typing import Any, TypeGuard
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError
 from redis.backoff import EqualJitterBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
@@ -108,6 +109,10 @@ def is_cluster(client: Redis) -> TypeGuard[RedisCluster]:
 def translate(exc: BaseException, what: str, key: str | None = None) -> Exception:
     """The wsnode error for a redis (or socket) error met while doing ``what``.
     ``key`` is the key the call was about, named in a CorruptRecord."""
+    if isinstance(exc, MasterNotFoundError):
+        # redis-py's text goes on with the repr of every sentinel client.
+        return BackendUnavailable(f"redis unavailable ({what}): "
+                                  f"{str(exc).split(' : ')[0]} (no sentinel names one)")
     if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError | TimeoutError):
         return BackendUnavailable(f"redis unavailable ({what}): {exc}")
     if isinstance(exc, ResponseError):

@@ -80,6 +80,10 @@ class RedisNode:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def proc_pid(self) -> int:
+        return self.proc.pid if self.proc is not None else 0
+
+    @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
