@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from redis.commands.core import AsyncScript
@@ -135,7 +136,7 @@ class Coalescer:
             if not isinstance(exc, Exception):
                 raise
             return
-        unconfirmed = self._unconfirmed(nodes, replies[len(replies) - len(nodes):])
+        unconfirmed = await self._unconfirmed(nodes, replies[len(replies) - len(nodes):])
         pool = sentinel_pool(self._client)
         if unconfirmed and pool is not None:
             with contextlib.suppress(Exception):  # best effort: the next write tries again
@@ -158,9 +159,9 @@ class Coalescer:
             else:
                 item.future.set_result(reply)
 
-    def _queue_waits(self, pipe: Any, batch: list[_Queued]) -> list[str]:
+    def _queue_waits(self, pipe: Any, batch: list[_Queued]) -> list[tuple[str, Any]]:
         """Queue a WAIT on every node that durable writes of ``batch`` went to;
-        their names, in the order of the WAITs."""
+        their names and nodes (None: the one server), in the order of the WAITs."""
         durable = [item for item in batch if item.durable]
         if not durable or self._wait is None:
             return []
@@ -173,7 +174,7 @@ class Coalescer:
             pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms(name))
             for item in durable:
                 item.nodes = [name]
-            return [name]
+            return [(name, None)]
         names: dict[str, Any] = {}
         for item in durable:
             for key in item.durable:
@@ -187,15 +188,26 @@ class Coalescer:
         for name, node in names.items():
             pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms(name),
                                  target_nodes=node)
-        return list(names)
+        return list(names.items())
 
-    def _unconfirmed(self, nodes: list[str], replies: Sequence[Any]) -> dict[str, Exception]:
+    async def _unconfirmed(self, nodes: list[tuple[str, Any]],
+                           replies: Sequence[Any]) -> dict[str, Exception]:
         """Node name -> the error for the durable writes it did not confirm."""
         out: dict[str, Exception] = {}
         if self._wait is None:
             return out
-        for name, reply in zip(nodes, replies, strict=True):
-            error = self._wait.verdict(name, reply)
+        for (name, node), reply in zip(nodes, replies, strict=True):
+            error = await self._wait.verdict(name, reply, partial(self._online, node))
             if error is not None:
                 out[name] = error
         return out
+
+    async def _online(self, node: Any) -> int:
+        """How many replicas ``node`` (None: the one server) has online."""
+        if node is None:
+            info = await self._client.info("replication")
+        else:
+            info = await self._client.execute_command("INFO", "replication",
+                                                      target_nodes=node)
+        return sum(1 for key, value in info.items() if key.startswith("slave")
+                   and isinstance(value, dict) and value.get("state") == "online")
