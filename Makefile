@@ -37,7 +37,7 @@ clean:
 
 # docker-compose.yml's topology on loopback, in the foreground: three pods behind
 # haproxy (deploy/haproxy/haproxy.cfg) on ws://127.0.0.1:8080/ws. Ctrl-C stops it.
-# HA=1: highly available backends of their own (a 3-node RabbitMQ cluster).
+# HA=1: highly available backends of their own (a 3-node RabbitMQ cluster, Redis Sentinel).
 cluster: $(STAMP) services
 	@scripts/ensure-haproxy.sh
 	@CLUSTER_HA=$(HA) $(BIN)/python scripts/cluster.py

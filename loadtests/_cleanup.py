@@ -50,14 +50,33 @@ def _scan(client: Any, pattern: str) -> Iterator[bytes]:
     yield from client.scan_iter(match=pattern, count=1000)
 
 
+def _client(redis_url: str) -> Any:
+    """A (synchronous: Locust runs on gevent) client of what ``WSNODE_REDIS_URL``
+    names: one server, Sentinel's master or a Redis Cluster (wsnode.urls)."""
+    import redis
+    from redis.cluster import ClusterNode, RedisCluster
+    from redis.sentinel import Sentinel
+
+    from wsnode.urls import parse_redis_url
+
+    target = parse_redis_url(redis_url)
+    auth = {"username": target.username, "password": target.password}
+    if target.kind == "cluster":
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in target.nodes],
+                            socket_timeout=10, **auth)
+    if target.kind == "sentinel":
+        sentinels = Sentinel(list(target.nodes), sentinel_kwargs=auth, socket_timeout=10,
+                             **auth)
+        return sentinels.master_for(target.service, db=target.db)
+    return redis.Redis.from_url(redis_url, socket_timeout=10)
+
+
 def clean(redis_url: str, prefix: str) -> int:
     """Delete this run's keys and index entries; returns how many went."""
-    import redis
-
     from wsnode.keys import BUCKETS, RedisKeys
 
     keys = RedisKeys(prefix)
-    client = redis.Redis.from_url(redis_url, socket_timeout=10)
+    client = _client(redis_url)
     removed = 0
     try:
         # Every key of a swarm user (its messages and their trails too), and the

@@ -10,9 +10,15 @@ Environment: WSNODE_REDIS_URL, WSNODE_AMQP_URL, WSNODE_KEY_PREFIX (defaults: the
 local services, prefix ``ws``); CLUSTER_LB_PORT (8080), CLUSTER_STATS_PORT (8404),
 CLUSTER_POD_PORT (8765), CLUSTER_ADMIN_PORT (9765).
 
-``CLUSTER_HA=1`` (``make cluster HA=1``): a 3-node RabbitMQ cluster of its own
-(tests/support/rabbit_cluster.py, free loopback ports, data in the log
-directory) instead of WSNODE_AMQP_URL; every pod gets the three URLs.
+``CLUSTER_HA=1`` (``make cluster HA=1``): highly available backends of its own,
+on free loopback ports with their data in the log directory, instead of
+WSNODE_AMQP_URL and WSNODE_REDIS_URL: a 3-node RabbitMQ cluster
+(tests/support/rabbit_cluster.py; every pod gets the three URLs, each starting
+with another node) and Redis Sentinel (tests/support/redis_cluster.py: a
+master, a replica and three sentinels; the pods use ``redis+sentinel://``).
+Sentinel rather than a Redis Cluster: it is the HA topology of docker-compose's
+profile ha too, and what most deployments of one Redis's worth of data run; the
+suite tests both (tests/cluster).
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ from tests.deploy.loopback import (  # noqa: E402 (after the path is set)
     port_free_on,
 )
 from tests.support.rabbit_cluster import RabbitCluster, Unavailable  # noqa: E402
+from tests.support.redis_cluster import SentinelServers  # noqa: E402
+from tests.support.redis_cluster import Unavailable as RedisUnavailable  # noqa: E402
 
 DEV_ENV = ROOT / os.environ.get("WSNODE_DEV_ENV", ".dev.env")
 BIN = Path(sys.executable).parent
@@ -114,10 +122,15 @@ def main() -> int:
            "WSNODE_KEY_PREFIX": prefix, "WSNODE_DRAIN_OVER": "2s",
            "WSNODE_DRAIN_TIMEOUT": "10s"}
     log_dir = Path(tempfile.mkdtemp(prefix="wsnode-cluster-"))
-    rabbit = None
+    rabbit = sentinel = None
     if os.environ.get("CLUSTER_HA", "").strip() not in ("", "0"):
+        sentinel = start_redis_ha(log_dir)
+        if sentinel is None:
+            return 1
+        redis_url = env["WSNODE_REDIS_URL"] = sentinel.url
         rabbit = start_rabbit_ha(log_dir)
         if rabbit is None:
+            sentinel.close()
             return 1
         amqp_url = env["WSNODE_AMQP_URL"] = rabbit.url_list()
     cluster = LoopbackCluster(log_dir, env, pod_ids=PODS, port=pod_port, admin_port=admin_port,
@@ -138,8 +151,9 @@ def main() -> int:
         # Own sessions: Ctrl-C reaches this script only, which then drains the pods.
         cluster.start(haproxy, own_session=True)
         banner(cluster, redis_url, amqp_url, prefix, log_dir)
-        if rabbit is not None:
+        if rabbit is not None and sentinel is not None:
             rabbit_banner(rabbit)
+            redis_banner(sentinel)
         while not stopping.wait(0.5):
             if cluster.balancer.proc is not None and cluster.balancer.proc.poll() is not None:
                 say("cluster: haproxy exited; stopping", err=True)
@@ -168,6 +182,9 @@ def main() -> int:
         if rabbit is not None:
             say("cluster: stopping the RabbitMQ nodes")
             rabbit.close()
+        if sentinel is not None:
+            say("cluster: stopping Redis and its sentinels")
+            sentinel.close()
         time.sleep(0.3)
         tail.stop.set()
         tail.join(1)
@@ -183,6 +200,29 @@ def start_rabbit_ha(log_dir: Path) -> RabbitCluster | None:
     except Unavailable as exc:
         say(f"cluster: HA=1: {exc}", err=True)
         return None
+
+
+def start_redis_ha(log_dir: Path) -> SentinelServers | None:
+    """HA=1: a Redis master, its replica and three sentinels on free loopback
+    ports (the shared Redis is not touched), or None after saying why not."""
+    say("cluster: HA=1: starting Redis Sentinel (a master, a replica, three sentinels)")
+    try:
+        return SentinelServers(log_dir / "redis").start()
+    except RedisUnavailable as exc:
+        say(f"cluster: HA=1: {exc}", err=True)
+        return None
+
+
+def redis_banner(sentinel: SentinelServers) -> None:
+    master = sentinel.current_master()
+    replica = next(n for n in sentinel.data_nodes if n is not master)
+    say(f"""Redis Sentinel (HA=1): master 127.0.0.1:{master.port} (pid {master.proc_pid}), replica
+127.0.0.1:{replica.port}, sentinels {', '.join(s.address for s in sentinel.sentinels)}; the pods
+use {sentinel.url}
+Fail the master over to its replica (pods follow; ACK stores wait for the replica, none lost):
+  redis-cli -p {sentinel.sentinels[0].port} SENTINEL FAILOVER {sentinel.name}
+  redis-cli -p {sentinel.sentinels[0].port} SENTINEL GET-MASTER-ADDR-BY-NAME {sentinel.name}
+""")
 
 
 def rabbit_banner(rabbit: RabbitCluster) -> None:

@@ -1,4 +1,8 @@
-"""Shared fixtures: real pod processes, stopped by pid when the test ends."""
+"""Shared fixtures: real pod processes, stopped by pid when the test ends, and
+the private Redis topologies (a Redis Cluster, a Sentinel set) that tests of
+several directories share: each is started the first time a test asks for it
+and stopped by pid when the session ends (skipped, with the reason, where it
+cannot start)."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.pods import PodProcess
+from tests.support.redis_cluster import RedisClusterServers, SentinelServers, start_or_skip
 
 PodFactory = Callable[..., PodProcess]
 
@@ -34,3 +39,29 @@ def pod(pod_factory: PodFactory) -> PodProcess:
     return pod_factory("pod-a", env={"WSNODE_ACK_RETRY_INTERVAL": "300ms",
                                      "WSNODE_ACK_MAX_ATTEMPTS": "3"},
                        args=["--app", "wsnode.examples.chat"])
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_servers(tmp_path_factory: pytest.TempPathFactory
+                          ) -> Iterator[RedisClusterServers]:
+    """A private Redis Cluster (3 masters, one replica each) for the session.
+    Tests that kill a master restart it (it comes back as a replica) and wait
+    for :meth:`~RedisClusterServers.await_healthy` before they end."""
+    servers = start_or_skip(RedisClusterServers, tmp_path_factory.mktemp("redis-cluster"))
+    assert isinstance(servers, RedisClusterServers)
+    try:
+        yield servers
+    finally:
+        servers.close()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel_servers(tmp_path_factory: pytest.TempPathFactory
+                           ) -> Iterator[SentinelServers]:
+    """A private Sentinel set (master, replica, three sentinels) for the session."""
+    servers = start_or_skip(SentinelServers, tmp_path_factory.mktemp("redis-sentinel"))
+    assert isinstance(servers, SentinelServers)
+    try:
+        yield servers
+    finally:
+        servers.close()

@@ -45,7 +45,7 @@ from wsnode.errors import QuotaExceeded
 from wsnode.ids import MsgId, UserId
 from wsnode.keys import BUCKETS, bucket_of, encode_id, member
 from wsnode.protocol import Envelope
-from wsnode.redis_conn import as_str, request_token, translated
+from wsnode.redis_conn import as_str, queue_script, request_token, translated
 
 _CLAIM_BATCH = 64
 
@@ -80,11 +80,14 @@ class RedisAcks(RedisDeadLetters):
 
         def queue(pipe: Any) -> None:
             pipe.zadd(k.ack_expiry(b), {entry: expiry}, lt=True)
-            pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+            queue_script(pipe, self._script, keys, args)
             pipe.zadd(k.ack_due(b), {user: now + p.retry_interval_ms}, lt=True)
 
         with translated("ack store"):
-            reply = await self._group(queue, 3, 1, keys, args)
+            # Durable: the message and its expiry entry reach a replica before the
+            # sender hears it is stored (a failover must not lose it).
+            reply = await self._group(queue, 3, 1, keys, args,
+                                      durable=[keys[0], k.ack_expiry(b)])
             if int(reply[0]) == 2:
                 assert relayed_from is not None
                 await self._batch.run(lambda pipe: pipe.zrem(
@@ -147,7 +150,7 @@ class RedisAcks(RedisDeadLetters):
         entry, expiry = member(user, enc), k.ack_expiry(bucket_of(user))
 
         def queue(pipe: Any) -> None:
-            pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+            queue_script(pipe, self._script, keys, args)
             # Unconditional: an entry only exists while the message is pending.
             pipe.zrem(expiry, entry)
 
@@ -211,7 +214,7 @@ class RedisAcks(RedisDeadLetters):
         def queue(pipe: Any) -> None:
             for b in range(BUCKETS):
                 key = k.ack_due(b)
-                pipe.evalsha(self._script.sha, 1, key, "due", "", limit)
+                queue_script(pipe, self._script, [key], ["due", "", limit])
 
         with translated("due scan"):
             replies = await self._with_script(lambda: self._batch.run_group(queue, BUCKETS))
@@ -310,14 +313,16 @@ class RedisAcks(RedisDeadLetters):
             await self._batch.run(lambda pipe: pipe.zadd(key, {user: first}, lt=True))
 
     async def _group(self, queue: Callable[[Any], None], count: int, at: int,
-                     keys: Sequence[Any], args: Sequence[Any]) -> Any:
+                     keys: Sequence[Any], args: Sequence[Any],
+                     durable: Sequence[str] = ()) -> Any:
         """Run a group whose command ``at`` is our script; its reply (raised if an
-        error). After a Redis restart (NOSCRIPT) the script alone runs again,
-        which loads it; the other commands of such groups are safe to repeat."""
-        replies = await self._batch.run_group(queue, count)
+        error). After a Redis restart or a failover (NOSCRIPT) the script is
+        loaded and runs again alone (as durably); the other commands of such
+        groups are safe to repeat."""
+        replies = await self._batch.run_group(queue, count, durable=durable)
         reply = replies[at]
         if isinstance(reply, NoScriptError):
-            reply = await self._script(keys=keys, args=args)
+            reply = await self._batch.script(self._script, keys, args, durable=bool(durable))
         for other in replies:
             if isinstance(other, Exception) and other is not replies[at]:
                 raise other

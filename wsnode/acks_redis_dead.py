@@ -44,12 +44,15 @@ _CLOCK = SystemClock()
 class RedisDeadLetters:
     """Shared state and helpers, and the DeadLetters role (see the module)."""
 
-    def __init__(self, client: Redis, keys: RedisKeys, policy: AckPolicy | None = None) -> None:
+    def __init__(self, client: Redis, keys: RedisKeys, policy: AckPolicy | None = None, *,
+                 replicas: int = 0) -> None:
+        """``replicas``: how many replicas must confirm a store before it counts
+        (``WAIT``; 0 for a single server, see ``wsnode.coalescer``)."""
         self.policy = policy or AckPolicy()
         self._r = client
         self._k = keys
         self._script = script(client, "acks")
-        self._batch = Coalescer(client)
+        self._batch = Coalescer(client, replicas=replicas)
         self._skew_ms = 0  # the Redis clock minus ours, as last seen
 
     # -- DeadLetters ----------------------------------------------------------

@@ -94,7 +94,9 @@ def build_backends(settings: NodeSettings, metrics: Metrics, clock: Clock | None
     from wsnode.presence_feed_redis import RedisPresenceFeed
     from wsnode.presence_redis import RedisPresence
     from wsnode.trace_redis import RedisTracer
+    from wsnode.urls import parse_redis_url
 
+    target = parse_redis_url(settings.redis_url)
     client = redis_conn.connect(settings.redis_url, max_connections=8 if tool else 64)
     keys = RedisKeys(settings.key_prefix)
     rate = settings.rate_limit
@@ -123,7 +125,7 @@ def build_backends(settings: NodeSettings, metrics: Metrics, clock: Clock | None
         presence=RedisPresence(client, keys, lease_ms=lease_ms,
                                live_cache_ms=0 if tool else 1000),
         limiter=limiter,
-        acks=RedisAcks(client, keys, ack_policy(settings)),
+        acks=RedisAcks(client, keys, ack_policy(settings), replicas=target.wait_replicas),
         bus=bus,
         shared_bus=settings.amqp_url is not None,
         tracer=RedisTracer(client, keys, int(settings.trace_ttl * 1000)),

@@ -73,7 +73,8 @@ class RedisKeys:
     Slots: ``user_*`` keys of one user share ``{u:<user>}``; ``pod_*`` keys of one
     pod share ``{p:<pod>}``; the global ACK indexes are split over
     :data:`BUCKETS` buckets by user (:func:`bucket_of`), bucket ``n`` in
-    ``{b:<n>}``; ``lives`` is a single global key. Members of global sets name
+    ``{b:<n>}``, and so are the pods' lives (by pod id): no global index is one
+    key, so none is one hot shard of a cluster. Members of global sets name
     a user and an id (or a pod and an epoch) separated by a space, which the
     encoding never produces.
     """
@@ -81,9 +82,15 @@ class RedisKeys:
     prefix: str = "ws"
 
     # -- presence ----------------------------------------------------------
+    def lives(self, bucket: int) -> str:
+        """SET of ``"<pod> <epoch>"``, one bucket (by pod: :func:`bucket_of`): the
+        pod lives whose entries may exist. Readers read every bucket."""
+        return f"{self.prefix}:{{b:{bucket}}}:lives"
+
     @property
-    def lives(self) -> str:
-        """SET of ``"<pod> <epoch>"``: every pod life whose entries may exist."""
+    def lives_unbucketed(self) -> str:
+        """The single SET of lives that earlier wsnode versions write: still read
+        (and reaped), so old and new pods see each other in a rolling upgrade."""
         return f"{self.prefix}:lives"
 
     @property

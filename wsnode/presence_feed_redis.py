@@ -5,12 +5,19 @@ the users whose presence it just changed and publishes them together, once per
 loop tick, as percent-encoded ids separated by spaces. Pub/sub keeps nothing for
 a subscriber that is away: ``listen`` says so (``on_listening(False)``) and the
 cache starts over when it hears again.
+
+On a Redis Cluster, plain pub/sub is broadcast over the cluster bus: a message
+published on any node reaches the subscribers of every node. A pod subscribes
+on one node, another at each attempt (so a node that failed is left behind
+when the loop starts again), and publishes through whichever node the client
+picks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
@@ -19,7 +26,7 @@ from wsnode.errors import WsnodeError
 from wsnode.ids import UserId
 from wsnode.keys import RedisKeys, encode_id
 from wsnode.outage import LogThrottle
-from wsnode.redis_conn import Redis, translated
+from wsnode.redis_conn import Redis, is_cluster, translated
 
 log = logging.getLogger("wsnode.presence")
 
@@ -32,6 +39,7 @@ class RedisPresenceFeed:
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._throttle = LogThrottle(log)
+        self._attempts = random.randrange(1 << 16)  # which node a cluster listener tries
 
     def changed(self, user: UserId) -> None:
         self._buffer.add(user)
@@ -58,7 +66,8 @@ class RedisPresenceFeed:
 
     async def listen(self, on_changed: Callable[[list[UserId]], None],
                      on_listening: Callable[[bool], None]) -> None:
-        pubsub: Any = self._r.pubsub(ignore_subscribe_messages=True)
+        with translated("presence feed"):
+            pubsub = await self._pubsub()
         try:
             with translated("presence feed"):
                 await pubsub.subscribe(self._channel)
@@ -74,3 +83,13 @@ class RedisPresenceFeed:
                 await pubsub.aclose()
             except Exception as exc:  # closing a broken connection: nothing to keep
                 log.debug("closing the presence feed: %r", exc)
+
+    async def _pubsub(self) -> Any:
+        client = self._r
+        if not is_cluster(client):
+            return client.pubsub(ignore_subscribe_messages=True)
+        await client.initialize()
+        nodes = sorted(client.get_nodes(), key=lambda n: n.name)
+        self._attempts += 1
+        return client.pubsub(node=nodes[self._attempts % len(nodes)],
+                             ignore_subscribe_messages=True)

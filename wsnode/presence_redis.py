@@ -3,10 +3,13 @@
 Data (names in ``keys.RedisKeys``): per user a hash conn -> ``"<pod> <epoch>
 <since>"``; per pod life an index set of ``"<user> <conn>"``; per pod a lease
 key holding the epoch of its current life, with a TTL renewed by heartbeats;
-one global set of lives. An entry counts only while the lease of its pod holds
+the set of lives. An entry counts only while the lease of its pod holds
 the entry's epoch, so a dead pod stops counting when its lease expires, before
 anyone reaps it, and a restarted pod (new epoch) neither inherits nor erases
-its predecessor's entries. Every script touches one hash slot; multi-slot
+its predecessor's entries. The set of lives is split into ``keys.BUCKETS``
+buckets by pod (a connect re-lists its pod's life: one set for every connect
+of the cluster would be one hot shard); readers read every bucket, and the
+unbucketed set earlier versions write. Every script touches one hash slot; multi-slot
 updates are ordered so that a crash between steps leaves only what the reaper
 removes (index first on add, entry first on remove).
 """
@@ -26,7 +29,7 @@ from redis.exceptions import ResponseError
 from wsnode.coalescer import Coalescer
 from wsnode.errors import CorruptRecord
 from wsnode.ids import ConnId, PodId, UserId
-from wsnode.keys import RedisKeys, encode_id, member, split_member
+from wsnode.keys import BUCKETS, RedisKeys, bucket_of, encode_id, member, split_member
 from wsnode.outage import LogThrottle
 from wsnode.presence import ConnInfo, PodInfo, PodState, UserPresence
 from wsnode.redis_conn import (
@@ -77,7 +80,7 @@ class RedisPresence:
                 keys=[self._k.pod_epoch(pod), self._k.pod_lease(pod), self._k.pod_info(pod)],
                 args=["join", self.lease_ms, state.value, self._admin.get(pod, "")])
             self._epochs[pod] = int(epoch)
-            await self._r.sadd(self._k.lives, member(pod, int(epoch)))
+            await self._r.sadd(self._lives_key(pod), member(pod, int(epoch)))
         self._live_until = 0.0
         # An earlier life of this pod no longer counts (its epoch is not the
         # lease's); the next reap() purges it, after the caller re-announced.
@@ -114,7 +117,7 @@ class RedisPresence:
             with translated("presence add"):
                 await asyncio.gather(
                     self._batch.run(lambda pipe: pipe.sadd(index, entry)),
-                    self._batch.run(lambda pipe: pipe.sadd(self._k.lives, life)))
+                    self._batch.run(lambda pipe: pipe.sadd(self._lives_key(pod), life)))
             with translated("presence add", key):
                 await self._batch.run(lambda pipe: pipe.hset(key, conn, value))
 
@@ -137,7 +140,7 @@ class RedisPresence:
                     # The index first: an entry is never written without a way to reap it.
                     pipe.sadd(index, *(member(u, c) for u, c, _ in chunk))
                     # Re-list the life in case a reaper dropped it while we were stalled.
-                    pipe.sadd(self._k.lives, member(pod, epoch))
+                    pipe.sadd(self._lives_key(pod), member(pod, epoch))
                     for user, conn, since in chunk:
                         pipe.hset(self._k.user_conns(user), conn, f"{value_prefix}{since}")
                     await pipe.execute()
@@ -291,7 +294,11 @@ class RedisPresence:
             await self._script(
                 keys=[index, self._k.pod_info(pod), self._k.pod_lease(pod)],
                 args=["forget_life", epoch])
-            await self._r.srem(self._k.lives, member(pod, epoch))
+            life = member(pod, epoch)
+            async with self._r.pipeline(transaction=False) as pipe:
+                pipe.srem(self._lives_key(pod), life)
+                pipe.srem(self._k.lives_unbucketed, life)
+                await pipe.execute()
 
     async def _live_lives(self) -> dict[str, int]:
         """Encoded pod -> epoch of its live life, cached for ``live_cache_ms``; one
@@ -328,21 +335,30 @@ class RedisPresence:
         self._live_until = 0.0
         return await self._live_lives()
 
+    def _lives_key(self, pod: PodId) -> str:
+        return self._k.lives(bucket_of(pod))
+
     async def _lives(self) -> list[tuple[str, int]]:
-        """Every listed pod life; a member that is not one is logged and removed
-        (one bad member must not stop the reaper or the readers)."""
+        """Every listed pod life (every bucket, and the unbucketed set); a member
+        that is not one is logged and removed (one bad member must not stop the
+        reaper or the readers)."""
+        keys = [*(self._k.lives(b) for b in range(BUCKETS)), self._k.lives_unbucketed]
         with translated("presence lives"):
-            raw = await self._r.smembers(self._k.lives)
-            out = []
-            for m in raw:
-                life = _life(m)
-                if life is None:
-                    self._throttle.warn("life", "removing a corrupt member %r of %s", m,
-                                        self._k.lives)
-                    await self._r.srem(self._k.lives, m)
-                else:
-                    out.append(life)
-        return out
+            async with self._r.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.smembers(key)
+                sets = await pipe.execute()
+            out: set[tuple[str, int]] = set()
+            for key, raw in zip(keys, sets, strict=True):
+                for m in raw:
+                    life = _life(m)
+                    if life is None:
+                        self._throttle.warn("life", "removing a corrupt member %r of %s", m,
+                                            key)
+                        await self._r.srem(key, m)
+                    else:
+                        out.add(life)
+        return sorted(out)
 
     async def _read_lives(self) -> dict[str, int]:
         now = time.monotonic()

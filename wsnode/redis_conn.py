@@ -1,6 +1,14 @@
 """Redis connections for the Redis backends: one bounded pool, every error translated.
 
-The pool blocks (up to ``timeout``) instead of failing when every connection is
+:func:`connect` picks the client from the scheme of ``WSNODE_REDIS_URL``
+(``wsnode.urls.parse_redis_url``): one server (``redis://``, ``rediss://``), a
+Redis Cluster (``redis+cluster://``: redis-py's ``RedisCluster``, which routes
+each command and each pipeline's commands to the node of their slot and follows
+MOVED and ASK itself), or the master Sentinel names (``redis+sentinel://``,
+``wsnode.redis_sentinel``). Every script and pipeline of wsnode works on all
+three: a script's keys share one slot, pipelines never run MULTI across slots.
+
+The single-server pool blocks (up to ``timeout``) instead of failing when every connection is
 busy: redis-py's default pool raises past ``max_connections``, which turns a
 burst of 1,000 connects into errors.
 
@@ -20,10 +28,12 @@ import itertools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, TypeGuard
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError
 from redis.backoff import EqualJitterBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
@@ -34,16 +44,20 @@ from redis.exceptions import (
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterException,
     RedisError,
     ResponseError,
+    SlotNotCoveredError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from wsnode.errors import BackendError, BackendUnavailable, CorruptRecord
+from wsnode.urls import parse_redis_url
 
-Redis = aioredis.Redis
+Redis = aioredis.Redis | RedisCluster
+"""A client of one server (or Sentinel's master), or of a Redis Cluster."""
 
 # Replies that mean "this server cannot serve now; another moment (or another
 # server after a failover) will": the caller retries with backoff.
@@ -58,23 +72,47 @@ _UNAVAILABLE_CLASSES: tuple[tuple[type[ResponseError], str], ...] = (
 
 
 def connect(url: str, *, max_connections: int = 64, pool_timeout: float = 5.0) -> Redis:
-    """A client over a blocking pool; commands retried twice on a dropped connection."""
+    """A client of what ``url`` names (see the module); commands retried twice
+    on a dropped connection. ``max_connections``: per server (per node of a
+    cluster)."""
+    target = parse_redis_url(url)
+    options: dict[str, Any] = {
+        "socket_connect_timeout": 2.0,
+        "socket_timeout": 5.0,
+        "health_check_interval": 15,
+        "retry": Retry(EqualJitterBackoff(cap=0.5, base=0.05), 2),
+    }
+    if target.kind == "cluster":
+        # A cluster node's pool does not block: it refuses past max_connections.
+        # Pipelines in flight are capped (wsnode.coalescer), so that leaves
+        # room for the other commands of a burst.
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+            username=target.username, password=target.password,
+            max_connections=4 * max_connections, **options)
+    options["retry_on_error"] = [RedisConnectionError, RedisTimeoutError]
+    if target.kind == "sentinel":
+        from wsnode.redis_sentinel import connect_sentinel
+
+        return connect_sentinel(target, max_connections=max_connections,
+                                pool_timeout=pool_timeout, **options)
     pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=pool_timeout,
-        socket_connect_timeout=2.0,
-        socket_timeout=5.0,
-        health_check_interval=15,
-        retry=Retry(EqualJitterBackoff(cap=0.5, base=0.05), 2),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-    )
+        url, max_connections=max_connections, timeout=pool_timeout, **options)
     return aioredis.Redis(connection_pool=pool)
+
+
+def is_cluster(client: Redis) -> TypeGuard[RedisCluster]:
+    """True for a Redis Cluster client."""
+    return isinstance(client, RedisCluster)
 
 
 def translate(exc: BaseException, what: str, key: str | None = None) -> Exception:
     """The wsnode error for a redis (or socket) error met while doing ``what``.
     ``key`` is the key the call was about, named in a CorruptRecord."""
+    if isinstance(exc, MasterNotFoundError):
+        # redis-py's text goes on with the repr of every sentinel client.
+        return BackendUnavailable(f"redis unavailable ({what}): "
+                                  f"{str(exc).split(' : ')[0]} (no sentinel names one)")
     if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError | TimeoutError):
         return BackendUnavailable(f"redis unavailable ({what}): {exc}")
     if isinstance(exc, ResponseError):
@@ -94,6 +132,11 @@ def translate(exc: BaseException, what: str, key: str | None = None) -> Exceptio
         return BackendError(f"redis refused {what}: {message}")
     if isinstance(exc, RedisError):
         return BackendError(f"redis client error ({what}): {exc}")
+    if isinstance(exc, SlotNotCoveredError):
+        # A cluster whose slot map is being repaired (a failover): retry later.
+        return BackendUnavailable(f"redis cluster cannot serve ({what}): {exc}")
+    if isinstance(exc, RedisClusterException):
+        return BackendError(f"redis cluster client error ({what}): {exc}")
     return exc if isinstance(exc, Exception) else BackendError(str(exc))
 
 
@@ -113,7 +156,7 @@ def translated(what: str, key: str | None = None) -> Iterator[None]:
     BackendError (see :mod:`wsnode.errors`)."""
     try:
         yield
-    except (RedisError, OSError) as exc:
+    except (RedisError, RedisClusterException, OSError) as exc:
         raise translate(exc, what, key) from exc
 
 
@@ -143,8 +186,10 @@ def queue_script(pipe: Any, script: AsyncScript, keys: Sequence[Any],
                  args: Sequence[Any]) -> None:
     """Add an EVALSHA of ``script`` to ``pipe``. Unlike passing the pipeline to the
     script object, this costs no SCRIPT EXISTS round trip per pipeline; callers
-    handle NOSCRIPT (after a Redis restart) with :func:`execute`."""
-    pipe.evalsha(script.sha, len(keys), *keys, *args)
+    handle NOSCRIPT (after a Redis restart or a failover) with :func:`execute`.
+    Queued as a raw command: redis-py's cluster pipeline refuses ``evalsha()``
+    but routes a raw EVALSHA by the slot of its keys (one slot per script call)."""
+    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
 async def execute(client: Redis, build: Callable[[Any], None],

@@ -271,6 +271,13 @@ class NodeSettings(BaseSettings):
             parse_origin(origin)  # its ValueError names the bad one
         return value
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        from wsnode.urls import parse_redis_url
+
+        return None if value is None else parse_redis_url(value).url
+
     @field_validator("amqp_url")
     @classmethod
     def _amqp_urls(cls, value: str | None) -> str | None:

@@ -12,90 +12,27 @@ resent the same way. Deliveries are counted per id on the clients.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from functools import partial
 
 import orjson
 import pytest
-from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import PodFactory
 from tests.support.client import Client
 from tests.support.cluster import ClusterSlice
 from tests.support.pods import PodProcess, base_env
 from tests.support.rabbit_cluster import RabbitCluster, RabbitNode
+from tests.support.traffic import Device, Traffic
 from tests.support.waits import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 USERS_PER_POD = 3
-
-
-class Device:
-    """A connected user that acks every ACK-required frame and counts them by id."""
-
-    def __init__(self, user: str, client: Client) -> None:
-        self.user = user
-        self.client = client
-        self.counts: Counter[str] = Counter()
-        self.closed: BaseException | None = None
-        self._task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        try:
-            while True:
-                frame = orjson.loads(await self.client.ws.recv())
-                if frame.get("requiresAck") and frame.get("id"):
-                    self.counts[frame["id"]] += 1
-                    await self.client.ack(frame["id"])
-        except ConnectionClosed as exc:
-            self.closed = exc
-
-    async def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(BaseException):
-            await self._task
-        with contextlib.suppress(Exception):
-            await self.client.close()
-
-
-class Traffic:
-    """ACK-required sends through a pod's admin API to users on another pod, in a loop."""
-
-    def __init__(self, via: PodProcess, users: list[str], tag: str) -> None:
-        self.via, self.users, self.tag = via, users, tag
-        self.accepted: dict[str, str] = {}  # id -> user
-        self.unroutable: list[str] = []  # accepted, but publishing to the user's pod failed
-        self.refused: list[tuple[int, object]] = []
-        self._stop = asyncio.Event()
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        i = 0
-        while not self._stop.is_set():
-            user, msg_id = self.users[i % len(self.users)], f"{self.tag}-{i}"
-            i += 1
-            status, report = await asyncio.to_thread(
-                self.via.api, "POST", "/v1/send",
-                {"user": user, "envelope": {"type": "note", "id": msg_id, "requiresAck": True,
-                                            "payload": {"i": i}}}, timeout=20)
-            if status == 200 and isinstance(report, dict) and report["stored"]:
-                self.accepted[msg_id] = user
-                if report["failedPods"]:
-                    self.unroutable.append(msg_id)
-            else:
-                self.refused.append((status, report))
-            await asyncio.sleep(0.02)
-
-    async def stop(self) -> None:
-        self._stop.set()
-        await asyncio.wait_for(self._task, 30)
 
 
 async def _ready(pod: PodProcess) -> bool:

@@ -8,6 +8,11 @@ of the test alone, whose keys are deleted when the test ends (never FLUSHALL).
 Objects a factory makes within one test share that prefix, so for a shared
 backend they are two pods on one store.
 
+``redis-cluster``: the same Redis backends on a private Redis Cluster of 3
+masters with a replica each (``redis_cluster_servers``, shared by the
+session; skipped with the reason where it cannot start), so every script and
+pipeline is shown to keep to one slot per call and to follow the cluster.
+
 ``make_bus`` runs once per bus in :data:`BUSES`: the in-process one,
 RabbitMQ (``WSNODE_TEST_AMQP_URL``, default the shared broker) under AMQP names
 of the test alone, whose queues and exchanges are deleted when it ends, and a
@@ -62,7 +67,7 @@ from wsnode.settings import Rate
 from wsnode.trace import MemoryTracer, Tracer
 from wsnode.trace_redis import RedisTracer
 
-BACKENDS = ["memory", "redis"]
+BACKENDS = ["memory", "redis", "redis-cluster"]
 BUSES = ["memory", "rabbitmq", "rabbitmq-cluster"]
 REDIS_URL = os.environ.get("WSNODE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -79,13 +84,20 @@ def key_prefix() -> str:
 
 
 @pytest.fixture
-async def redis_client(backend: str, key_prefix: str) -> AsyncIterator[Redis | None]:
-    """A client of the real Redis for the redis param (None for memory); the
-    test's keys are deleted afterwards."""
-    if backend != "redis":
+async def redis_client(backend: str, key_prefix: str,
+                       request: pytest.FixtureRequest) -> AsyncIterator[Redis | None]:
+    """A client of the real Redis (or of the private cluster) for the redis
+    params (None for memory); the test's keys are deleted afterwards."""
+    if backend == "memory":
         yield None
         return
-    client = redis_conn.connect(REDIS_URL, max_connections=16)
+    url = REDIS_URL
+    if backend == "redis-cluster":
+        url = request.getfixturevalue("redis_cluster_servers").url
+    client = redis_conn.connect(url, max_connections=16)
+    # Warm, as a pod's client is: learning the cluster's slot map takes a round
+    # trip to each node, which would otherwise fall inside the test's timings.
+    await client.ping()
     yield client
     keys = [k async for k in client.scan_iter(match=f"{key_prefix}:*", count=500)]
     if keys:

@@ -68,7 +68,7 @@ async def test_trail_is_in_time_order_when_recorded_out_of_order(
     assert [e["event"] for e in events] == ["stored", "delivered", "routed"]
 
 
-@pytest.mark.parametrize("backend", ["redis"])  # an in-process tracer is one pod's
+@pytest.mark.parametrize("backend", ["redis", "redis-cluster"])  # in-process: one pod
 async def test_pods_sharing_a_trail_are_merged_in_time_order(
         make_tracer: TracerFactory) -> None:
     clock_a, clock_b = ManualClock(1_000_000), ManualClock(1_000_000)

@@ -33,9 +33,13 @@ from tests.deploy.specs import (
     settings_for,
 )
 from wsnode.settings import NodeSettings
+from wsnode.urls import parse_redis_url
 
-SERVICES = {"redis", "rabbitmq", "wsnode", "lb", "loadtest", "rabbitmq-2", "rabbitmq-3"}
-PROFILED = {"loadtest": "loadtest", "rabbitmq-2": "ha", "rabbitmq-3": "ha"}
+SENTINELS = ["sentinel-1", "sentinel-2", "sentinel-3"]
+SERVICES = {"redis", "rabbitmq", "wsnode", "lb", "loadtest", "rabbitmq-2", "rabbitmq-3",
+            "redis-replica", *SENTINELS}
+PROFILED = {"loadtest": "loadtest", "rabbitmq-2": "ha", "rabbitmq-3": "ha",
+            "redis-replica": "ha", **dict.fromkeys(SENTINELS, "ha")}
 RABBIT_NODES = ["rabbitmq", "rabbitmq-2", "rabbitmq-3"]
 RABBIT_CONF = ROOT / "deploy" / "rabbitmq"
 
@@ -144,6 +148,42 @@ def test_profile_ha_clusters_three_rabbitmq_nodes(services: dict) -> None:
             RABBIT_CONF / "join.conf"
         assert node["depends_on"] == {"rabbitmq": {"condition": "service_healthy"}}
     assert "/etc/rabbitmq/conf.d/30-join.conf" not in mounts_of(nodes["rabbitmq"])
+
+
+def test_profile_ha_runs_redis_sentinel_the_pods_can_follow(services: dict) -> None:
+    replica = command_of(services["redis-replica"])
+    assert replica[replica.index("--replicaof") + 1:replica.index("--replicaof") + 3] == [
+        "redis", "6379"]
+    # Each data node announces its service name: the one Sentinel hands out.
+    for name in ("redis", "redis-replica"):
+        cmd = command_of(services[name])
+        assert cmd[cmd.index("--replica-announce-ip") + 1] == name
+        assert cmd[cmd.index("--appendonly") + 1] == "yes"
+    conf = ROOT / "deploy" / "redis" / "sentinel.conf"
+    lines = [line.split() for line in conf.read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert ["sentinel", "monitor", "wsnode", "redis", "6379", "2"] in lines  # quorum 2 of 3
+    monitor = lines.index(["sentinel", "monitor", "wsnode", "redis", "6379", "2"])
+    assert lines.index(["sentinel", "resolve-hostnames", "yes"]) < monitor
+    assert ["sentinel", "announce-hostnames", "yes"] in lines
+    for name in SENTINELS:
+        sentinel = services[name]
+        mounts = {v.target: v for v in _volumes(sentinel)}
+        assert (ROOT / mounts["/etc/wsnode/sentinel.conf"].source).resolve() == conf
+        assert mounts["/data"].source in compose_volumes()
+        assert "--sentinel" in " ".join(command_of(sentinel))
+        assert _has_healthcheck(sentinel)
+    assert len({mounts_of(services[n])["/data"] for n in SENTINELS}) == 3
+    # With the URL README gives for the profile, the pods use the three sentinels.
+    url = ("redis+sentinel://sentinel-1:26379,sentinel-2:26379,sentinel-3:26379/wsnode")
+    readme = (ROOT / "README.md").read_text()
+    assert f"WSNODE_REDIS_URL={url}" in readme
+    pod = load_compose({**TEST_SECRETS, "WSNODE_REDIS_URL": url})["services"]["wsnode"]
+    settings = settings_for(environment_of(pod), command_of(pod))
+    assert settings.redis_url is not None
+    target = parse_redis_url(settings.redis_url)
+    assert (target.kind, target.service) == ("sentinel", "wsnode")
+    assert [h for h, _ in target.nodes] == SENTINELS
 
 
 def mounts_of(service: dict) -> dict[str, str]:

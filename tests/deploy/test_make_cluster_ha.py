@@ -1,7 +1,9 @@
 """``make cluster HA=1`` (``CLUSTER_HA=1 scripts/cluster.py``), run as a person
 runs it, on free ports: three pods behind haproxy on a 3-node RabbitMQ cluster
-of its own; the pods start on different nodes, a message reaches a client
-through the balancer, the failover command it prints works, and Ctrl-C stops
+and a Redis Sentinel set of its own; the pods start on different RabbitMQ
+nodes and use ``redis+sentinel://``, the failover commands it prints work (a
+RabbitMQ node stopped, the Redis master failed over), a message stored and
+delivered after both reaches a client through the balancer, and Ctrl-C stops
 every process it started."""
 
 from __future__ import annotations
@@ -87,8 +89,7 @@ async def test_make_cluster_ha(tmp_path: Path, haproxy: str) -> None:
         except AssertionError:
             found = re.search(r"^cluster: HA=1: (.*)", script.text, re.MULTILINE)
             if script.proc.poll() is not None and found:
-                pytest.skip(f"make cluster HA=1 cannot start its RabbitMQ cluster: "
-                            f"{found.group(1)}")
+                pytest.skip(f"make cluster HA=1 cannot start its backends: {found.group(1)}")
             raise
         nodes = re.findall(r"^  (wsnode-ha\d-\w+@localhost)  (amqp://\S+)$", script.text,
                            re.MULTILINE)
@@ -109,11 +110,38 @@ async def test_make_cluster_ha(tmp_path: Path, haproxy: str) -> None:
         assert done.returncode == 0, done.stderr
         script.wait_for(r"^pod-1 \|.*bus reconnected to (\S+)", 60)
 
-        send = await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-m", "wsctl", "send", "alice", "--type", "note",
-                             "--id", "ha-1", "--ack", "--json"],
-            env={**env, **secrets, "WSNODE_NODE": f"http://127.0.0.2:{admin_port}"},
-            capture_output=True, text=True, timeout=60, check=False)
+        # Redis: the pods are on Sentinel; its failover command, pasted.
+        sentinel_url = script.wait_for(r"^use (redis\+sentinel://\S+)$", 1).group(1)
+        assert re.search(rf"backends  {re.escape(sentinel_url)} ", script.text)
+        master = script.wait_for(r"^Redis Sentinel \(HA=1\): master (\S+) ", 1).group(1)
+        failover = script.wait_for(r"^  (redis-cli -p \d+ SENTINEL FAILOVER \w+)$", 1).group(1)
+        ask = script.wait_for(r"^  (redis-cli -p \d+ SENTINEL GET-MASTER-ADDR-BY-NAME \w+)$",
+                              1).group(1)
+        done = await asyncio.to_thread(subprocess.run, failover, shell=True,
+                                       capture_output=True, text=True, timeout=30, check=False)
+        assert done.returncode == 0 and done.stdout.strip() == "OK", done
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            done = await asyncio.to_thread(subprocess.run, ask, shell=True,
+                                           capture_output=True, text=True, timeout=30,
+                                           check=False)
+            if ":".join(done.stdout.split()) != master:
+                break
+            await asyncio.sleep(0.2)
+        assert ":".join(done.stdout.split()) != master, "the replica is master now"
+
+        # Stored through the new master (the pods follow it: a store refused
+        # while they switch is tried again, as a producer would).
+        deadline = time.monotonic() + 30
+        while True:
+            send = await asyncio.to_thread(
+                subprocess.run, [sys.executable, "-m", "wsctl", "send", "alice", "--type",
+                                 "note", "--id", "ha-1", "--ack", "--json"],
+                env={**env, **secrets, "WSNODE_NODE": f"http://127.0.0.2:{admin_port}"},
+                capture_output=True, text=True, timeout=60, check=False)
+            if send.returncode == 0 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
         assert send.returncode == 0, send.stderr
         assert orjson.loads(send.stdout)["stored"] is True
         frame = await client.expect("note", timeout=30)
@@ -134,7 +162,8 @@ async def test_make_cluster_ha(tmp_path: Path, haproxy: str) -> None:
     assert "cluster: stopped" in script.text
     log_dir = re.search(r"cluster: stopped \(logs in (\S+)\)", script.text)
     assert log_dir is not None
-    # The RabbitMQ nodes and their epmd ran with their home in that directory.
+    # The RabbitMQ nodes and their epmd, Redis and the sentinels ran with their
+    # home (or data directory) in that directory.
     assert not _processes_mentioning(log_dir.group(1))
 
 

@@ -15,6 +15,7 @@ from tests.faults.observe import envelope, frames_until, metric, readyz, send
 from tests.support.client import Client
 from tests.support.pods import PodProcess, free_port
 from tests.support.waits import api, eventually
+from wsnode.keys import BUCKETS
 
 
 async def test_exception_in_a_resend_claim(faults: FaultCluster) -> None:
@@ -127,11 +128,14 @@ async def test_corrupt_member_of_the_lives_set(faults: FaultCluster) -> None:
     a, b = await faults.pods(a={}, b={})
     on_a = await Client.open(a.ws_url, a.token("u1"))
     await Client.open(b.ws_url, b.token("u2"))
-    r, lives = faults.redis, faults.keys.lives
-    await r.sadd(lives, "garbage")
+    r = faults.redis
+    # A bucket of the set of lives, and the unbucketed set older versions write.
+    sets = [faults.keys.lives(3), faults.keys.lives_unbucketed]
+    for key in sets:
+        await r.sadd(key, "garbage")
 
     async def removed() -> bool:
-        return not await r.sismember(lives, "garbage")
+        return not any([await r.sismember(key, "garbage") for key in sets])
     await eventually(removed, 15, "the corrupt member removed")
     # Heartbeats go on: A's lease is renewed.
     first = await _heartbeat_of(a, "pod-a")
@@ -143,7 +147,7 @@ async def test_corrupt_member_of_the_lives_set(faults: FaultCluster) -> None:
     b.signal(signal.SIGKILL)
 
     async def reaped() -> bool:
-        members = await r.smembers(lives)
+        members = [m for b in range(BUCKETS) for m in await r.smembers(faults.keys.lives(b))]
         conns = await r.hlen(faults.keys.user_conns("u2"))
         return conns == 0 and not any(m.startswith(b"pod-b ") for m in members)
     await eventually(reaped, 20, "pod-b's life reaped")
