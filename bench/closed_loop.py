@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import multiprocessing as mp
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -196,7 +197,7 @@ def emit(row: dict[str, Any], out: Path | None) -> None:
 
 
 def run_system(args: argparse.Namespace, brokers: Brokers, kind: str, out: Path | None,
-               ) -> list[dict[str, Any]]:
+               run: int) -> list[dict[str, Any]]:
     args.system = kind
     rows: list[dict[str, Any]] = []
     settings = {}
@@ -212,7 +213,7 @@ def run_system(args: argparse.Namespace, brokers: Brokers, kind: str, out: Path 
             if mode == "rate":
                 closed = [r["msgs_per_s"] for r in rows if r["mode"] == "closed"]
                 rate = args.rate or (closed[-1] / 2 if closed else 2000.0)
-            row = measure(args, system, mode, rate)
+            row = {**measure(args, system, mode, rate), "run": run}
             emit(row, out)
             rows.append(row)
     if kind == "wsnode":
@@ -225,7 +226,7 @@ def run_system(args: argparse.Namespace, brokers: Brokers, kind: str, out: Path 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """wsnode against each peer, per mode, from this run's rows."""
-    out: dict[str, Any] = {"bench": "closed_loop", "summary": True}
+    out: dict[str, Any] = {"bench": "closed_loop", "ratios": True}
     by = {(r["system"], r["mode"], r["pods"]): r for r in rows}
     for (kind, mode, pods), row in by.items():
         base = by.get(("wsnode", mode, pods))
@@ -243,6 +244,26 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
             a, b = by_pods[lo]["cpu_us_per_msg"]["total"], by_pods[hi]["cpu_us_per_msg"]["total"]
             if a and b:
                 out[f"{kind}_cpu_{hi}_vs_{lo}_pods"] = round(b / a, 2)
+    return out
+
+
+def summary(rows: list[dict[str, Any]], runs: int) -> dict[str, Any]:
+    """Medians over the runs: each system's figures per mode and pod count, and
+    the ratios of each run (computed within that run, then the median)."""
+    out: dict[str, Any] = {"bench": "closed_loop", "summary": True, "runs": runs}
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(f"{r['system']}_{r['mode']}_{r['pods']}pods", []).append(r)
+    for key, group in groups.items():
+        out[key] = {
+            "msgs_per_s": statistics.median(r["msgs_per_s"] for r in group),
+            "p99_ms": round(statistics.median(r["p99_ms"] for r in group), 2),
+            "cpu_us_per_msg": {k: round(statistics.median(r["cpu_us_per_msg"][k] or 0
+                                                          for r in group), 1)
+                               for k in group[0]["cpu_us_per_msg"]}}
+    per_run = [ratios([r for r in rows if r["run"] == n]) for n in range(1, runs + 1)]
+    for key in sorted({k for p in per_run for k in p if k not in ("bench", "ratios")}):
+        out[key] = round(statistics.median(p[key] for p in per_run if key in p), 2)
     return out
 
 
@@ -277,29 +298,30 @@ def main() -> None:
     pod_counts = [int(p) for p in str(args.pods).split(",")]
     brokers = Brokers(args.workdir, shared=args.shared_brokers,
                       rabbit="wsnode" in systems)
-    rows: list[dict[str, Any]] = []
+    every: list[dict[str, Any]] = []
     failed = 0
     try:
         brokers.start()
-        for _ in range(args.runs):
+        for run in range(1, args.runs + 1):
+            rows: list[dict[str, Any]] = []
             for pods in pod_counts:
                 args.pods = pods
                 for kind in systems:
                     try:
-                        rows += run_system(args, brokers, kind, args.out)
+                        rows += run_system(args, brokers, kind, args.out, run)
                     except Unavailable as exc:
                         failed += 1
                         emit({"bench": "closed_loop", "system": kind, "skipped": str(exc)},
                              args.out)
+            emit({**ratios(rows), "run": run}, args.out)
+            every += rows
     finally:
         brokers.close()
-    if args.runs > 1:
-        for kind in systems:
-            got = [r["msgs_per_s"] for r in rows if r["system"] == kind and r["mode"] == "closed"]
-            if got:
-                emit({"bench": "closed_loop", "system": kind, "summary": True,
-                      "closed_msgs_per_s_median": statistics.median(got)}, args.out)
-    emit(ratios(rows), args.out)
+    if failed == 0:
+        shutil.rmtree(args.workdir, ignore_errors=True)
+    else:
+        print(f"logs: {args.workdir}", file=sys.stderr)
+    emit(summary(every, args.runs), args.out)
     sys.exit(1 if failed else 0)
 
 

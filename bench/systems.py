@@ -49,6 +49,7 @@ class Proc:
 
     def __init__(self, name: str, cmd: list[str], env: dict[str, str], log: Path) -> None:
         self.name, self.log = name, log
+        self.offset = log.stat().st_size if log.exists() else 0  # an earlier run's lines
         with log.open("ab") as out:
             self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True, cwd=ROOT)
@@ -64,7 +65,9 @@ class Proc:
             if self.proc.poll() is not None:
                 raise Unavailable(f"{self.name} exited {self.proc.returncode}: "
                                   + self.log.read_text(errors="replace")[-600:])
-            found = _LISTENING.search(self.log.read_bytes())
+            with self.log.open("rb") as f:
+                f.seek(self.offset)
+                found = _LISTENING.search(f.read())
             if found:
                 self.port = int(found.group(1))
                 return self.port
