@@ -44,7 +44,7 @@ cluster: $(STAMP) services
 
 # Every benchmark of bench/ (about 10 minutes on 2 cores; run it on a quiet
 # machine): JSON lines on stdout and in bench/results/latest.jsonl.
-bench: $(STAMP) services
+bench: $(STAMP) services $(PEERS_DEPS)
 	@mkdir -p bench/results
 	$(BIN)/python bench/run_all.py | tee bench/results/latest.jsonl
 
@@ -58,11 +58,12 @@ $(PEERS_DEPS): bench/peers/package.json bench/peers/package-lock.json
 peers-deps: $(PEERS_DEPS)
 
 # wsnode against socket.io on Node.js and python-socketio, same load client, same run
-# (about 6 minutes): the closed loop, its fixed rate and ACK modes, the burst, and
-# 2 vs 4 pods. JSON lines on stdout and in bench/results/peers-latest.jsonl.
+# (about 6 minutes a run): the closed loop, its fixed-rate and ACK modes, the burst,
+# and 2 vs 4 pods. JSON lines on stdout and in bench/results/peers-latest.jsonl.
+RUNS ?= 1
 peers: $(STAMP) services $(PEERS_DEPS)
 	@mkdir -p bench/results
-	$(BIN)/python bench/run_all.py --only peers | tee bench/results/peers-latest.jsonl
+	$(BIN)/python bench/run_all.py --only peers --runs $(RUNS) | tee bench/results/peers-latest.jsonl
 
 # Randomized chaos soak, not part of `make test` (MINUTES of faults, then a bounded
 # settle and the check): 3 pods, a private Redis, the shared RabbitMQ through proxies

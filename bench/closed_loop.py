@@ -200,12 +200,7 @@ def run_system(args: argparse.Namespace, brokers: Brokers, kind: str, out: Path 
                run: int) -> list[dict[str, Any]]:
     args.system = kind
     rows: list[dict[str, Any]] = []
-    settings = {}
-    if "ack" in args.modes:
-        # The closed loop bounds the backlog, so the default retry interval holds;
-        # only a burst needs the longer one bench/cross_pod.py uses.
-        settings = {"WSNODE_ACK_RETRY_INTERVAL": "60s"} if "burst" in args.modes else {}
-    with running(kind, args.pods, brokers, args.workdir, **settings) as system:
+    with running(kind, args.pods, brokers, args.workdir) as system:
         for mode in args.modes:
             if mode == "ack" and kind != "wsnode":
                 continue
