@@ -57,7 +57,9 @@ class PooledRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
 
 
 async def serve(args: argparse.Namespace) -> None:
-    manager = PooledRedisManager(args.redis, args.channel, args.pool)
+    # "none": one process alone, rooms in memory (the load client's own tests).
+    manager = (PooledRedisManager(args.redis, args.channel, args.pool)
+               if args.redis != "none" else None)
     sio = socketio.AsyncServer(async_mode="aiohttp", client_manager=manager,
                                transports=["websocket"], json=OrjsonModule,
                                cors_allowed_origins="*")
@@ -97,7 +99,8 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0",
+                        help="Redis URL, or none for one process alone")
     parser.add_argument("--channel", default="socketio")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--pool", type=int, default=32, help="Redis connections per process")
