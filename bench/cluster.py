@@ -92,19 +92,20 @@ async def cluster(pod_ids: list[str], **settings: str) -> AsyncIterator[list[Pod
         await _cleanup(prefix, pod_ids)
 
 
-async def _cleanup(prefix: str, pods: list[str]) -> None:
+async def _cleanup(prefix: str, pods: list[str], redis_url: str = REDIS_URL,
+                   amqp_url: str = AMQP_URL) -> None:
     import aio_pika
     import redis.asyncio as aioredis
 
     from wsnode.keys import AmqpNames
 
-    client = aioredis.from_url(REDIS_URL)
+    client = aioredis.from_url(redis_url)
     keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
     for i in range(0, len(keys), 1000):
         await client.delete(*keys[i:i + 1000])
     await client.aclose()
     names = AmqpNames(prefix)
-    connection = await aio_pika.connect(AMQP_URL)
+    connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
         for queue in [*(names.pod_queue(p) for p in pods), names.stranded_queue,
