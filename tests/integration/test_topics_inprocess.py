@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 import redis.asyncio as aioredis
@@ -279,3 +280,33 @@ async def test_a_new_life_announces_the_topics_again(redis_prefix: str) -> None:
         await ws.close()
     # a pod that stops takes its membership with it
     assert await registry.topics() == []
+
+
+async def test_the_admin_api_refuses_bad_requests_with_400() -> None:
+    key = "k" * 16
+    async with Node(settings("solo", api_key=key, max_users_per_send=2)) as node, \
+            aiohttp.ClientSession(f"http://127.0.0.1:{node.admin_port}",
+                                  headers={"Authorization": f"Bearer {key}"}) as http:
+        async def post(path: str, body: object) -> tuple[int, str]:
+            async with http.post(path, json=body) as resp:
+                answer = await resp.json()
+                return resp.status, answer["error"]["message"] if "error" in answer else ""
+
+        note = {"type": "n"}
+        for body, why in [
+            ({"user": "a", "users": ["b"], "envelope": note}, "not both"),
+            ({"users": "a", "envelope": note}, "'users' is a list"),
+            ({"users": ["a", "b", "c"], "envelope": note}, "at most 2 users"),
+            ({"users": [], "envelope": note}, "no users"),
+            ({"users": ["a", 7], "envelope": note}, "users[1]"),
+        ]:
+            status, message = await post("/v1/send", body)
+            assert status == 400 and why in message, (body, status, message)
+        assert (await post("/v1/publish", {"topic": "a b", "envelope": note}))[0] == 400
+        assert (await post("/v1/publish", {"envelope": note}))[0] == 400
+        assert (await post("/v1/broadcast", {"envelope": {"type": "n", "id": "x",
+                                                          "requiresAck": True}}))[0] == 400
+        async with http.get("/v1/topics/a%20b") as resp:
+            assert resp.status == 400
+        async with http.get("/v1/topics/room%3A1") as resp:
+            assert await resp.json() == {"topic": "room:1", "connections": 0, "pods": []}
