@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 SRC    := wsnode wsctl tests $(wildcard bench loadtests)
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint unit fmt services clean cluster bench
+.PHONY: run test lint unit fmt services clean cluster bench peers peers-deps
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,9 +44,26 @@ cluster: $(STAMP) services
 
 # Every benchmark of bench/ (about 10 minutes on 2 cores; run it on a quiet
 # machine): JSON lines on stdout and in bench/results/latest.jsonl.
-bench: $(STAMP) services
+bench: $(STAMP) services $(PEERS_DEPS)
 	@mkdir -p bench/results
 	$(BIN)/python bench/run_all.py | tee bench/results/latest.jsonl
+
+# The peers of bench/closed_loop.py (socket.io 4.8 + @socket.io/redis-adapter on
+# Node.js >= 20) from npm, into bench/peers/node_modules, as package-lock.json pins them
+# (no install scripts: bufferutil ships its prebuilt binary in the package).
+PEERS_DEPS := bench/peers/node_modules/.package-lock.json
+$(PEERS_DEPS): bench/peers/package.json bench/peers/package-lock.json
+	cd bench/peers && npm ci --ignore-scripts --no-audit --no-fund
+	@touch $(PEERS_DEPS)
+peers-deps: $(PEERS_DEPS)
+
+# wsnode against socket.io on Node.js and python-socketio, same load client, same run
+# (about 6 minutes a run): the closed loop, its fixed-rate and ACK modes, the burst,
+# and 2 vs 4 pods. JSON lines on stdout and in bench/results/peers-latest.jsonl.
+RUNS ?= 1
+peers: $(STAMP) services $(PEERS_DEPS)
+	@mkdir -p bench/results
+	$(BIN)/python bench/run_all.py --only peers --runs $(RUNS) | tee bench/results/peers-latest.jsonl
 
 # Randomized chaos soak, not part of `make test` (MINUTES of faults, then a bounded
 # settle and the check): 3 pods, a private Redis, the shared RabbitMQ through proxies

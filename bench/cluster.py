@@ -75,6 +75,10 @@ async def cluster(pod_ids: list[str], **settings: str) -> AsyncIterator[list[Pod
                # store through the chat app must not throttle its ACK runs.
                WSNODE_RELAYED_MAX_PENDING="1000000", WSNODE_RELAYED_BUDGET="1000000")
     env.update(settings)
+    # WSNODE_BENCH_POD_<NAME>=value: a pod setting for an A/B run (the rest of
+    # the caller's WSNODE_* environment is ignored on purpose).
+    env.update({f"WSNODE_{k[len('WSNODE_BENCH_POD_'):]}": v for k, v in os.environ.items()
+                if k.startswith("WSNODE_BENCH_POD_")})
     log_dir = Path(os.environ.get("WSNODE_BENCH_LOGS", "/tmp/wsnode-bench"))
     log_dir.mkdir(parents=True, exist_ok=True)
     pods = [Pod(p, env, log_dir) for p in pod_ids]
@@ -88,19 +92,20 @@ async def cluster(pod_ids: list[str], **settings: str) -> AsyncIterator[list[Pod
         await _cleanup(prefix, pod_ids)
 
 
-async def _cleanup(prefix: str, pods: list[str]) -> None:
+async def _cleanup(prefix: str, pods: list[str], redis_url: str = REDIS_URL,
+                   amqp_url: str = AMQP_URL) -> None:
     import aio_pika
     import redis.asyncio as aioredis
 
     from wsnode.keys import AmqpNames
 
-    client = aioredis.from_url(REDIS_URL)
+    client = aioredis.from_url(redis_url)
     keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
     for i in range(0, len(keys), 1000):
         await client.delete(*keys[i:i + 1000])
     await client.aclose()
     names = AmqpNames(prefix)
-    connection = await aio_pika.connect(AMQP_URL)
+    connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
         for queue in [*(names.pod_queue(p) for p in pods), names.stranded_queue,

@@ -4,6 +4,11 @@ Each script prints a line per run and a summary line with medians (3 runs
 unless ``--runs``); the swarm and the abuse bench (a line per flood) run
 once. Nothing else should run on the machine meanwhile: the figures are
 CPU-bound on 2 cores.
+
+The closed loop against the peers (``closed_loop.py``: wsnode, socket.io on
+Node.js, python-socketio; then 2 vs 4 pods) runs once in the full suite (its
+figures are ratios within one run); ``--only peers`` runs just it, ``--runs``
+times (``make peers``).
 """
 
 from __future__ import annotations
@@ -23,8 +28,17 @@ HERE = Path(__file__).resolve().parent
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
-    runs = str(parser.parse_args().runs)
-    steps = [
+    parser.add_argument("--only", choices=["peers"], help="run only these benchmarks")
+    args = parser.parse_args()
+    runs = str(args.runs)
+    peers = [
+        ["closed_loop.py", "--systems", "wsnode,socketio,pysocketio",
+         "--modes", "closed,rate,ack,burst", "-m", "20000",
+         "--runs", runs if args.only else "1"],
+        ["closed_loop.py", "--systems", "wsnode,socketio", "--modes", "closed",
+         "--pods", "2,4", "--spread", "--runs", runs if args.only else "1"],
+    ]
+    steps = peers if args.only else [
         ["local_push.py", "-n", "100", "-m", "100000", "--runs", runs],
         ["cross_pod.py", "--runs", runs],
         ["cross_pod.py", "--ack", "-m", "20000", "--runs", runs],
@@ -32,6 +46,7 @@ def main() -> None:
         ["presence_churn.py", "--runs", runs],
         ["swarm.py"],
         ["abuse.py", "--json"],
+        *peers,
     ]
     import os
     print(orjson.dumps({"bench": "machine", "python": platform.python_version(),

@@ -81,7 +81,10 @@ def clean(redis_url: str, prefix: str) -> int:
     try:
         # Every key of a swarm user (its messages and their trails too), and the
         # users index of each of the run's message ids.
-        for pattern in (_pattern(keys.user_seq), _pattern(keys.trace_users)):
+        # Trails live in the bucket of their id ({t:<n>}), user then id in the name.
+        trails = f"{keys.prefix}:{{tr:*}}:trace:lt-{RUN}-*"
+        trail_users = f"{keys.prefix}:{{tr:*}}:traceusers:lt-{RUN}-*"
+        for pattern in (_pattern(keys.user_seq), trails, trail_users):
             batch: list[bytes] = []
             for key in _scan(client, pattern):
                 batch.append(key)

@@ -27,6 +27,7 @@ nor makes others claim in a loop.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import NoScriptError
@@ -59,39 +60,70 @@ class RedisAcks(RedisDeadLetters):
                     relayed_from: UserId | None = None) -> StoreResult:
         return await self._guarded("ack store", lambda: self._store(user, env, relayed_from))
 
-    async def _store(self, user: UserId, env: Envelope,
-                     relayed_from: UserId | None) -> StoreResult:
-        assert env.id is not None
-        p, k, b = self.policy, self._k, bucket_of(user)
-        enc, body = encode_id(env.id), stored_body(env)
-        keys = [k.user_msg(user, env.id), k.user_seq(user), k.user_pending(user),
-                k.user_due(user), k.user_relayed(user)]
-        args: list[str | int | bytes] = [
-            "store", request_token(), enc, env.type, body, p.ttl_ms, p.retry_interval_ms,
-            "" if env.expires_at is None else env.expires_at, p.max_pending_per_user,
-            p.dead_ttl_ms, relayed_from or "", p.relayed_max_pending]
-        now = self._redis_now()
+    async def store_many(self, users: Sequence[UserId], env: Envelope, *,
+                         relayed_from: UserId | None = None,
+                         ) -> list[StoreResult | QuotaExceeded]:
+        """Every user's store in one pipeline (one round trip). A user whose store
+        cannot be read in it (a corrupt record, a script reloaded) is stored on
+        its own afterwards, as ``store`` would. A message relayed from a client
+        is stored one user at a time: each store takes a place in the client's
+        budget first, and a user refused must not have held one meanwhile (at
+        most ``relayed_budget`` of them succeed anyway)."""
         if relayed_from is not None:
-            await self._reserve(relayed_from, user, enc, now)
-        expiry = now + p.ttl_ms + EXPIRY_SLACK_MS
-        if env.expires_at is not None:
-            expiry = min(expiry, env.expires_at + EXPIRY_SLACK_MS)
-        entry = member(user, enc)
+            return [await self._one(u, env, relayed_from) for u in users]
+        out: list[StoreResult | QuotaExceeded] = []
+        now = self._redis_now()
+        plans = [_Plan.of(self, user, env, None, now) for user in users]
 
         def queue(pipe: Any) -> None:
-            pipe.zadd(k.ack_expiry(b), {entry: expiry}, lt=True)
-            queue_script(pipe, self._script, keys, args)
-            pipe.zadd(k.ack_due(b), {user: now + p.retry_interval_ms}, lt=True)
+            for plan in plans:
+                plan.queue(pipe)
 
         with translated("ack store"):
-            # Durable: the message and its expiry entry reach a replica before the
-            # sender hears it is stored (a failover must not lose it).
-            reply = await self._group(queue, 3, 1, keys, args,
-                                      durable=[keys[0], k.ack_expiry(b)])
+            # Durable: each message and its expiry entry reach a replica before
+            # the sender hears it is stored (a failover must not lose it).
+            durable = [key for plan in plans for key in (plan.keys[0], plan.expiry_key)]
+            replies = (await self._batch.run_group(queue, 3 * len(plans), durable=durable)
+                       if plans else [])
+            for other in (r for n, r in enumerate(replies) if n % 3 != 1):
+                if isinstance(other, Exception):
+                    raise other
+        for plan, reply in zip(plans, replies[1::3], strict=True):
+            if isinstance(reply, Exception):
+                # NOSCRIPT (Redis restarted), a corrupt record: as store() does it.
+                out.append(await self._one(plan.user, env, None))
+            else:
+                out.append(await self._stored(plan, reply))
+        return out
+
+    async def _one(self, user: UserId, env: Envelope,
+                   relayed_from: UserId | None) -> StoreResult | QuotaExceeded:
+        try:
+            return await self.store(user, env, relayed_from=relayed_from)
+        except QuotaExceeded as exc:
+            return exc
+
+    async def _store(self, user: UserId, env: Envelope,
+                     relayed_from: UserId | None) -> StoreResult:
+        now = self._redis_now()
+        if relayed_from is not None:
+            enc = encode_id(env.id or "")
+            await self._reserve(relayed_from, user, enc, now)
+        plan = _Plan.of(self, user, env, relayed_from, now)
+        with translated("ack store"):
+            reply = await self._group(plan.queue, 3, 1, plan.keys, plan.args,
+                                      durable=[plan.keys[0], plan.expiry_key])
+        return await self._stored(plan, reply)
+
+    async def _stored(self, plan: _Plan, reply: Any) -> StoreResult:
+        """What the store script's ``reply`` means for ``plan``'s message."""
+        k, p, user, enc, env = self._k, self.policy, plan.user, plan.enc, plan.env
+        b, entry = bucket_of(user), member(user, enc)
+        with translated("ack store"):
             if int(reply[0]) == 2:
-                assert relayed_from is not None
-                await self._batch.run(lambda pipe: pipe.zrem(
-                    k.user_budget(relayed_from), member(user, enc)))
+                sender = plan.relayed_from
+                assert sender is not None
+                await self._batch.run(lambda pipe: pipe.zrem(k.user_budget(sender), entry))
                 raise QuotaExceeded("recipient", f"user {user!r} already has "
                                     f"{p.relayed_max_pending} pending messages from clients")
             if int(reply[0]) == 1:
@@ -107,10 +139,16 @@ class RedisAcks(RedisDeadLetters):
                 return StoreResult(int(reply[1]), existing, duplicate=True, state=state)
             seq, stored_at, expires, due = (int(x) for x in reply[1:5])
             self._saw_redis_time(stored_at)
-        msg = StoredMessage(user=user, id=MsgId(env.id), seq=seq, type=env.type, body=body,
-                            stored_at=stored_at, expires_at=expires, attempts=1, next_due=due)
+        assert env.id is not None
+        msg = StoredMessage(user=user, id=MsgId(env.id), seq=seq, type=env.type,
+                            body=plan.body, stored_at=stored_at, expires_at=expires,
+                            attempts=1, next_due=due)
         evicted = [d for e in reply[5:] if (d := await self._evict(user, as_str(e)))]
         return StoreResult(seq, msg, evicted=evicted)
+
+    def _over_budget(self) -> QuotaExceeded:
+        return QuotaExceeded("sender", f"{self.policy.relayed_budget} of your messages wait "
+                             "for their recipients: wait for them to be delivered")
 
     async def _reserve(self, sender: UserId, user: UserId, enc: str, now: int) -> None:
         """Take a place in ``sender``'s budget for this message (kept until it is
@@ -122,8 +160,7 @@ class RedisAcks(RedisDeadLetters):
                 "reserve", "", member(user, enc), now + p.ttl_ms + p.dead_ttl_ms,
                 p.relayed_budget])
         if not taken:
-            raise QuotaExceeded("sender", f"{p.relayed_budget} of your messages wait for "
-                                "their recipients: wait for them to be delivered")
+            raise self._over_budget()
 
     async def _evict(self, user: UserId, enc: str) -> DeadLetter | None:
         k = self._k
@@ -340,3 +377,47 @@ class RedisAcks(RedisDeadLetters):
                 raise reply
         return replies
 
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """One user's store, as queued in a pipeline: the expiry entry (first: an
+    entry without a message is dropped by the sweeper; a message without one
+    would never expire), the store script, then the due entry (lowered)."""
+
+    user: UserId
+    env: Envelope
+    relayed_from: UserId | None
+    enc: str
+    body: bytes
+    keys: list[str]
+    args: list[str | int | bytes]
+    expiry: int
+    due: int
+    expiry_key: str
+    due_key: str
+    sha: str
+
+    @classmethod
+    def of(cls, acks: RedisAcks, user: UserId, env: Envelope, relayed_from: UserId | None,
+           now: int) -> _Plan:
+        assert env.id is not None
+        p, k, b = acks.policy, acks._k, bucket_of(user)
+        enc, body = encode_id(env.id), stored_body(env)
+        keys = [k.user_msg(user, env.id), k.user_seq(user), k.user_pending(user),
+                k.user_due(user), k.user_relayed(user)]
+        args: list[str | int | bytes] = [
+            "store", request_token(), enc, env.type, body, p.ttl_ms, p.retry_interval_ms,
+            "" if env.expires_at is None else env.expires_at, p.max_pending_per_user,
+            p.dead_ttl_ms, relayed_from or "", p.relayed_max_pending]
+        expiry = now + p.ttl_ms + EXPIRY_SLACK_MS
+        if env.expires_at is not None:
+            expiry = min(expiry, env.expires_at + EXPIRY_SLACK_MS)
+        return cls(user, env, relayed_from, enc, body, keys, args, expiry,
+                   now + p.retry_interval_ms, k.ack_expiry(b), k.ack_due(b), acks._script.sha)
+
+    def queue(self, pipe: Any) -> None:
+        pipe.zadd(self.expiry_key, {member(self.user, self.enc): self.expiry}, lt=True)
+        # Raw: redis-py's cluster pipeline refuses evalsha() (see queue_script).
+        pipe.execute_command("EVALSHA", self.sha, len(self.keys), *self.keys, *self.args)
+        pipe.zadd(self.due_key, {self.user: self.due}, lt=True)

@@ -20,6 +20,7 @@ import typer
 
 from wsnode import admission, clihelp, logs
 from wsnode.errors import SettingsError
+from wsnode.eventloop import run_loop
 from wsnode.node import Node
 from wsnode.settings import load_settings
 
@@ -121,7 +122,7 @@ def serve(
         except (ImportError, AttributeError, ValueError) as exc:
             raise _fail(f"--app {app_spec}: {exc}", 1) from None
     try:
-        asyncio.run(_run(node))
+        run_loop(_run(node), settings.event_loop)
     except OSError as exc:
         hint = PORT_TAKEN_HINT if exc.errno == errno.EADDRINUSE else None
         raise _fail(f"cannot start: {exc.strerror or exc}", 1, hint) from None

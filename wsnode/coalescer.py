@@ -11,7 +11,9 @@ Contract: each ``await run(queue)`` gets the reply of the one command its
 A pipeline that fails as a whole (connection lost) fails every caller in it.
 
 At most ``max_in_flight`` pipelines run at once; what arrives meanwhile waits
-and goes out in the next (larger) pipeline. On a Redis Cluster the pipeline is
+and goes out in the next (larger) pipeline: a group commit, so pipelines grow
+with load instead of staying at the few commands of one tick (each pipeline
+costs the client ~150 µs of CPU whatever it holds). On a Redis Cluster the pipeline is
 redis-py's cluster pipeline: it splits the commands by node (each node gets
 its commands in order, in one round trip) and never wraps them in MULTI, so no
 command ever spans two slots.
@@ -64,6 +66,8 @@ class Coalescer:
         self._pending: list[_Queued] = []
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self.pipelines = 0
+        """Pipelines sent so far (the figure the group commit keeps low)."""
 
     async def run(self, queue: Callable[[Any], Any], *, durable: Sequence[str] = ()) -> Any:
         """``queue(pipe)`` adds one command to ``pipe``; returns that command's
@@ -112,6 +116,7 @@ class Coalescer:
         loop = asyncio.get_running_loop()
         while self._pending and len(self._tasks) < self._cap:
             batch, self._pending = self._pending[:self._max], self._pending[self._max:]
+            self.pipelines += 1
             task = loop.create_task(self._execute(batch))
             self._tasks.add(task)
             task.add_done_callback(self._done)

@@ -71,11 +71,13 @@ class RedisKeys:
     """Redis key names for one ``KEY_PREFIX``.
 
     Slots: ``user_*`` keys of one user share ``{u:<user>}``; ``pod_*`` keys of one
-    pod share ``{p:<pod>}``; the global ACK indexes are split over
-    :data:`BUCKETS` buckets by user (:func:`bucket_of`), bucket ``n`` in
-    ``{b:<n>}``, and so are the pods' lives (by pod id): no global index is one
-    key, so none is one hot shard of a cluster. Members of global sets name
-    a user and an id (or a pod and an epoch) separated by a space, which the
+    pod share ``{p:<pod>}``; a topic's keys are in ``{t:<topic>}``; the global ACK
+    indexes are split over :data:`BUCKETS` buckets by user (:func:`bucket_of`),
+    bucket ``n`` in ``{b:<n>}``, and so are the pods' lives (by pod id): no
+    global index is one key, so none is one hot shard of a cluster (``topic_lives``
+    is one key, read and written once per pod per heartbeat). Trails are in the
+    trail bucket of their message id, ``{tr:<n>}``. Members of global sets name a
+    user and an id (or a pod and an epoch) separated by a space, which the
     encoding never produces.
     """
 
@@ -117,6 +119,20 @@ class RedisKeys:
     def user_conns(self, user: str) -> str:
         """HASH conn -> ``"<pod> <epoch> <since>"``."""
         return f"{self.prefix}:{{u:{_enc(user)}}}:conns"
+
+    # -- topics (wsnode.topics_redis) ----------------------------------------
+    @property
+    def topic_lives(self) -> str:
+        """SET of ``"<pod> <epoch>"``: every pod life whose topic membership may exist."""
+        return f"{self.prefix}:topiclives"
+
+    def pod_topics(self, pod: str, epoch: int) -> str:
+        """HASH topic -> subscribed connections: one life of a pod (its index)."""
+        return f"{self.prefix}:{{p:{_enc(pod)}}}:topics:{epoch}"
+
+    def topic_pods(self, topic: str) -> str:
+        """HASH ``"<pod> <epoch>"`` -> subscribed connections: the pods of a topic."""
+        return f"{self.prefix}:{{t:{_enc(topic)}}}:pods"
 
     # -- limiter -----------------------------------------------------------
     def user_rate(self, user: str) -> str:
@@ -172,12 +188,18 @@ class RedisKeys:
 
     def trace(self, user: str, msg_id: str) -> str:
         """LIST of the trail events (JSON) of one user's message, capped, expiring.
-        Per (user, id): one user's events can never crowd out another's."""
-        return f"{self.prefix}:{{u:{_enc(user)}}}:trace:{_enc(msg_id)}"
+        Per (user, id): one user's events can never crowd out another's. In the
+        trail bucket of the id (:meth:`trace_bucket`), beside :meth:`trace_users`,
+        so a pod writes every trail of a bucket in one script call."""
+        return f"{self.trace_bucket(msg_id)}:trace:{_enc(user)}:{_enc(msg_id)}"
 
     def trace_users(self, msg_id: str) -> str:
         """SET of the users with a trail of this id (``wsctl trace ID`` without --user)."""
-        return f"{self.prefix}:traceusers:{{{_enc(msg_id)}}}"
+        return f"{self.trace_bucket(msg_id)}:traceusers:{_enc(msg_id)}"
+
+    def trace_bucket(self, msg_id: str) -> str:
+        """The key prefix (and hash slot, ``{tr:<n>}``) of the trails of ``msg_id``."""
+        return f"{self.prefix}:{{tr:{bucket_of(msg_id)}}}"
 
     @staticmethod
     def quarantined(key: str) -> str:

@@ -5,10 +5,13 @@ One list per (user, message id) (``keys.RedisKeys.trace``), capped and
 expiring, and per id the set of users that have one (``trace_users``).
 ``record`` only appends to a buffer and wakes the flusher (the pod's
 supervised ``trace`` loop), which waits ``FLUSH_S`` to gather more and writes
-the buffer as one pipeline: tracing adds no round trip to a send, and the
-events of one id that arrive together (stored and routed, say) cost one RPUSH
-and one PEXPIRE. A batch the store cannot take is dropped (the loop reports
-the outage); a trail key that cannot be written (corrupt) is skipped and logged.
+the buffer as one pipeline: tracing adds no round trip to a send. The trails
+of an id live in its trail bucket (one hash slot of ``keys.BUCKETS``), so the
+pipeline holds one ``lua/trail.lua`` call per bucket (at most ``_PER_CALL``
+trails each) rather than five commands per trail: on the ACK path, where
+every message has a trail on two pods, that was half the pod's Redis commands.
+A batch the store cannot take is dropped (the loop reports the outage); a
+trail key that cannot be written (corrupt) is skipped and logged.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from wsnode.errors import BackendUnavailable, WsnodeError
 from wsnode.ids import MsgId, PodId, UserId
 from wsnode.keys import RedisKeys
 from wsnode.outage import LogThrottle
-from wsnode.redis_conn import Redis, as_str, translate, translated
+from wsnode.redis_conn import Redis, as_str, execute, queue_script, script, translated
 from wsnode.trace import MAX_EVENTS, make_event
 
 log = logging.getLogger("wsnode.trace")
@@ -34,6 +37,30 @@ log = logging.getLogger("wsnode.trace")
 FLUSH_S = 0.02
 _MAX_BUFFERED = 100_000
 _MAX_USERS = 100  # trails of one id listed at once, without a user
+# Trails per script call: a call blocks Redis while it runs (~5 writes per trail).
+_PER_CALL = 200
+
+
+_Call = tuple[list[str], list[Any], list[tuple[UserId, MsgId]]]
+
+
+def _calls(k: RedisKeys, batch: dict[tuple[UserId, MsgId], list[bytes]],
+           ttl_ms: int) -> list[_Call]:
+    """The ``trail.lua`` calls that write ``batch``: keys, args and the trails
+    in order, one call per trail bucket and at most ``_PER_CALL`` trails each."""
+    open_calls: dict[str, _Call] = {}
+    calls: list[_Call] = []
+    for (user, msg_id), entries in batch.items():
+        bucket = k.trace_bucket(msg_id)
+        call = open_calls.get(bucket)
+        if call is None or len(call[2]) >= _PER_CALL:
+            call = open_calls[bucket] = ([], [ttl_ms, MAX_EVENTS], [])
+            calls.append(call)
+        keys, args, trails = call
+        keys += (k.trace(user, msg_id), k.trace_users(msg_id))
+        args += (user, len(entries), *entries)
+        trails.append((user, msg_id))
+    return calls
 
 
 class RedisTracer:
@@ -41,6 +68,7 @@ class RedisTracer:
                  clock: Clock | None = None) -> None:
         self._r = client
         self._k = keys
+        self._script = script(client, "trail")
         self.ttl_ms = ttl_ms
         self._clock = clock or SystemClock()
         self._buffer: dict[tuple[UserId, MsgId], list[bytes]] = {}
@@ -64,26 +92,25 @@ class RedisTracer:
             return
         await asyncio.sleep(FLUSH_S)  # gather what else this send or burst records
         batch, self._buffer = self._buffer, {}
+        calls = _calls(self._k, batch, self.ttl_ms)
 
         def build(pipe: Any) -> None:
-            for (user, msg_id), entries in batch.items():
-                key, users = self._k.trace(user, msg_id), self._k.trace_users(msg_id)
-                pipe.rpush(key, *entries)
-                pipe.ltrim(key, -MAX_EVENTS, -1)
-                pipe.pexpire(key, self.ttl_ms)
-                pipe.sadd(users, user)
-                pipe.pexpire(users, self.ttl_ms)
+            for keys, args, _trails in calls:
+                queue_script(pipe, self._script, keys, args)
 
-        with translated("trace"):
-            async with self._r.pipeline(transaction=False) as pipe:
-                build(pipe)
-                replies = await pipe.execute(raise_on_error=False)
-        errors = [translate(r, "trace") for r in replies if isinstance(r, Exception)]
-        for error in errors:
-            if isinstance(error, BackendUnavailable):
-                raise error  # Redis refuses writes (READONLY, OOM...): the loop says so
-        for error in errors:
-            self._throttle.warn("write", "a message trail was not written: %s", error)
+        try:
+            with translated("trace"):
+                replies = await execute(self._r, build, [self._script])
+        except BackendUnavailable:
+            raise  # Redis refuses writes (READONLY, OOM...): the loop says so
+        except WsnodeError as exc:
+            self._throttle.warn("write", "message trails were not written: %s", exc)
+            return
+        for (_keys, _args, trails), reply in zip(calls, replies, strict=True):
+            for index in reply:  # trails the script skipped: a key of another type
+                user, msg_id = trails[int(index) - 1]
+                self._throttle.warn("write", "the trail of message %s of user %r was not "
+                                    "written: its key holds another type", msg_id, user)
 
     async def trail(self, msg_id: MsgId, user: UserId | None = None) -> list[dict[str, Any]]:
         with translated("trace"):

@@ -196,7 +196,7 @@ def test_wsctl_swarm_leaves_nothing_in_redis(pod_factory: PodFactory,
     pod = cluster.adopt(pod_factory("swarm-c", env=cluster.env(WSNODE_RATE_LIMIT="0"),
                                     args=["--app", "wsnode.examples.chat"]))
     client = redis.Redis.from_url(REDIS_URL)
-    lasting = [f"{cluster.prefix}:{{u:lt-*}}:trace:*", f"{cluster.prefix}:{{u:lt-*}}:m:*"]
+    lasting = [f"{cluster.prefix}:{{tr:*}}:trace:lt-*", f"{cluster.prefix}:{{u:lt-*}}:m:*"]
     most = dict.fromkeys(lasting, 0)
     stop = threading.Event()
 
@@ -219,7 +219,7 @@ def test_wsctl_swarm_leaves_nothing_in_redis(pod_factory: PodFactory,
     assert all(most.values()), most  # there was something to clean up
     keys = RedisKeys(cluster.prefix)
     left = [k for pattern in [*lasting, f"{cluster.prefix}:{{u:lt-*",
-                              f"{cluster.prefix}:traceusers:{{lt-*"]
+                              f"{cluster.prefix}:{{tr:*}}:traceusers:lt-*"]
             for k in client.scan_iter(match=pattern, count=1000)]
     indexed = [m for b in range(BUCKETS)
                for index in (keys.ack_expiry(b), keys.dlq(b), keys.ack_due(b))

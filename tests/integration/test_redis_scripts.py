@@ -20,6 +20,7 @@ from wsnode.presence_redis import RedisPresence
 from wsnode.protocol import Envelope
 from wsnode.redis_conn import Redis
 from wsnode.settings import Rate
+from wsnode.trace_redis import RedisTracer
 
 
 @pytest.fixture
@@ -70,3 +71,21 @@ async def test_every_script_path_reloads_after_a_script_flush(client: Redis) -> 
     await client.script_flush()
     await presence.leave(pod)  # reaps through a pipeline of unlink scripts
     assert await client.hlen(keys.user_conns(alice)) == 0
+
+
+async def test_trails_reload_after_a_script_flush_and_skip_a_corrupt_key(
+        client: Redis, caplog: pytest.LogCaptureFixture) -> None:
+    keys = RedisKeys("ws")
+    tracer = RedisTracer(client, keys)
+    alice, bob = UserId("alice"), UserId("bob")
+    await client.set(keys.trace(bob, "m2"), "not a list")  # corrupt: another type
+    await client.script_flush()
+    tracer.record(MsgId("m1"), alice, "stored", PodId("p"))
+    tracer.record(MsgId("m2"), bob, "stored", PodId("p"))
+    tracer.record(MsgId("m2"), alice, "stored", PodId("p"))
+    await tracer.flush()
+    assert [e["user"] for e in await tracer.trail(MsgId("m1"))] == ["alice"]
+    # The corrupt trail was skipped and said so; the others of its call were written.
+    assert [e["user"] for e in await tracer.trail(MsgId("m2"), alice)] == ["alice"]
+    assert await client.get(keys.trace(bob, "m2")) == b"not a list"
+    assert "trail of message m2 of user 'bob' was not written" in caplog.text
