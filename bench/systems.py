@@ -187,6 +187,11 @@ class System:
                        # store through the chat app must not throttle ACK runs.
                        WSNODE_RELAYED_MAX_PENDING="1000000", WSNODE_RELAYED_BUDGET="1000000")
             env.update(settings)
+            # WSNODE_BENCH_POD_<NAME>=value: a pod setting for an A/B run, as in
+            # bench/cluster.py (e.g. WSNODE_BENCH_POD_RATE_LIMIT=1000000/10s: the
+            # limiter on, never refusing).
+            env.update({f"WSNODE_{k[len('WSNODE_BENCH_POD_'):]}": v
+                        for k, v in os.environ.items() if k.startswith("WSNODE_BENCH_POD_")})
         return env
 
     def wait_ready(self) -> list[int]:
