@@ -83,7 +83,7 @@ def size(conns: int, per_min: float, kind: str) -> dict[str, Any]:
         part = max(cores, key=lambda k: cores[k])
         first = f"pod CPU ({part.replace('_', ' ')}: {cores[part] / sum(cores.values()):.0%})"
     if nodes > RMQ_MAX_NODES:
-        first += f"; RabbitMQ needs {nodes} nodes, past one cluster"
+        first += f"; {nodes} nodes: past one cluster"
     return {"connections": conns, "per_user_per_min": per_min, "kind": kind,
             "msgs_per_s": round(rate), "connects_per_s": round(churn),
             "pod_cores": {k: round(v, 1) for k, v in cores.items()},
@@ -109,14 +109,19 @@ def main() -> None:
         for row in rows:
             print(orjson.dumps(row).decode())
         return
-    print("| messages | connections | msg/user/min | msg/s | pods (conns each) | Redis shards "
-          "| RabbitMQ nodes | first bottleneck |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['kind'].replace('_', ' ')} | {r['connections']:,} | {r['per_user_per_min']} "
-              f"| {r['msgs_per_s']:,} | {r['pods']:,} ({r['conns_per_pod']:,}) "
-              f"| {r['redis_shards']} | {r['rabbitmq_nodes']} | {r['first_bottleneck']} |")
-
+    for kind in ("at_most_once", "ack"):
+        print(f"\n{kind.replace('_', ' ')}:\n")
+        print("| connections | msg/user/min | msg/s | pod cores | pods (connections each) "
+              "| Redis commands/s | Redis masters | broker msg/s | RabbitMQ nodes "
+              "| first bottleneck |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for r in (r for r in rows if r["kind"] == kind):
+            print(f"| {r['connections']:,} | {r['per_user_per_min']} | {r['msgs_per_s']:,} "
+                  f"| {sum(r['pod_cores'].values()):,.0f} "
+                  f"| {r['pods']:,} ({r['conns_per_pod']:,}) "
+                  f"| {sum(r['redis_cmds_per_s'].values()):,} | {r['redis_shards']} "
+                  f"| {r['broker_msgs_per_s']:,} | {r['rabbitmq_nodes']} "
+                  f"| {r['first_bottleneck']} |")
 
 if __name__ == "__main__":
     main()
