@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.counters import BUS_COUNTERS, per_message, pod_metrics
 from bench.loop_client import LoopClient, LoopConfig, Tally, Window
 from tests.conftest import PodFactory
+from tests.support.pods import PodProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 MESSAGES = 200
@@ -46,10 +48,14 @@ def assert_exact(tally: Tally) -> None:
 
 
 @pytest.fixture
-def chat_port(pod_factory: PodFactory) -> int:
-    pod = pod_factory("loop", env={"WSNODE_RATE_LIMIT": "0"},
-                      args=["--insecure", "--app", "wsnode.examples.chat"])
-    return pod.port
+def chat_pod(pod_factory: PodFactory) -> PodProcess:
+    return pod_factory("loop", env={"WSNODE_RATE_LIMIT": "0"},
+                       args=["--insecure", "--app", "wsnode.examples.chat"])
+
+
+@pytest.fixture
+def chat_port(chat_pod: PodProcess) -> int:
+    return chat_pod.port
 
 
 @pytest.fixture
@@ -99,3 +105,23 @@ async def test_socketio_protocol(socketio_port: int) -> None:
                      receivers=[socketio_port] * 5, inflight=10, messages=MESSAGES)
     _, tally = await run(cfg)
     assert_exact(tally)
+
+
+@pytest.mark.e2e
+async def test_counters_read_the_pods_metrics(chat_pod: PodProcess) -> None:
+    """``bench/counters.py`` sums a labelled counter over its labels, and finds the
+    bus counters (zero on an embedded pod: nothing crosses a bus)."""
+    names = ("wsnode_messages_out_total", *BUS_COUNTERS)
+    before = pod_metrics(chat_pod.admin_port, names)
+    cfg = LoopConfig(proto="wsnode", senders=[chat_pod.port] * 2,
+                     receivers=[chat_pod.port] * 5, inflight=10, messages=MESSAGES)
+    _, tally = await run(cfg)
+    assert_exact(tally)
+    after = pod_metrics(chat_pod.admin_port, names)
+    # Every chat message went out once (welcomes and restores count too).
+    assert after["wsnode_messages_out_total"] - before["wsnode_messages_out_total"] >= MESSAGES
+    assert all(after[k] == 0 for k in BUS_COUNTERS)
+    load = per_message({**before, "redis_commands": 0.0}, {**after, "redis_commands": 10.0},
+                       MESSAGES, None)
+    assert load["published_per_msg"] == 0 and load["deliveries_per_broker_msg"] is None
+    assert load["redis_cmds_per_msg"] == round(10 / MESSAGES, 2)
