@@ -4,7 +4,7 @@ Two ``wsnode serve`` pods in cluster mode (the chat example app, which lets a
 connection subscribe to ``room.<name>`` topics) each hold half of
 ``--subscribers`` connections, opened from this process with the raw client of
 ``wsload.py``; each sends a ``subscribe`` frame for ``room.bench`` and waits for
-its ``ack``. Then a closed loop publishes with ``POST /v1/publish`` to the pods'
+its answer. Then a closed loop publishes with ``POST /v1/publish`` to the pods'
 admin APIs in turn, at most ``--in-flight`` publishes not yet delivered
 everywhere at any moment, for ``--seconds``. A publish is delivered when every
 subscriber has received as many frames as there were publishes up to it
@@ -33,7 +33,7 @@ from wsload import Conn, open_conns, percentiles
 
 API_KEY = "bench-topics-api-key-0123"
 TOPIC = "room.bench"
-FIRST_FRAMES = 3  # welcome, the replay's restore, the subscribe's ack
+FIRST_FRAMES = 3  # welcome, the replay's restore, the pod's answer to the subscribe
 
 
 async def run(pods: list[Pod], *, subscribers: int, in_flight: int, seconds: float,

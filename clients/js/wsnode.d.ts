@@ -149,7 +149,7 @@ export declare class WsnodeClient {
   readonly topics: string[];
   /**
    * Subscribe to a topic now and after every reconnect; resolves once the pod confirmed it.
-   * Rejects with ServerError (`forbidden`, `bad_envelope`: then it is no longer wanted)
+   * Rejects with ServerError (`forbidden`, `bad_envelope`, `quota_exceeded`: then it is no longer wanted)
    * or AckTimeout (it stays wanted).
    */
   subscribe(topic: string, options?: { timeoutMs?: number | null }): Promise<void>;

@@ -274,11 +274,11 @@ const DEFAULT_RETRY_MS = 1000; // when an error frame gives no retryAfterMs
 
 /**
  * A client's subscriptions across its connections. Each subscribe/unsubscribe
- * frame carries an id and requiresAck; the pod answers `ack`, or an `error`
- * naming the id: `rate_limited`/`internal` are written again after
+ * frame carries an id; the pod answers with a frame of the same type and id, or
+ * an `error` naming the id: `rate_limited`/`internal` are written again after
  * `retryAfterMs` (1 s without one) while the wish holds; any other code
- * (`forbidden`, `bad_envelope`) refuses it, and a refused topic is no longer
- * wanted. The caller gets the error; a refused re-subscription after a
+ * (`forbidden`, `bad_envelope`, `quota_exceeded`) refuses it, and a refused
+ * topic is no longer wanted. The caller gets the error; a refused re-subscription after a
  * reconnect goes to 'error' listeners.
  */
 class TopicLink {
@@ -326,7 +326,7 @@ class TopicLink {
     }
   }
 
-  /** An ack (`error` null) or error frame naming `id`; false when not about a frame of ours. */
+  /** The pod's answer (`error` null) or error frame naming `id`; false when not about a frame of ours. */
   onAnswer(id, error) {
     const entry = id ? this._frames.get(id) : undefined;
     if (!entry) return false;
@@ -362,7 +362,7 @@ class TopicLink {
     this._seq += 1;
     const id = `${op.slice(0, 5)}-${this._seq}`;
     this._frames.set(id, { op, topic });
-    this._write({ type: op, id, requiresAck: true, payload: { topic } });
+    this._write({ type: op, id, payload: { topic } });
   }
 
   _wait(op, topic, waitMs) {
@@ -694,8 +694,9 @@ export class WsnodeClient {
    * Subscribe to `topic` now and again on every new connection (a pod forgets a
    * connection's subscriptions when it ends); resolves once the pod confirmed it
    * (at once if it already had). Rejects with ServerError when the pod refuses
-   * (`forbidden`: the app does not allow it; `bad_envelope`: a bad name, or too
-   * many topics), and the topic is then no longer wanted; with AckTimeout after
+   * (`forbidden`: the app does not allow it; `bad_envelope`: a bad name;
+   * `quota_exceeded`: as many topics as a pod allows), and the topic is then no
+   * longer wanted; with AckTimeout after
    * `timeoutMs` (the topic stays wanted). A later refusal, when subscribing again
    * after a reconnect, goes to 'error' listeners and drops the topic.
    */
@@ -1033,7 +1034,6 @@ export class WsnodeClient {
     switch (frame.type) {
       case 'ack': {
         const id = field(frame, 'id') ?? frame.id;
-        if (this._topicLink.onAnswer(id, null)) break;
         this._pending.get(id)?.resolve();
         break;
       }
@@ -1054,6 +1054,10 @@ export class WsnodeClient {
         this._restores.shift()?.resolve(Number.isInteger(field(frame, 'replayed')) ? field(frame, 'replayed') : 0);
         break;
       }
+      case 'subscribe':
+      case 'unsubscribe': // the pod did it
+        this._topicLink.onAnswer(typeof frame.id === 'string' ? frame.id : null, null);
+        break;
       case 'welcome':
         break;
       default:

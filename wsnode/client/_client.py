@@ -443,7 +443,8 @@ class Client:
         confirmed it (at once if it already had).
 
         Raises :class:`ServerError` when the pod refuses (``forbidden``: the app
-        does not allow it; ``bad_envelope``: a bad name, or too many topics),
+        does not allow it; ``bad_envelope``: a bad name; ``quota_exceeded``: the
+        connection has as many topics as a pod allows),
         and the topic is then not wanted any more; :class:`AckTimeout` after
         ``timeout`` (the topic stays wanted). A later refusal, when subscribing
         again after a reconnect, goes to :meth:`on_error` listeners and drops it.
@@ -693,10 +694,7 @@ class Client:
     def _on_frame(self, frame: dict[str, Any]) -> None:
         typ = frame["type"]
         if typ == "ack":
-            acked = _str(_field(frame, "id")) or _str(frame.get("id"))
-            if self._topic_link.on_answer(acked, None):
-                return
-            pending = self._pending.get(acked or "")
+            pending = self._pending.get(_str(_field(frame, "id")) or _str(frame.get("id")) or "")
             if pending is not None and not pending.future.done():
                 pending.future.set_result(None)
         elif typ == "error":
@@ -718,6 +716,8 @@ class Client:
                 restored = self._restores.pop(0)
                 if not restored.done():
                     restored.set_result(replayed)
+        elif typ in ("subscribe", "unsubscribe"):  # the pod did it
+            self._topic_link.on_answer(_str(frame.get("id")), None)
         elif typ == "welcome":
             log.warning("ignored a second welcome frame")
         else:

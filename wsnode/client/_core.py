@@ -176,10 +176,9 @@ class Subscriptions:
 
 
 def topic_frame(op: str, topic: str, frame_id: str) -> str:
-    """A ``subscribe`` or ``unsubscribe`` frame; the pod answers ``ack`` or ``error``
-    naming ``frame_id``."""
-    return encode({"type": op, "id": frame_id, "requiresAck": True,
-                   "payload": {"topic": topic}})
+    """A ``subscribe`` or ``unsubscribe`` frame; the pod answers with a frame of the
+    same type, or an ``error``, naming ``frame_id``."""
+    return encode({"type": op, "id": frame_id, "payload": {"topic": topic}})
 
 
 class Backoff:

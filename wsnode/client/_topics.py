@@ -3,13 +3,14 @@
 A pod forgets a connection's subscriptions when the connection ends, so the
 client keeps the set of wanted topics (:class:`~wsnode.client._core.Subscriptions`)
 and subscribes to each of them again after every ``welcome``. Each
-``subscribe``/``unsubscribe`` frame carries an id and ``requiresAck``; the pod
-answers ``ack`` once done, or an ``error`` naming the id:
+``subscribe``/``unsubscribe`` frame carries an id; the pod answers with a frame
+of the same type and id once done, or an ``error`` naming the id:
 
 * ``rate_limited`` or ``internal``: written again after ``retryAfterMs`` (1 s
   without one) on the same connection, while the wish still holds;
 * any other code (``forbidden`` when the app does not allow it, ``bad_envelope``
-  for a bad name or a full cap): a refused subscription is no longer wanted.
+  for a bad name, ``quota_exceeded`` for a full cap): a refused subscription is
+  no longer wanted.
   The caller of :meth:`TopicLink.subscribe` gets the error; a refusal of a
   re-subscription after a reconnect goes to the client's error listeners.
 """
@@ -94,7 +95,7 @@ class TopicLink:
             self._settle(op, topic, None)
 
     def on_answer(self, frame_id: str | None, error: ServerError | None) -> bool:
-        """An ``ack`` (``error`` None) or ``error`` frame naming ``frame_id``;
+        """The pod's answer (``error`` None) or ``error`` frame naming ``frame_id``;
         False when it is not about a frame of ours."""
         entry = self._frames.pop(frame_id or "", None)
         if entry is None:
