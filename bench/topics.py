@@ -72,8 +72,7 @@ async def run(pods: list[Pod], *, subscribers: int, in_flight: int, seconds: flo
              *await open_conns("127.0.0.1", pods[1].port, paths[half:], on_message,
                                sample=10**9, parallel=200)]
     for i, c in enumerate(conns):
-        c.send_json({"type": "subscribe", "id": f"s{i}", "requiresAck": True,
-                     "payload": {"topic": TOPIC}})
+        c.send_json({"type": "subscribe", "id": f"s{i}", "payload": {"topic": TOPIC}})
     await asyncio.wait_for(all_ready, timeout)
     await asyncio.sleep(2.0)  # the pods' topic membership settles
 
