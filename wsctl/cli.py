@@ -26,6 +26,8 @@ from wsctl.swarm_command import swarm_command
 from wsctl.target import Target, resolve_target
 from wsnode import clihelp
 from wsnode.auth import user_id_problem
+from wsnode.protocol import Envelope
+from wsnode.topics import topic_problem
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -42,9 +44,12 @@ pods_app = typer.Typer(cls=clihelp.Group, no_args_is_help=True,
                        help="The pods with a live lease, and their states.")
 dlq_app = typer.Typer(cls=clihelp.Group, no_args_is_help=True,
                       help="Dead-lettered ACK-required messages.")
+topics_app = typer.Typer(cls=clihelp.Group, no_args_is_help=True,
+                         help="Topics and who is subscribed to them.")
 app.add_typer(presence_app, name="presence")
 app.add_typer(pods_app, name="pods")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(topics_app, name="topics")
 
 JsonOpt = Annotated[bool, typer.Option(
     "--json", help="Print one JSON document on stdout: the admin API's answer.")]
@@ -132,6 +137,31 @@ def _user_id(value: str | None) -> str | None:
     return value
 
 
+def _user_ids(values: list[str]) -> list[str]:
+    for value in values:
+        _user_id(value)
+    return values
+
+
+def _topic_name(value: str) -> str:
+    """The pods' rule for topic names, checked before anything is sent."""
+    problem = topic_problem(value)
+    if problem is not None:
+        raise typer.BadParameter(problem)
+    return value
+
+
+TypeOpt = Annotated[str, typer.Option("--type", "-t", metavar="TYPE", show_default=False,
+                                      help="Message type, e.g. notification.")]
+PayloadOpt = Annotated[str | None, typer.Option(
+    "--payload", "-p", metavar="JSON|@FILE",
+    help="Payload: JSON text, @file to read it from a file, @- from stdin.")]
+IdOpt = Annotated[str | None, typer.Option(
+    "--id", metavar="ID", help="Message id (clients dedup on it).")]
+ExpiresOpt = Annotated[str | None, typer.Option(
+    "--expires-in", metavar="DURATION", help="Not delivered after this, e.g. 30s, 5m.")]
+
+
 # -- send ---------------------------------------------------------------------
 
 def _show_send(report: doc.SendReport) -> None:
@@ -141,45 +171,128 @@ def _show_send(report: doc.SendReport) -> None:
 
 @app.command(cls=clihelp.Command,
              epilog="Example: wsctl send alice --type notification "
-                    "--payload '{\"text\": \"hi\"}' --ack --wait 5")
+                    "--payload '{\"text\": \"hi\"}' --ack --wait 5; "
+                    "wsctl send alice bob carol --type notification")
 @_reporting
 def send(
-    user: Annotated[str, typer.Argument(metavar="USER", help="User id to send to.",
-                                        show_default=False, callback=_user_id)],
-    msg_type: Annotated[str, typer.Option("--type", "-t", metavar="TYPE", show_default=False,
-                                          help="Message type, e.g. notification.")],
-    payload: Annotated[str | None, typer.Option(
-        "--payload", "-p", metavar="JSON|@FILE",
-        help="Payload: JSON text, @file to read it from a file, @- from stdin.")] = None,
-    msg_id: Annotated[str | None, typer.Option(
-        "--id", metavar="ID", help="Message id (clients dedup on it).")] = None,
+    users: Annotated[list[str], typer.Argument(
+        metavar="USER...", help="User id(s) to send to: several make one send to many users "
+        "(one message per pod).", show_default=False, callback=_user_ids)],
+    msg_type: TypeOpt,
+    payload: PayloadOpt = None,
+    msg_id: IdOpt = None,
     ack: Annotated[bool, typer.Option(
         "--ack", help="Require an ACK: stored, resent until acked. Makes an id if none.")] = False,
-    expires_in: Annotated[str | None, typer.Option(
-        "--expires-in", metavar="DURATION", help="Not delivered after this, e.g. 30s, 5m.")
-    ] = None,
+    expires_in: ExpiresOpt = None,
     wait: Annotated[str | None, typer.Option(
-        "--wait", metavar="SECONDS", help="With --ack: wait this long for the ACK.")] = None,
+        "--wait", metavar="SECONDS",
+        help="With --ack and one USER: wait this long for the ACK.")] = None,
     trace: Annotated[bool, typer.Option(
         "--trace", help="Leave a trail for wsctl trace (ACK-required ones always do). "
         "Makes an id if none.")] = False,
     node: NodeOpt = None, api_key: ApiKeyOpt = None, timeout: TimeoutOpt = DEFAULT_TIMEOUT,
     json_out: JsonOpt = False,
 ) -> None:
-    """Send a message to every connection of USER, on any pod.
+    """Send a message to every connection of each USER, on any pod.
 
-    Exits 3 when USER is offline (without --ack), or not acked within --wait.
+    Exits 3 when a USER is offline (without --ack), or not acked within --wait.
     """
     if wait is not None and not ack:
         raise UsageProblem("--wait needs --ack: only ACK-required messages are acknowledged")
+    if wait is not None and len(users) > 1:
+        raise UsageProblem("--wait takes one USER: see each user's ACK with "
+                           "wsctl trace ID --user USER")
     wait_seconds = parse_seconds("--wait", wait) if wait is not None else None
     expires = parse_seconds("--expires-in", expires_in) if expires_in is not None else None
     envelope = build_envelope(msg_type, payload=read_payload(payload), msg_id=msg_id,
                               ack=ack, expires_in=expires, now_ms=output.now_ms(),
                               need_id=trace)
+    if len(users) > 1:
+        many = _call(node, api_key, timeout, lambda t: operations.send_many(t, users, envelope))
+        _finish(many, json_out, lambda r: output.print_line(output.many_summary(r)))
+        return
     outcome = _call(node, api_key, timeout,
-                    lambda t: operations.send(t, user, envelope, wait_seconds, trace=trace))
+                    lambda t: operations.send(t, users[0], envelope, wait_seconds, trace=trace))
     _finish(outcome, json_out, _show_send)
+
+
+@app.command(cls=clihelp.Command,
+             epilog="Example: wsctl broadcast --type maintenance --payload '{\"in\": \"5m\"}'")
+@_reporting
+def broadcast(
+    msg_type: TypeOpt, payload: PayloadOpt = None, msg_id: IdOpt = None,
+    expires_in: ExpiresOpt = None,
+    node: NodeOpt = None, api_key: ApiKeyOpt = None, timeout: TimeoutOpt = DEFAULT_TIMEOUT,
+    json_out: JsonOpt = False,
+) -> None:
+    """Send a message to every connection of every pod, once (at most once).
+
+    No --ack: a broadcast is not stored. For a message every user must get,
+    send it to the users: wsctl send U1 U2 ... --ack. Exits 3 when no pod took it.
+    """
+    envelope = _envelope(msg_type, payload, msg_id, expires_in)
+    outcome = _call(node, api_key, timeout, lambda t: operations.broadcast(t, envelope))
+    _finish(outcome, json_out, lambda r: output.print_line(output.fanout_summary(r)))
+
+
+@app.command(cls=clihelp.Command,
+             epilog="Example: wsctl publish room:42 --type room_message "
+                    "--payload '{\"text\": \"hi\"}'")
+@_reporting
+def publish(
+    topic: Annotated[str, typer.Argument(metavar="TOPIC", help="Topic to publish to.",
+                                         show_default=False, callback=_topic_name)],
+    msg_type: TypeOpt, payload: PayloadOpt = None, msg_id: IdOpt = None,
+    expires_in: ExpiresOpt = None,
+    node: NodeOpt = None, api_key: ApiKeyOpt = None, timeout: TimeoutOpt = DEFAULT_TIMEOUT,
+    json_out: JsonOpt = False,
+) -> None:
+    """Send a message to every connection subscribed to TOPIC, on any pod (at most once).
+
+    Exits 3 when nobody is subscribed to TOPIC (then nobody got it).
+    """
+    envelope = _envelope(msg_type, payload, msg_id, expires_in)
+    outcome = _call(node, api_key, timeout, lambda t: operations.publish(t, topic, envelope))
+    _finish(outcome, json_out, lambda r: output.print_line(output.publish_summary(r)))
+
+
+def _envelope(msg_type: str, payload: str | None, msg_id: str | None,
+              expires_in: str | None) -> Envelope:
+    expires = parse_seconds("--expires-in", expires_in) if expires_in is not None else None
+    return build_envelope(msg_type, payload=read_payload(payload), msg_id=msg_id, ack=False,
+                          expires_in=expires, now_ms=output.now_ms())
+
+
+# -- topics -------------------------------------------------------------------
+
+@topics_app.command("ls", cls=clihelp.Command, epilog="Example: wsctl topics ls --json")
+@_reporting
+def topics_ls(
+    watch: WatchOpt = None,
+    node: NodeOpt = None, api_key: ApiKeyOpt = None, timeout: TimeoutOpt = DEFAULT_TIMEOUT,
+    json_out: JsonOpt = False,
+) -> None:
+    """List the topics with a subscriber: topic, connections, pods."""
+    if watch is not None:
+        _watch(watch, json_out, lambda: output.topics_table(
+            _call(node, api_key, timeout, lambda t: t.topics())))
+        return
+    document = _call(node, api_key, timeout, lambda t: t.topics())
+    _finish(Outcome(document), json_out,
+            lambda d: output.print_table(output.topics_table(d), "no topic has a subscriber"))
+
+
+@topics_app.command("get", cls=clihelp.Command, epilog="Example: wsctl topics get room:42")
+@_reporting
+def topics_get(
+    topic: Annotated[str, typer.Argument(metavar="TOPIC", help="Topic name.",
+                                         show_default=False, callback=_topic_name)],
+    node: NodeOpt = None, api_key: ApiKeyOpt = None, timeout: TimeoutOpt = DEFAULT_TIMEOUT,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show who is subscribed to TOPIC: connections per pod. Exits 3 when nobody is."""
+    outcome = _call(node, api_key, timeout, lambda t: operations.topic(t, topic))
+    _finish(outcome, json_out, lambda d: output.print_table(output.topic_table(d), ""))
 
 
 # -- presence -----------------------------------------------------------------
@@ -407,6 +520,10 @@ def token(
                                         show_default=False, callback=_user_id)],
     ttl: Annotated[str, typer.Option("--ttl", metavar="DURATION",
                                      help="Lifetime: 90, 30s, 15m, 1h, 1d.")] = "1h",
+    topic: Annotated[list[str] | None, typer.Option(
+        "--topic", metavar="TOPIC", callback=lambda v: [_topic_name(t) for t in v or []],
+        help="Subscribe the connection to TOPIC at connect (the token's topics "
+             "claim); repeat for several.")] = None,
     json_out: Annotated[bool, typer.Option(
         "--json", help="Print the token, user and expiry (epoch ms) as one JSON document.")
     ] = False,
@@ -415,7 +532,7 @@ def token(
 
     Prints only the token, so TOKEN=$(wsctl token alice) works.
     """
-    minted = tokens.mint(user, parse_seconds("--ttl", ttl))
+    minted = tokens.mint(user, parse_seconds("--ttl", ttl), topics=topic or [])
     if json_out:
         output.print_json(minted.to_json())
     else:

@@ -36,6 +36,66 @@ class SendReport(TypedDict):
     state: NotRequired[str]  # added by ``wsctl send --wait``: pending, acked or dead
 
 
+class ManySendReport(TypedDict):
+    """``POST /v1/send`` with ``users``: each user's outcome, as lists of users."""
+
+    users: int  # distinct users sent to
+    local: int  # connections reached on the pod that took the call
+    pods: list[str]  # other pods published to (one message each)
+    failedPods: list[str]
+    reached: list[str]  # a connection took it, or a pod holding them was published to
+    offline: list[str]  # the others
+    stored: NotRequired[list[str]]  # ACK-required only: stored now
+    duplicate: NotRequired[list[str]]  # the id was pending for them: routed again
+    settled: NotRequired[list[str]]  # the id was acked or dead for them: not sent
+    refused: NotRequired[dict[str, str]]  # user -> why (a relayed limit)
+    evicted: NotRequired[dict[str, list[str]]]  # user -> ids dead-lettered (overflow)
+    id: NotRequired[str]  # added by wsctl: the message id, when it has one
+
+
+class BroadcastReport(TypedDict):
+    """``POST /v1/broadcast``."""
+
+    local: int  # connections reached on the pod that took the call
+    pods: list[str]  # every other live pod, one message each
+    failedPods: list[str]
+
+
+class PublishReport(TypedDict):
+    """``POST /v1/publish``."""
+
+    topic: str
+    subscribers: int  # connections subscribed when it was sent (0: nobody got it)
+    local: int
+    pods: list[str]  # the other pods with subscribers, one message each
+    failedPods: list[str]
+
+
+class TopicSummary(TypedDict):
+    topic: str
+    connections: int
+    pods: list[str]
+
+
+class TopicList(TypedDict):
+    """``GET /v1/topics``: every topic with a subscriber."""
+
+    topics: list[TopicSummary]
+
+
+class TopicPod(TypedDict):
+    pod: str
+    connections: int
+
+
+class TopicDetail(TypedDict):
+    """``GET /v1/topics/{topic}`` (no subscriber: ``connections`` 0, no pod)."""
+
+    topic: str
+    connections: int
+    pods: list[TopicPod]
+
+
 class MessageStatus(TypedDict):
     """``GET /v1/messages/{user}/{id}``."""
 

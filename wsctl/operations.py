@@ -62,6 +62,47 @@ async def send(target: Target, user: str, envelope: Envelope,
                                    "again with the same --id to keep waiting"))
 
 
+async def send_many(target: Target, users: list[str],
+                    envelope: Envelope) -> Outcome[doc.ManySendReport]:
+    """Send to several users; NotDone when any of them neither got it nor has it
+    stored (offline for an at-most-once message, refused by a limit)."""
+    report = await target.send_many(users, envelope)
+    if envelope.id is not None:
+        report["id"] = envelope.id
+    kept = set(report.get("stored", [])) | set(report.get("duplicate", [])) \
+        | set(report.get("settled", []))
+    missed = [u for u in report["offline"] if u not in kept]
+    if not missed:
+        return Outcome(report)
+    shown = ", ".join(missed[:5]) + (f" and {len(missed) - 5} more" if len(missed) > 5 else "")
+    return Outcome(report, NotDone(f"{len(missed)} of {report['users']} users did not get "
+                                   f"it: {shown}"))
+
+
+async def broadcast(target: Target, envelope: Envelope) -> Outcome[doc.BroadcastReport]:
+    report = await target.broadcast(envelope)
+    if not report["local"] and not report["pods"]:
+        failed = report["failedPods"]
+        why = f"publishing to {', '.join(failed)} failed" if failed else "no live pod"
+        return Outcome(report, NotDone(f"the broadcast reached no pod: {why}"))
+    return Outcome(report)
+
+
+async def publish(target: Target, topic: str,
+                  envelope: Envelope) -> Outcome[doc.PublishReport]:
+    report = await target.publish(topic, envelope)
+    if not report["subscribers"]:
+        return Outcome(report, NotDone(f"nobody is subscribed to {topic}: nobody got it"))
+    return Outcome(report)
+
+
+async def topic(target: Target, name: str) -> Outcome[doc.TopicDetail]:
+    document = await target.topic(name)
+    if not document["connections"]:
+        return Outcome(document, NotDone(f"nobody is subscribed to {name}"))
+    return Outcome(document)
+
+
 async def wait_settled(target: Target, user: str, msg_id: str,
                        seconds: float) -> doc.MessageStatus:
     """Poll the message until acked or dead, or ``seconds`` pass (then the last

@@ -112,6 +112,43 @@ def send_summary(report: doc.SendReport) -> str:
     return f"{where}; {state}" if state else where
 
 
+def many_summary(report: doc.ManySendReport) -> str:
+    """One line: how many users got a message sent to several, and where."""
+    pods = report["pods"]
+    line = (f"{len(report['reached'])} of {report['users']} users reached: "
+            f"{report['local']} connection(s) directly, published to {len(pods)} pod(s)")
+    if pods:
+        line += f" ({', '.join(pods)})"
+    if report["failedPods"]:
+        line += f"; could not publish to {', '.join(report['failedPods'])}"
+    if "stored" in report:
+        line += f"; stored for ACK for {len(report['stored'])}"
+        others = (("duplicate", len(report.get("duplicate", []))),
+                  ("settled", len(report.get("settled", []))),
+                  ("refused", len(report.get("refused", {}))))
+        line += "".join(f", {name} for {n}" for name, n in others if n)
+    return line + (f" (id {report['id']})" if report.get("id") else "")
+
+
+def fanout_summary(report: doc.BroadcastReport) -> str:
+    """One line: where a broadcast went."""
+    pods = report["pods"]
+    line = (f"delivered to {report['local']} connection(s) directly, "
+            f"published to {len(pods)} pod(s)")
+    if pods:
+        line += f" ({', '.join(pods)})"
+    if report["failedPods"]:
+        line += f"; could not publish to {', '.join(report['failedPods'])}"
+    return line
+
+
+def publish_summary(report: doc.PublishReport) -> str:
+    """One line: who got a topic publish."""
+    where = fanout_summary({"local": report["local"], "pods": report["pods"],
+                            "failedPods": report["failedPods"]})
+    return f"{report['subscribers']} subscriber(s) of {report['topic']}: {where}"
+
+
 # -- tables -------------------------------------------------------------------
 
 def _table(*columns: str) -> Table:
@@ -125,6 +162,20 @@ def presence_table(document: doc.PresenceList) -> Table:
     table = _table("user", "connections", "pods")
     for row in document["users"]:
         table.add_row(Text(row["user"]), str(row["connections"]), Text(", ".join(row["pods"])))
+    return table
+
+
+def topics_table(document: doc.TopicList) -> Table:
+    table = _table("topic", "connections", "pods")
+    for row in document["topics"]:
+        table.add_row(Text(row["topic"]), str(row["connections"]), Text(", ".join(row["pods"])))
+    return table
+
+
+def topic_table(document: doc.TopicDetail) -> Table:
+    table = _table("pod", "connections")
+    for row in document["pods"]:
+        table.add_row(Text(row["pod"]), str(row["connections"]))
     return table
 
 

@@ -46,6 +46,27 @@ class Target(Protocol):
         ``trace`` asks for a trail of an at-most-once message too."""
         ...
 
+    async def send_many(self, users: list[str], envelope: Envelope) -> doc.ManySendReport:
+        """Send to every connection of each of ``users`` (distinct, at most the pods'
+        MAX_USERS_PER_SEND): one presence read, one message per pod."""
+        ...
+
+    async def broadcast(self, envelope: Envelope) -> doc.BroadcastReport:
+        """Send to every connection of every pod (at most once)."""
+        ...
+
+    async def publish(self, topic: str, envelope: Envelope) -> doc.PublishReport:
+        """Send to every connection subscribed to ``topic`` (at most once)."""
+        ...
+
+    async def topics(self) -> doc.TopicList:
+        """Every topic with a subscriber on a live pod."""
+        ...
+
+    async def topic(self, topic: str) -> doc.TopicDetail:
+        """Who is subscribed to ``topic``: pods and connections (none: empty)."""
+        ...
+
     async def trace(self, msg_id: str, user: str | None = None) -> doc.Trail:
         """The trail of a message (of ``user`` when given); NotFound when none."""
         ...

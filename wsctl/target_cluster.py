@@ -5,7 +5,9 @@ Reads presence, pods, message states and dead letters straight from Redis
 ``unreachable``, see :mod:`wsnode.podprobe`), and sends and drains through RabbitMQ
 (``WSNODE_AMQP_URL``) with the same :class:`~wsnode.sender.Sender` the pods
 use: a message is stored first when it needs an ACK, then published once per
-pod that holds the user. Backend errors are translated here, at the boundary.
+pod that holds the user. Broadcasts, topic publishes and sends to many users
+go out as the pods' own do (:mod:`wsnode.fanout`, :mod:`wsnode.sendmany`).
+Backend errors are translated here, at the boundary.
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ from wsnode.backends import build_backends
 from wsnode.bus import Bus, Unroutable
 from wsnode.errors import BackendError, BackendUnavailable, SendError
 from wsnode.errors import NotFound as NodeNotFound
+from wsnode.fanout import Fanout
 from wsnode.ids import MsgId, PodId, UserId
 from wsnode.metrics import Metrics
 from wsnode.protocol import Envelope
 from wsnode.sender import Sender
+from wsnode.sendmany import ManySender
 from wsnode.settings import NodeSettings
+from wsnode.topics import TopicInfo, TopicRegistry
 from wsnode.trace import TracePolicy
 from wsnode.urls import redact
 
@@ -64,6 +69,9 @@ class ClusterTarget:
         self._sender = Sender(presence=b.presence, bus=b.bus, acks=b.acks, metrics=Metrics(),
                               shared_bus=b.shared_bus, tracer=b.tracer,
                               trace_policy=TracePolicy.parse(settings.trace, ttl_ms))
+        self._topics: TopicRegistry | None = b.topics
+        self._fanout = Fanout(self._sender, b.topics)
+        self._many = ManySender(self._sender, settings.max_users_per_send)
 
     @property
     def name(self) -> str:
@@ -83,6 +91,38 @@ class ClusterTarget:
         async with _translated("send"):
             report = await self._sender.send_to_user(UserId(user), envelope, trace=trace)
         return cast(doc.SendReport, report.to_json())
+
+    async def send_many(self, users: list[str], envelope: Envelope) -> doc.ManySendReport:
+        self._need_bus()
+        async with _translated("send"):
+            report = await self._many.send_to_users(users, envelope, on_behalf_of=None)
+        return cast(doc.ManySendReport, report.to_json())
+
+    async def broadcast(self, envelope: Envelope) -> doc.BroadcastReport:
+        self._need_bus()
+        async with _translated("broadcast"):
+            report = await self._fanout.broadcast(envelope, on_behalf_of=None)
+        return cast(doc.BroadcastReport, report.to_json())
+
+    async def publish(self, topic: str, envelope: Envelope) -> doc.PublishReport:
+        self._need_bus()
+        async with _translated("publish"):
+            report = await self._fanout.publish(topic, envelope, on_behalf_of=None)
+        return cast(doc.PublishReport, report.to_json())
+
+    async def topics(self) -> doc.TopicList:
+        async with _translated("topics"):
+            infos = await self._registry().topics()
+        return cast(doc.TopicList, {"topics": [t.summary() for t in infos]})
+
+    async def topic(self, topic: str) -> doc.TopicDetail:
+        async with _translated("topics"):
+            info = TopicInfo(topic, await self._registry().pods_of(topic))
+        return cast(doc.TopicDetail, info.to_json())
+
+    def _registry(self) -> TopicRegistry:
+        assert self._topics is not None  # Redis backends always have one
+        return self._topics
 
     async def trace(self, msg_id: str, user: str | None = None) -> doc.Trail:
         async with _translated("trace"):

@@ -51,6 +51,25 @@ class NodeTarget:
             body["trace"] = True
         return cast(doc.SendReport, await self._call("POST", "/v1/send", body=body))
 
+    async def send_many(self, users: list[str], envelope: Envelope) -> doc.ManySendReport:
+        body = {"users": users, "envelope": envelope.to_wire()}
+        return cast(doc.ManySendReport, await self._call("POST", "/v1/send", body=body))
+
+    async def broadcast(self, envelope: Envelope) -> doc.BroadcastReport:
+        body = {"envelope": envelope.to_wire()}
+        return cast(doc.BroadcastReport, await self._call("POST", "/v1/broadcast", body=body))
+
+    async def publish(self, topic: str, envelope: Envelope) -> doc.PublishReport:
+        body = {"topic": topic, "envelope": envelope.to_wire()}
+        return cast(doc.PublishReport, await self._call("POST", "/v1/publish", body=body))
+
+    async def topics(self) -> doc.TopicList:
+        return cast(doc.TopicList, await self._call("GET", "/v1/topics"))
+
+    async def topic(self, topic: str) -> doc.TopicDetail:
+        path = f"/v1/topics/{_segment(topic)}"
+        return cast(doc.TopicDetail, await self._call("GET", path))
+
     async def trace(self, msg_id: str, user: str | None = None) -> doc.Trail:
         params = {"user": user} if user else None
         return cast(doc.Trail, await self._call("GET", f"/v1/trace/{_segment(msg_id)}",

@@ -31,8 +31,10 @@ class Minted:
         return {"token": self.token, "user": self.user, "expiresAt": self.expires_at_ms}
 
 
-def mint(user: str, ttl_seconds: float, *, now: float | None = None) -> Minted:
-    """Sign a token for ``user`` valid ``ttl_seconds`` (see the module contract)."""
+def mint(user: str, ttl_seconds: float, *, now: float | None = None,
+         topics: list[str] | None = None) -> Minted:
+    """Sign a token for ``user`` valid ``ttl_seconds`` (see the module contract),
+    with ``topics`` as its ``topics`` claim (subscribed at connect)."""
     if not user:
         raise UsageProblem("USER must not be empty")
     if ttl_seconds < MIN_TTL_SECONDS:
@@ -58,5 +60,5 @@ def mint(user: str, ttl_seconds: float, *, now: float | None = None) -> Minted:
     token = mint_token(secret, user, ttl_seconds,
                        algorithm=(settings.jwt_algorithms or ["HS256"])[0],
                        audience=settings.jwt_audience, issuer=settings.jwt_issuer,
-                       claim=settings.user_claim, now=issued)
+                       claim=settings.user_claim, now=issued, topics=topics or ())
     return Minted(token, user, (issued + int(ttl_seconds)) * 1000)

@@ -45,6 +45,7 @@ from typing import Protocol
 
 import orjson
 
+from wsnode.errors import QuotaExceeded
 from wsnode.ids import MsgId, UserId
 from wsnode.protocol import Envelope
 
@@ -224,6 +225,15 @@ class AckStore(Protocol):
 
     async def store(self, user: UserId, env: Envelope, *,
                     relayed_from: UserId | None = None) -> StoreResult: ...
+
+    async def store_many(self, users: Sequence[UserId], env: Envelope, *,
+                         relayed_from: UserId | None = None,
+                         ) -> list[StoreResult | QuotaExceeded]:
+        """``store`` of ``env`` for each of ``users`` (distinct), with the same
+        results, in one round trip per store shard where it can: one result per
+        user, in order; a user refused by a relayed limit gets its QuotaExceeded
+        in its place, and the others are stored."""
+        ...
 
     async def settle(self, user: UserId, msg_id: MsgId) -> MsgState | None:
         """Mark acked. Returns the state *before* (PENDING when this call settled it,

@@ -95,6 +95,17 @@ class MemoryAcks:
             evicted.append(self._kill(user, box, oldest, DeadReason.OVERFLOW, now))
         return StoreResult(msg.seq, msg, evicted=evicted)
 
+    async def store_many(self, users: Sequence[UserId], env: Envelope, *,
+                         relayed_from: UserId | None = None,
+                         ) -> list[StoreResult | QuotaExceeded]:
+        out: list[StoreResult | QuotaExceeded] = []
+        for user in users:
+            try:
+                out.append(await self.store(user, env, relayed_from=relayed_from))
+            except QuotaExceeded as exc:
+                out.append(exc)
+        return out
+
     async def settle(self, user: UserId, msg_id: MsgId) -> MsgState | None:
         box = self._users.get(user)
         if box is None:

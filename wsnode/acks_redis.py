@@ -27,6 +27,7 @@ nor makes others claim in a loop.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import NoScriptError
@@ -45,7 +46,7 @@ from wsnode.errors import QuotaExceeded
 from wsnode.ids import MsgId, UserId
 from wsnode.keys import BUCKETS, bucket_of, encode_id, member
 from wsnode.protocol import Envelope
-from wsnode.redis_conn import as_str, request_token, translated
+from wsnode.redis_conn import as_str, queue_script, request_token, translated
 
 _CLAIM_BATCH = 64
 
@@ -59,36 +60,65 @@ class RedisAcks(RedisDeadLetters):
                     relayed_from: UserId | None = None) -> StoreResult:
         return await self._guarded("ack store", lambda: self._store(user, env, relayed_from))
 
-    async def _store(self, user: UserId, env: Envelope,
-                     relayed_from: UserId | None) -> StoreResult:
-        assert env.id is not None
-        p, k, b = self.policy, self._k, bucket_of(user)
-        enc, body = encode_id(env.id), stored_body(env)
-        keys = [k.user_msg(user, env.id), k.user_seq(user), k.user_pending(user),
-                k.user_due(user), k.user_relayed(user)]
-        args: list[str | int | bytes] = [
-            "store", request_token(), enc, env.type, body, p.ttl_ms, p.retry_interval_ms,
-            "" if env.expires_at is None else env.expires_at, p.max_pending_per_user,
-            p.dead_ttl_ms, relayed_from or "", p.relayed_max_pending]
+    async def store_many(self, users: Sequence[UserId], env: Envelope, *,
+                         relayed_from: UserId | None = None,
+                         ) -> list[StoreResult | QuotaExceeded]:
+        """Every user's store in one pipeline (one round trip; the budget
+        reservations of a relayed message in one more). A user whose store
+        cannot be read in it (a corrupt record, a script reloaded) is stored on
+        its own afterwards, as ``store`` would."""
+        out: list[StoreResult | QuotaExceeded | None] = [None] * len(users)
         now = self._redis_now()
+        todo = list(range(len(users)))
         if relayed_from is not None:
-            await self._reserve(relayed_from, user, enc, now)
-        expiry = now + p.ttl_ms + EXPIRY_SLACK_MS
-        if env.expires_at is not None:
-            expiry = min(expiry, env.expires_at + EXPIRY_SLACK_MS)
-        entry = member(user, enc)
+            taken = await self._reserve_many(relayed_from, users, env, now)
+            for i, ok in enumerate(taken):
+                if not ok:
+                    out[i] = self._over_budget()
+            todo = [i for i in todo if taken[i]]
+        plans = [_Plan.of(self, users[i], env, relayed_from, now) for i in todo]
 
         def queue(pipe: Any) -> None:
-            pipe.zadd(k.ack_expiry(b), {entry: expiry}, lt=True)
-            pipe.evalsha(self._script.sha, len(keys), *keys, *args)
-            pipe.zadd(k.ack_due(b), {user: now + p.retry_interval_ms}, lt=True)
+            for plan in plans:
+                plan.queue(pipe)
 
         with translated("ack store"):
-            reply = await self._group(queue, 3, 1, keys, args)
+            replies = await self._batch.run_group(queue, 3 * len(plans)) if plans else []
+        for n, (i, plan) in enumerate(zip(todo, plans, strict=True)):
+            index_a, reply, index_b = replies[3 * n:3 * n + 3]
+            if isinstance(index_a, Exception) or isinstance(index_b, Exception):
+                with translated("ack store"):
+                    raise index_a if isinstance(index_a, Exception) else index_b
+            try:
+                if isinstance(reply, Exception):
+                    # NOSCRIPT (Redis restarted), a corrupt record: as store() does it.
+                    out[i] = await self.store(users[i], env, relayed_from=relayed_from)
+                else:
+                    out[i] = await self._stored(plan, reply)
+            except QuotaExceeded as exc:
+                out[i] = exc
+        return [r for r in out if r is not None]
+
+    async def _store(self, user: UserId, env: Envelope,
+                     relayed_from: UserId | None) -> StoreResult:
+        now = self._redis_now()
+        if relayed_from is not None:
+            enc = encode_id(env.id or "")
+            await self._reserve(relayed_from, user, enc, now)
+        plan = _Plan.of(self, user, env, relayed_from, now)
+        with translated("ack store"):
+            reply = await self._group(plan.queue, 3, 1, plan.keys, plan.args)
+        return await self._stored(plan, reply)
+
+    async def _stored(self, plan: _Plan, reply: Any) -> StoreResult:
+        """What the store script's ``reply`` means for ``plan``'s message."""
+        k, p, user, enc, env = self._k, self.policy, plan.user, plan.enc, plan.env
+        b, entry = bucket_of(user), member(user, enc)
+        with translated("ack store"):
             if int(reply[0]) == 2:
-                assert relayed_from is not None
-                await self._batch.run(lambda pipe: pipe.zrem(
-                    k.user_budget(relayed_from), member(user, enc)))
+                sender = plan.relayed_from
+                assert sender is not None
+                await self._batch.run(lambda pipe: pipe.zrem(k.user_budget(sender), entry))
                 raise QuotaExceeded("recipient", f"user {user!r} already has "
                                     f"{p.relayed_max_pending} pending messages from clients")
             if int(reply[0]) == 1:
@@ -104,10 +134,31 @@ class RedisAcks(RedisDeadLetters):
                 return StoreResult(int(reply[1]), existing, duplicate=True, state=state)
             seq, stored_at, expires, due = (int(x) for x in reply[1:5])
             self._saw_redis_time(stored_at)
-        msg = StoredMessage(user=user, id=MsgId(env.id), seq=seq, type=env.type, body=body,
-                            stored_at=stored_at, expires_at=expires, attempts=1, next_due=due)
+        assert env.id is not None
+        msg = StoredMessage(user=user, id=MsgId(env.id), seq=seq, type=env.type,
+                            body=plan.body, stored_at=stored_at, expires_at=expires,
+                            attempts=1, next_due=due)
         evicted = [d for e in reply[5:] if (d := await self._evict(user, as_str(e)))]
         return StoreResult(seq, msg, evicted=evicted)
+
+    async def _reserve_many(self, sender: UserId, users: Sequence[UserId], env: Envelope,
+                            now: int) -> list[bool]:
+        """:meth:`_reserve` for each user, in one pipeline (in order, one key)."""
+        p, key, enc = self.policy, self._k.user_budget(sender), encode_id(env.id or "")
+        until = now + p.ttl_ms + p.dead_ttl_ms
+
+        def queue(pipe: Any) -> None:
+            for user in users:
+                queue_script(pipe, self._script, [key], [
+                    "reserve", "", member(user, enc), until, p.relayed_budget])
+
+        with translated("relay budget", key):
+            replies = await self._with_script(lambda: self._batch.run_group(queue, len(users)))
+        return [bool(r) for r in replies]
+
+    def _over_budget(self) -> QuotaExceeded:
+        return QuotaExceeded("sender", f"{self.policy.relayed_budget} of your messages wait "
+                             "for their recipients: wait for them to be delivered")
 
     async def _reserve(self, sender: UserId, user: UserId, enc: str, now: int) -> None:
         """Take a place in ``sender``'s budget for this message (kept until it is
@@ -119,8 +170,7 @@ class RedisAcks(RedisDeadLetters):
                 "reserve", "", member(user, enc), now + p.ttl_ms + p.dead_ttl_ms,
                 p.relayed_budget])
         if not taken:
-            raise QuotaExceeded("sender", f"{p.relayed_budget} of your messages wait for "
-                                "their recipients: wait for them to be delivered")
+            raise self._over_budget()
 
     async def _evict(self, user: UserId, enc: str) -> DeadLetter | None:
         k = self._k
@@ -335,3 +385,46 @@ class RedisAcks(RedisDeadLetters):
                 raise reply
         return replies
 
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """One user's store, as queued in a pipeline: the expiry entry (first: an
+    entry without a message is dropped by the sweeper; a message without one
+    would never expire), the store script, then the due entry (lowered)."""
+
+    user: UserId
+    env: Envelope
+    relayed_from: UserId | None
+    enc: str
+    body: bytes
+    keys: list[str]
+    args: list[str | int | bytes]
+    expiry: int
+    due: int
+    expiry_key: str
+    due_key: str
+    sha: str
+
+    @classmethod
+    def of(cls, acks: RedisAcks, user: UserId, env: Envelope, relayed_from: UserId | None,
+           now: int) -> _Plan:
+        assert env.id is not None
+        p, k, b = acks.policy, acks._k, bucket_of(user)
+        enc, body = encode_id(env.id), stored_body(env)
+        keys = [k.user_msg(user, env.id), k.user_seq(user), k.user_pending(user),
+                k.user_due(user), k.user_relayed(user)]
+        args: list[str | int | bytes] = [
+            "store", request_token(), enc, env.type, body, p.ttl_ms, p.retry_interval_ms,
+            "" if env.expires_at is None else env.expires_at, p.max_pending_per_user,
+            p.dead_ttl_ms, relayed_from or "", p.relayed_max_pending]
+        expiry = now + p.ttl_ms + EXPIRY_SLACK_MS
+        if env.expires_at is not None:
+            expiry = min(expiry, env.expires_at + EXPIRY_SLACK_MS)
+        return cls(user, env, relayed_from, enc, body, keys, args, expiry,
+                   now + p.retry_interval_ms, k.ack_expiry(b), k.ack_due(b), acks._script.sha)
+
+    def queue(self, pipe: Any) -> None:
+        pipe.zadd(self.expiry_key, {member(self.user, self.enc): self.expiry}, lt=True)
+        pipe.evalsha(self.sha, len(self.keys), *self.keys, *self.args)
+        pipe.zadd(self.due_key, {self.user: self.due}, lt=True)

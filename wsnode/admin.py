@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -23,14 +24,18 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from wsnode import podprobe
-from wsnode.acks import DeadLetter, MsgState
+from wsnode.acks import AckBackend
 from wsnode.auth import user_id_problem
 from wsnode.errors import NotFound, ProtocolError, SendError, WsnodeError
+from wsnode.fanout import Fanout
 from wsnode.ids import MsgId, PodId, UserId
 from wsnode.presence import PresenceReader
 from wsnode.protocol import Envelope
-from wsnode.sender import SendReport
-from wsnode.settings import POD_ID
+from wsnode.sender import Sender, SendReport
+from wsnode.sendmany import ManySender
+from wsnode.settings import POD_ID, NodeSettings
+from wsnode.topics import TopicInfo, TopicRegistry, topic_problem
+from wsnode.trace import Tracer
 
 log = logging.getLogger("wsnode.admin")
 
@@ -42,6 +47,20 @@ EXPOSED_WARNING = ("the admin port listens on every interface too (%s:%d): /metr
                    "and /healthz answer there without a key; bind it to an internal address "
                    "with --admin-host (WSNODE_ADMIN_HOST), e.g. --admin-host 127.0.0.1, or "
                    "firewall it")
+
+
+def advertised_url(settings: NodeSettings, port: int) -> str:
+    """Where other tools reach a pod's admin port bound on ``port``:
+    ``ADMIN_ADVERTISE``, or the bound address (the hostname when bound to every
+    interface)."""
+    if settings.admin_advertise:
+        return settings.admin_advertise.rstrip("/")
+    host = settings.admin_host or settings.host
+    if host in EVERY_INTERFACE:
+        host = socket.gethostname()
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -64,6 +83,14 @@ def _user(value: object, where: str = "'user'") -> UserId:
     if problem is not None:
         raise _bad_request(f"{where}: {problem}")
     return UserId(str(value))
+
+
+def _topic(value: object, where: str) -> str:
+    """A topic name from a request, or 400 saying what is wrong with it."""
+    problem = topic_problem(value)
+    if problem is not None:
+        raise _bad_request(f"{where}: {problem}")
+    return str(value)
 
 
 def _optional_user(value: str | None) -> UserId | None:
@@ -94,21 +121,31 @@ class AdminPort(Protocol):
     @property
     def presence(self) -> PresenceReader: ...
 
+    @property
+    def sender(self) -> Sender: ...
+
+    @property
+    def many(self) -> ManySender: ...
+
+    @property
+    def fanout(self) -> Fanout: ...
+
+    @property
+    def topics(self) -> TopicRegistry | None: ...
+
+    @property
+    def acks(self) -> AckBackend: ...
+
+    @property
+    def tracer(self) -> Tracer: ...
+
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Whether the pod should get new connections, and the document of why."""
         ...
 
     async def metrics_text(self) -> bytes: ...
 
-    async def send(self, user: UserId, env: Envelope, *, trace: bool) -> SendReport: ...
-
     async def drain_pod(self, pod: PodId, over: float, *, then_exit: bool = False) -> None: ...
-
-    async def message_state(self, user: UserId, msg_id: MsgId) -> MsgState | None: ...
-
-    async def trail(self, msg_id: MsgId, user: UserId | None) -> list[dict[str, Any]]: ...
-
-    async def dead_letters(self, user: UserId | None, limit: int) -> list[DeadLetter]: ...
 
     async def retry_dead(self, msg_id: MsgId, user: UserId | None) -> list[SendReport]: ...
 
@@ -126,6 +163,10 @@ class AdminApi:
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/v1/send", self.send)
+        app.router.add_post("/v1/broadcast", self.broadcast)
+        app.router.add_post("/v1/publish", self.publish)
+        app.router.add_get("/v1/topics", self.topics)
+        app.router.add_get("/v1/topics/{topic:[^/]+}", self.topic)
         app.router.add_get("/v1/presence", self.presence)
         # "[^/]+": aiohttp's default pattern refuses "{" and "}" in a segment.
         app.router.add_get("/v1/presence/{user:[^/]+}", self.presence_user)
@@ -178,10 +219,45 @@ class AdminApi:
 
     async def send(self, request: web.Request) -> web.Response:
         body = await _body(request)
+        if "users" in body:
+            users = body["users"]
+            if "user" in body or not isinstance(users, list):
+                return _error(400, "bad_request", "'users' is a list of user ids, given "
+                              "instead of 'user' (not both)")
+            env = Envelope.from_wire(body.get("envelope"))
+            many = await self.node.many.send_to_users(users, env, on_behalf_of=None)
+            return _json(many.to_json())
         user = _user(body.get("user"))
         env = Envelope.from_wire(body.get("envelope"))
-        report = await self.node.send(user, env, trace=body.get("trace") is True)
+        report = await self.node.sender.send_to_user(user, env, trace=body.get("trace") is True,
+                                                     on_behalf_of=None)
         return _json(report.to_json())
+
+    async def broadcast(self, request: web.Request) -> web.Response:
+        env = Envelope.from_wire((await _body(request)).get("envelope"))
+        report = await self.node.fanout.broadcast(env, on_behalf_of=None)
+        return _json(report.to_json())
+
+    async def publish(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        topic = _topic(body.get("topic"), "'topic'")
+        env = Envelope.from_wire(body.get("envelope"))
+        report = await self.node.fanout.publish(topic, env, on_behalf_of=None)
+        return _json(report.to_json())
+
+    async def topics(self, request: web.Request) -> web.Response:
+        infos = await self._registry().topics()
+        return _json({"topics": [t.summary() for t in infos]})
+
+    async def topic(self, request: web.Request) -> web.Response:
+        topic = _topic(request.match_info["topic"], "the topic in the path")
+        return _json(TopicInfo(topic, await self._registry().pods_of(topic)).to_json())
+
+    def _registry(self) -> TopicRegistry:
+        registry = self.node.topics
+        if registry is None:
+            raise WsnodeError("this pod keeps no topic registry")
+        return registry
 
     async def presence(self, request: web.Request) -> web.Response:
         pod = request.query.get("pod")
@@ -216,14 +292,14 @@ class AdminApi:
     async def message(self, request: web.Request) -> web.Response:
         user = _user(request.match_info["user"], "the user in the path")
         msg_id = MsgId(request.match_info["id"])
-        state = await self.node.message_state(user, msg_id)
+        state = await self.node.acks.status(user, msg_id)
         if state is None:
             return _error(404, "not_found", f"no message {msg_id!r} for user {user!r}")
         return _json({"user": user, "id": msg_id, "state": state.value})
 
     async def trace(self, request: web.Request) -> web.Response:
         msg_id = MsgId(request.match_info["id"])
-        events = await self.node.trail(msg_id, _optional_user(request.query.get("user")))
+        events = await self.node.tracer.trail(msg_id, _optional_user(request.query.get("user")))
         if not events:
             return _error(404, "not_found", f"no trail for message {msg_id!r}")
         return _json({"id": msg_id, "events": events})
@@ -236,7 +312,7 @@ class AdminApi:
             limit = 0
         if not 1 <= limit <= 1000:
             return _error(400, "bad_request", "'limit' must be an integer from 1 to 1000")
-        rows = await self.node.dead_letters(user, limit)
+        rows = await self.node.acks.dead_letters(user, limit)
         return _json({"messages": [d.to_json() for d in rows]})
 
     async def dlq_retry(self, request: web.Request) -> web.Response:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import fnmatch
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -28,6 +28,7 @@ import jwt
 from wsnode.errors import AuthError, SettingsError
 from wsnode.ids import UserId
 from wsnode.settings import NodeSettings, parse_origin
+from wsnode.topics import claimed_topics
 
 BEARER_SUBPROTOCOL = "bearer"
 MAX_USER_ID_LENGTH = 256
@@ -143,6 +144,7 @@ class Authenticator:
     def __init__(self, settings: NodeSettings, *, insecure: bool = False) -> None:
         self.insecure = insecure
         self._claim = settings.user_claim
+        self._max_topics = settings.max_subscriptions_per_connection
         self._verified: OrderedDict[str, Identity] = OrderedDict()
         self._audience = settings.jwt_audience
         self._issuer = settings.jwt_issuer
@@ -238,6 +240,10 @@ class Authenticator:
             user = str(user)
         if not isinstance(user, str) or user_id_problem(user) is not None:
             raise AuthError(401, f"token has no usable '{self._claim}' claim")
+        try:
+            claimed_topics(claims, self._max_topics)  # subscribed at connect (wsnode.topics)
+        except ValueError as exc:
+            raise AuthError(401, str(exc)) from None
         exp = claims.get("exp")
         return Identity(UserId(user), float(exp) if exp is not None else None, claims,
                         via_subprotocol)
@@ -253,10 +259,14 @@ def mint_token(
     issuer: str | None = None,
     claim: str = "sub",
     now: float | None = None,
+    topics: Sequence[str] = (),
 ) -> str:
-    """Sign a token for ``user`` (dev and tests: ``wsctl token``)."""
+    """Sign a token for ``user`` (dev and tests: ``wsctl token``); ``topics``
+    become its ``topics`` claim (subscribed at connect)."""
     issued = int(now if now is not None else time.time())
     claims: dict[str, Any] = {claim: user, "iat": issued, "exp": issued + int(ttl_seconds)}
+    if topics:
+        claims["topics"] = list(topics)
     if audience is not None:
         claims["aud"] = audience
     if issuer is not None:

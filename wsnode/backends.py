@@ -25,6 +25,7 @@ from wsnode.metrics import Metrics
 from wsnode.presence import MemoryPresence, Presence
 from wsnode.presence_cache import PresenceFeed
 from wsnode.settings import NodeSettings
+from wsnode.topics import MemoryTopics, TopicRegistry
 from wsnode.trace import MemoryTracer, NoTracer, Tracer
 
 log = logging.getLogger("wsnode.backends")
@@ -42,6 +43,8 @@ class Backends:
     tracer: Tracer = field(default_factory=NoTracer)
     # Announcements of presence changes, for the senders' caches (shared stores only).
     presence_feed: PresenceFeed | None = None
+    # Topic membership of every pod (None: this pod's subscriptions are its own).
+    topics: TopicRegistry | None = None
     # Called in order on close (connection pools and the like).
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -67,13 +70,15 @@ def ack_policy(settings: NodeSettings) -> AckPolicy:
 def memory_backends(settings: NodeSettings, clock: Clock | None = None) -> Backends:
     clock = clock or SystemClock()
     rate = settings.rate_limit
+    presence = MemoryPresence(int(settings.lease_seconds * 1000), clock)
     return Backends(
-        presence=MemoryPresence(int(settings.lease_seconds * 1000), clock),
+        presence=presence,
         limiter=MemoryLimiter(rate, clock) if rate is not None else NoLimiter(),
         acks=MemoryAcks(ack_policy(settings), clock),
         bus=MemoryBus(),
         shared_bus=False,
         tracer=MemoryTracer(int(settings.trace_ttl * 1000), clock=clock),
+        topics=MemoryTopics(presence),
     )
 
 
@@ -93,6 +98,7 @@ def build_backends(settings: NodeSettings, metrics: Metrics, clock: Clock | None
     from wsnode.limiter_redis import RedisLimiter
     from wsnode.presence_feed_redis import RedisPresenceFeed
     from wsnode.presence_redis import RedisPresence
+    from wsnode.topics_redis import RedisTopics
     from wsnode.trace_redis import RedisTracer
 
     client = redis_conn.connect(settings.redis_url, max_connections=8 if tool else 64)
@@ -112,21 +118,23 @@ def build_backends(settings: NodeSettings, metrics: Metrics, clock: Clock | None
         bus = RabbitBus(settings.amqp_url, AmqpNames(settings.key_prefix),
                         canary_interval=settings.heartbeat_interval,
                         message_ttl_ms=int(settings.bus_message_ttl * 1000),
-                        secret=secret.get_secret_value().encode() if secret else None)
+                        secret=secret.get_secret_value().encode() if secret else None,
+                        on_batch=metrics.bus_batches_out.inc)
     else:
         if not tool:
             log.warning("WSNODE_REDIS_URL without WSNODE_AMQP_URL: state is shared in Redis, "
                         "but messages reach only this pod's connections")
         bus = MemoryBus()
     lease_ms = int(settings.lease_seconds * 1000)
+    presence = RedisPresence(client, keys, lease_ms=lease_ms, live_cache_ms=0 if tool else 1000)
     return Backends(
-        presence=RedisPresence(client, keys, lease_ms=lease_ms,
-                               live_cache_ms=0 if tool else 1000),
+        presence=presence,
         limiter=limiter,
         acks=RedisAcks(client, keys, ack_policy(settings)),
         bus=bus,
         shared_bus=settings.amqp_url is not None,
         tracer=RedisTracer(client, keys, int(settings.trace_ttl * 1000)),
         presence_feed=RedisPresenceFeed(client, keys) if settings.amqp_url else None,
+        topics=RedisTopics(client, keys, presence),
         closers=[client.aclose],
     )

@@ -34,6 +34,7 @@ import orjson
 from wsnode.errors import BackendUnavailable, SendError
 from wsnode.ids import MsgId, PodId, UserId
 from wsnode.outage import LogThrottle
+from wsnode.topics import BROADCAST, topic_problem
 
 log = logging.getLogger("wsnode.bus")
 
@@ -59,6 +60,11 @@ class Delivery:
     ``redelivered`` are not sent: the bus sets the first on a copy that expired
     unread in that pod's queue, the second on a delivery the broker handed over
     again after a lost connection (it may have been delivered already).
+
+    A *fanout* (``topic`` set) is for many connections of the receiving pod
+    rather than one user's (``user`` is empty): every connection for
+    :data:`~wsnode.topics.BROADCAST`, else those subscribed to the topic. It is
+    at most once: never stored, re-routed or passed on (``wsnode.fanout``).
     """
 
     user: UserId
@@ -71,6 +77,7 @@ class Delivery:
     trace_id: MsgId | None = None
     stranded_from: PodId | None = None
     redelivered: bool = False
+    topic: str | None = None
 
     def header(self) -> bytes:
         """Everything but the frame, as compact JSON."""
@@ -85,6 +92,8 @@ class Delivery:
             out["r"] = self.published_to
         if self.trace_id is not None:
             out["x"] = self.trace_id
+        if self.topic is not None:
+            out["f"] = self.topic
         return orjson.dumps(out)
 
     @classmethod
@@ -98,8 +107,11 @@ class Delivery:
             raise ValueError("delivery header is not an object")
         user, typ, ack = obj.get("u"), obj.get("t"), obj.get("a")
         expires, hops, published = obj.get("e"), obj.get("h", 0), obj.get("r", [])
-        trace = obj.get("x")
-        if not (isinstance(user, str) and user and isinstance(typ, str)):
+        trace, topic = obj.get("x"), obj.get("f")
+        if topic is not None and not (isinstance(topic, str) and user == "" and ack is None
+                                      and (topic == BROADCAST or topic_problem(topic) is None)):
+            raise ValueError("delivery has a bad fanout target")
+        if not (isinstance(user, str) and (user or topic is not None) and isinstance(typ, str)):
             raise ValueError("delivery lacks its user or type")
         if ack is not None and not (isinstance(ack, str) and ack):
             raise ValueError("delivery has a bad ack id")
@@ -109,7 +121,8 @@ class Delivery:
         if trace is not None and not isinstance(trace, str):
             raise ValueError("delivery has a bad trace id")
         return cls(UserId(user), frame, typ, MsgId(ack) if ack else None, expires, hops,
-                   tuple(PodId(p) for p in published), MsgId(trace) if trace else None)
+                   tuple(PodId(p) for p in published), MsgId(trace) if trace else None,
+                   topic=topic)
 
     def expired(self, now_ms: int) -> bool:
         return self.expires_at is not None and self.expires_at <= now_ms

@@ -74,7 +74,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -114,11 +114,12 @@ class RabbitBus:
         canary_interval: float = 5.0,
         publish_timeout: float = 5.0,
         connect_timeout: float = 5.0,
-        max_batch_deliveries: int = 512,
+        max_batch_deliveries: int = 1024,
         max_batch_bytes: int = 512 * 1024,
         backoff_initial: float = 0.1,
         backoff_max: float = 5.0,
         secret: bytes | None = None,
+        on_batch: Callable[[], None] | None = None,
     ) -> None:
         if not 0 < message_ttl_ms < queue_expires_ms:
             # Otherwise the broker deletes a dead pod's queue, messages and all,
@@ -136,6 +137,7 @@ class RabbitBus:
         self._prefetch = prefetch
         self._publish_timeout = publish_timeout
         self._signer = Signer(secret)  # wsnode.bus_sign: messages signed with the secret
+        self._on_batch = on_batch  # told of each broker message of deliveries (metrics)
         self._batcher = PublishBatcher(self._send_batch, max_deliveries=max_batch_deliveries,
                                        max_bytes=max_batch_bytes, deadline=publish_timeout + 1.0)
         self._instance = uuid.uuid4().hex[:12]
@@ -342,6 +344,8 @@ class RabbitBus:
         session = self._sessions.current
         if session is None or session.lost.is_set():
             raise BackendUnavailable("RabbitMQ connection is down (reconnecting)")
+        if self._on_batch is not None:
+            self._on_batch()
         persistent = any(d.ack_id is not None for d in deliveries)
         body = encode_batch(deliveries)
         await publish(session, pod, body, DELIVER, confirm_within=self._publish_timeout,

@@ -44,7 +44,8 @@ _ITEM_OVERHEAD = 48
 def estimate_size(delivery: Delivery) -> int:
     """Approximate encoded size of ``delivery`` inside a batch body (a cap guide)."""
     return (len(delivery.frame) + len(delivery.user) + len(delivery.type)
-            + len(delivery.ack_id or "") + 16 * len(delivery.published_to) + _ITEM_OVERHEAD)
+            + len(delivery.ack_id or "") + len(delivery.topic or "")
+            + 16 * len(delivery.published_to) + _ITEM_OVERHEAD)
 
 
 @dataclass(slots=True)

@@ -245,7 +245,7 @@ class Consumer:
             return
         try:
             batch = decode_batch(message.body)
-            if not all(d.user for d in batch):
+            if not all(d.user or d.topic is not None for d in batch):
                 raise ValueError("a delivery has an empty user id")
         except ValueError as exc:
             await self._park(session, message, DELIVER, str(exc))

@@ -5,15 +5,23 @@
 closes it with 1012. ``move_everyone`` does that to every connection of the
 hub, spread over ``over`` seconds, then to connections that a handshake already
 past its 503 check opened after the drain began, all within ``deadline``.
+``drain_hub`` is a pod's drain: listed as draining, then everyone moved.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import random
 
+from wsnode.errors import BackendUnavailable
 from wsnode.hub import Conn, Hub
+from wsnode.ids import PodId
+from wsnode.presence import PodLifecycle, PodState
 from wsnode.protocol import CloseCode, Reserved, control_frame
+
+log = logging.getLogger("wsnode.node")
 
 
 async def send_away(conn: Conn) -> None:
@@ -47,3 +55,20 @@ async def move_everyone(hub: Hub, over: float, deadline: float) -> None:
         await asyncio.sleep(0.05)
     if closers:
         await asyncio.wait(closers, timeout=max(0.1, deadline - loop.time()))
+
+
+async def drain_hub(hub: Hub, presence: PodLifecycle, pod: PodId, over: float,
+                    within: float) -> None:
+    """List ``pod`` as draining, then move everyone over ``over`` seconds (at most
+    80% of ``within``), all within ``within`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    over = max(0.0, min(over, within * 0.8))
+    log.info("draining %d connections over %.1fs", len(hub), over, extra={"pod": pod})
+    with contextlib.suppress(BackendUnavailable):
+        await presence.heartbeat(pod, PodState.DRAINING)
+    await move_everyone(hub, over, deadline)
+    # Each closed connection left presence as it closed. The pod itself stays
+    # listed, as draining with no connections, until it stops: operators see
+    # a drained pod that is still up, and nothing routes to it.
+    log.info("drained (%d connections left)", len(hub), extra={"pod": pod})

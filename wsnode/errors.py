@@ -11,8 +11,9 @@
     ├── BackendError             the backend refused a call for a reason a retry will not fix
     │   └── CorruptRecord        one stored record cannot be read (has .key); quarantine it
     ├── NotFound                 the thing asked for does not exist (pod, user, message)
-    └── SendError                a message could not be accepted for delivery
-        └── QuotaExceeded        a limit on what clients may store refused it (has .limit)
+    ├── SendError                a message could not be accepted for delivery
+    │   └── QuotaExceeded        a limit on what clients may store refused it (has .limit)
+    └── SubscribeError           a subscription was refused (has .code: the error frame's)
 
 The Redis and RabbitMQ backends translate every error of their client library
 at the boundary (``redis_conn.translated``, the bus's publish and session
@@ -89,3 +90,14 @@ class QuotaExceeded(SendError):
     def __init__(self, limit: str, message: str) -> None:
         super().__init__(message)
         self.limit = limit
+
+
+class SubscribeError(WsnodeError):
+    """A subscription to a topic was refused. ``code`` is the error code a client
+    frame gets for it: ``bad_envelope`` (not a topic name), ``quota_exceeded``
+    (the connection has MAX_SUBSCRIPTIONS_PER_CONNECTION topics), ``forbidden``
+    (no authorizer, or it said no)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code

@@ -11,6 +11,9 @@ handler becomes an ``error`` frame with its code, and the connection lives on.
   ``RESTORE_RATE`` per connection (``rate_limited`` past it). Frames of a
   connection are handled one at a time, so a connection has at most one
   replay in progress: a ``restore`` sent during one waits for its end;
+* ``subscribe`` / ``unsubscribe`` are counted by the rate limiter, then
+  handled by the pod's subscriptions (``wsnode.subscriptions``: refused with
+  ``forbidden`` unless the app registered an authorizer);
 * any other type is counted by the rate limiter, then given to its handler;
   a frame with ``requiresAck`` and an ``id`` is answered ``ack`` once its
   handler returned.
@@ -32,7 +35,13 @@ from collections.abc import Callable
 from websockets.exceptions import ConnectionClosed
 
 from wsnode.acks import AckStore, MsgState
-from wsnode.errors import BackendUnavailable, ProtocolError, QuotaExceeded, SendError
+from wsnode.errors import (
+    BackendUnavailable,
+    ProtocolError,
+    QuotaExceeded,
+    SendError,
+    SubscribeError,
+)
 from wsnode.hub import Conn
 from wsnode.ids import MsgId
 from wsnode.limiter import RateLimiter
@@ -54,10 +63,13 @@ from wsnode.protocol import (
 from wsnode.replay import Replayer
 from wsnode.router import Router
 from wsnode.sender import RELAYED_FROM
+from wsnode.subscriptions import Subscriptions
 
 log = logging.getLogger("wsnode.gateway")
 
 TraceHook = Callable[..., None]  # (msg_id, user, event, **fields): a trail event
+
+_SUBSCRIPTION_TYPES = frozenset({Reserved.SUBSCRIBE.value, Reserved.UNSUBSCRIBE.value})
 
 MAX_PING_BYTES = 1024
 """A ``ping`` frame is echoed only up to this size (the whole frame, in bytes)."""
@@ -67,7 +79,9 @@ class Frames:
     """Handles the frames of every connection of one pod (see the module)."""
 
     def __init__(self, router: Router, limiter: RateLimiter, acks: AckStore,
-                 replayer: Replayer, metrics: Metrics, trace: TraceHook) -> None:
+                 replayer: Replayer, metrics: Metrics, trace: TraceHook,
+                 subscriptions: Subscriptions | None = None) -> None:
+        self._subscriptions = subscriptions
         self._router = router
         self._limiter = limiter
         self._acks = acks
@@ -143,13 +157,22 @@ class Frames:
 
     async def _on_message(self, conn: Conn, env: Envelope, size: int) -> None:
         handler = self._router.get(env.type)
-        self._metrics.count_in(env.type if handler else "other")
+        topical = env.type in _SUBSCRIPTION_TYPES
+        self._metrics.count_in(env.type if handler or topical else "other")
         decision = await self._limiter.hit(conn.user)
         if not decision.allowed:
             self._metrics.rate_limited.inc()
             if self._charge(conn, size):
                     self.error(conn, ErrorCode.RATE_LIMITED, "rate limit exceeded", env.id,
                            retryAfterMs=decision.retry_after_ms)
+            return
+        if topical and self._subscriptions is not None:
+            try:
+                await self._subscriptions.on_frame(conn, env)
+            except SubscribeError as exc:
+                extra = {"limit": "subscriptions"} if exc.code == ErrorCode.QUOTA_EXCEEDED \
+                    else {}
+                self.error(conn, exc.code, str(exc), env.id, **extra)
             return
         if handler is None:
             reason = ("is sent by the server only" if env.type in RESERVED_TYPES

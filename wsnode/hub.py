@@ -304,6 +304,10 @@ class Hub:
                 taken += 1
         return taken, len(conns) - taken
 
+    def deliver_all(self, frame: bytes, expires_at: int | None = None) -> tuple[int, int]:
+        """Queue ``frame`` on every connection here (a broadcast): ``(taken, refused)``."""
+        return deliver_each(tuple(self._conns.values()), frame, expires_at)
+
     def conns_of(self, user: UserId) -> list[Conn]:
         return list(self._users.get(user, {}).values())
 
@@ -334,3 +338,14 @@ class Hub:
     @property
     def user_count(self) -> int:
         return len(self._users)
+
+
+def deliver_each(conns: tuple[Conn, ...], frame: bytes,
+                 expires_at: int | None = None) -> tuple[int, int]:
+    """Queue an at-most-once ``frame`` on each of ``conns`` (a snapshot: a push
+    that overflows closes its connection): ``(taken, refused)``."""
+    taken = 0
+    for conn in conns:
+        if conn.deliver(frame, None, expires_at):
+            taken += 1
+    return taken, len(conns) - taken

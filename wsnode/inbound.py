@@ -15,6 +15,10 @@ Three ways a delivery arrives, and what happens to it:
   TTL), handed to any live pod, which routes it again to the user's pods
   now, that pod included if it still holds the user.
 
+A fanout (a broadcast, or a topic publish: ``Delivery.topic``) goes to every
+connection here, or to the topic's subscribers here; it is at most once, so
+it is never passed on, and a stranded one is dropped (counted ``pod_died``).
+
 A delivery past its ``expiresAt`` is never delivered. At-most-once messages
 that reach nobody are counted once, by reason, in
 ``wsnode_messages_dropped_total``; ACK-required ones stay in the store, which
@@ -32,6 +36,8 @@ from wsnode.ids import PodId
 from wsnode.metrics import Metrics
 from wsnode.protocol import deliverable
 from wsnode.sender import Sender, SendReport
+from wsnode.subscriptions import Subscriptions
+from wsnode.topics import BROADCAST
 from wsnode.trace import Tracer
 
 
@@ -39,7 +45,8 @@ class Inbound:
     """Inbound delivery for one pod (see the module)."""
 
     def __init__(self, pod: PodId, hub: Hub, sender: Sender, metrics: Metrics, tracer: Tracer,
-                 clock: Clock) -> None:
+                 clock: Clock, subscriptions: Subscriptions | None = None) -> None:
+        self._subscriptions = subscriptions
         self._pod = pod
         self._hub = hub
         self._sender = sender
@@ -59,7 +66,24 @@ class Inbound:
                 self._metrics.count_dropped("conn_closing", refused)
         return taken
 
+    def deliver_fanout(self, delivery: Delivery) -> int:
+        """Queue a fanout on every connection here (a broadcast) or on the
+        topic's subscribers here; how many took it."""
+        if delivery.topic == BROADCAST:
+            taken, refused = self._hub.deliver_all(delivery.frame, delivery.expires_at)
+        elif delivery.topic is not None and self._subscriptions is not None:
+            taken, refused = self._subscriptions.deliver(delivery.topic, delivery.frame,
+                                                         delivery.expires_at)
+        else:
+            return 0
+        if taken:
+            self._metrics.count_out(delivery.type, taken)
+        if refused:
+            self._metrics.count_dropped("conn_closing", refused)
+        return taken
+
     async def on_deliveries(self, batch: list[Delivery]) -> None:
+        self._metrics.bus_batches_in.inc()
         now = self._clock.now_ms()
         for delivery in batch:
             if self._expired(delivery, now):
@@ -72,6 +96,10 @@ class Inbound:
                 # It may have reached its connections before the broker connection
                 # was lost: at most once means not again.
                 self._metrics.count_dropped("redelivered")
+                continue
+            if delivery.topic is not None:
+                if taken := self.deliver_fanout(delivery):
+                    self._metrics.bus_delivered.inc(taken)
                 continue
             taken = self.deliver_local(delivery)
             if taken:
@@ -92,6 +120,10 @@ class Inbound:
         now = self._clock.now_ms()
         for delivery in batch:
             if self._expired(delivery, now) or not deliverable(delivery.frame):
+                continue
+            if delivery.topic is not None:
+                # Its pod's connections are gone with the pod: at most once, no retry.
+                self._metrics.count_dropped("pod_died")
                 continue
             origin = delivery.stranded_from
             published = tuple(p for p in delivery.published_to if p != origin) \

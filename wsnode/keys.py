@@ -71,11 +71,11 @@ class RedisKeys:
     """Redis key names for one ``KEY_PREFIX``.
 
     Slots: ``user_*`` keys of one user share ``{u:<user>}``; ``pod_*`` keys of one
-    pod share ``{p:<pod>}``; the global ACK indexes are split over
-    :data:`BUCKETS` buckets by user (:func:`bucket_of`), bucket ``n`` in
-    ``{b:<n>}``; ``lives`` is a single global key. Members of global sets name
-    a user and an id (or a pod and an epoch) separated by a space, which the
-    encoding never produces.
+    pod share ``{p:<pod>}``; a topic's key is in ``{t:<topic>}``; the global ACK
+    indexes are split over :data:`BUCKETS` buckets by user (:func:`bucket_of`),
+    bucket ``n`` in ``{b:<n>}``; ``lives`` and ``topic_lives`` are single global
+    keys. Members of global sets name a user and an id (or a pod and an epoch)
+    separated by a space, which the encoding never produces.
     """
 
     prefix: str = "ws"
@@ -110,6 +110,20 @@ class RedisKeys:
     def user_conns(self, user: str) -> str:
         """HASH conn -> ``"<pod> <epoch> <since>"``."""
         return f"{self.prefix}:{{u:{_enc(user)}}}:conns"
+
+    # -- topics (wsnode.topics_redis) ----------------------------------------
+    @property
+    def topic_lives(self) -> str:
+        """SET of ``"<pod> <epoch>"``: every pod life whose topic membership may exist."""
+        return f"{self.prefix}:topiclives"
+
+    def pod_topics(self, pod: str, epoch: int) -> str:
+        """HASH topic -> subscribed connections: one life of a pod (its index)."""
+        return f"{self.prefix}:{{p:{_enc(pod)}}}:topics:{epoch}"
+
+    def topic_pods(self, topic: str) -> str:
+        """HASH ``"<pod> <epoch>"`` -> subscribed connections: the pods of a topic."""
+        return f"{self.prefix}:{{t:{_enc(topic)}}}:pods"
 
     # -- limiter -----------------------------------------------------------
     def user_rate(self, user: str) -> str:

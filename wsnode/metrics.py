@@ -7,7 +7,13 @@ registered for them (client side) or when the server code chose them.
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from wsnode.acks import DeadLetters
+from wsnode.errors import WsnodeError
+from wsnode.hub import Hub
 
 MAX_TYPES = 200
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -76,6 +82,20 @@ class Metrics:
             "or miss (read from the presence store)", ["result"], registry=r)
         self.published = Counter(
             "wsnode_published_total", "Deliveries published to other pods", registry=r)
+        self.bus_batches_out = Counter(
+            "wsnode_bus_batches_published_total",
+            "Broker messages of deliveries this pod published (each carries one or more "
+            "deliveries for one pod; canaries and control commands not counted)", registry=r)
+        self.bus_batches_in = Counter(
+            "wsnode_bus_batches_received_total",
+            "Broker messages of deliveries this pod consumed from its own queue", registry=r)
+        self.fanouts = Counter(
+            "wsnode_fanouts_total", "Broadcasts and topic publishes sent from this pod, by kind",
+            ["kind"], registry=r)
+        self.topics = Gauge(
+            "wsnode_topics", "Topics with a subscriber on this pod", registry=r)
+        self.subscriptions = Gauge(
+            "wsnode_subscriptions", "Subscriptions (connection, topic) on this pod", registry=r)
         self.bus_reconnects = Gauge(
             "wsnode_bus_reconnects", "Times the bus reconnected since the pod started",
             registry=r)
@@ -90,6 +110,8 @@ class Metrics:
         self._in: dict[str, Counter] = {}
         self._out: dict[str, Counter] = {}
         self._dropped: dict[str, Counter] = {}
+        self._lookups = (self.presence_lookups.labels("hit"),
+                         self.presence_lookups.labels("miss"))
 
     def count_in(self, msg_type: str) -> None:
         """``messages_in{type}`` += 1, with the labelled child cached (hot path)."""
@@ -116,6 +138,27 @@ class Metrics:
         if child is None:
             child = self._dropped[reason] = self.dropped.labels(reason)
         child.inc(n)
+
+    def count_lookups(self, hits: int, misses: int) -> None:
+        """``presence_lookups{result}`` of one routing lookup (hot path)."""
+        if hits:
+            self._lookups[0].inc(hits)
+        if misses:
+            self._lookups[1].inc(misses)
+
+    async def refresh(self, hub: Hub, bus: object, acks: DeadLetters) -> None:
+        """Set the gauges read at scrape time: connections, users, the bus's own
+        counts (the RabbitMQ bus has them; the in-process one none) and the store's."""
+        self.connections.set(len(hub))
+        self.users.set(hub.user_count)
+        self.bus_reconnects.set(getattr(bus, "reconnects", 0))
+        rtt = getattr(bus, "last_canary_rtt", None)
+        if rtt is not None:
+            self.canary_rtt.set(rtt)
+        with contextlib.suppress(WsnodeError):
+            stats = await acks.stats()
+            self.acks_pending.set(stats.pending)
+            self.acks_dead.set(stats.dead)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""

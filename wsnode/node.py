@@ -13,6 +13,7 @@ by ``close()``:
 loop       does                                           module
 ========== ============================================== =====================
 heartbeat  presence lease, re-announce, reaper            ``wsnode.upkeep``
+topics     topic membership: re-announce, reaper          ``wsnode.subscriptions``
 resend     claims due resends of the users held here      ``wsnode.resend``
 reconcile  every held user back in the due index          ``wsnode.resend``
 sweep      dead-letters expired messages                  ``wsnode.resend``
@@ -29,8 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import StrEnum
 from types import TracebackType
 from typing import Any
@@ -39,18 +39,19 @@ from aiohttp import web
 from websockets.asyncio.server import Server, serve
 
 from wsnode import failpoints
-from wsnode.acks import AckBackend, DeadLetter, MsgState
-from wsnode.admin import EVERY_INTERFACE, EXPOSED_WARNING, AdminApi
+from wsnode.acks import AckBackend
+from wsnode.admin import EVERY_INTERFACE, EXPOSED_WARNING, AdminApi, advertised_url
 from wsnode.admission import Admission, connection_limits, fd_limit, quiet_accept_errors
 from wsnode.auth import Authenticator, user_id_problem
 from wsnode.backends import Backends, build_backends
 from wsnode.bus import Bus, Unroutable
 from wsnode.clock import Clock, SystemClock
-from wsnode.drain import move_everyone
-from wsnode.errors import BackendUnavailable, NotFound, SendError, WsnodeError
+from wsnode.drain import drain_hub
+from wsnode.errors import NotFound, SendError, WsnodeError
+from wsnode.fanout import Fanout, FanoutReport
 from wsnode.frames import Frames
 from wsnode.gateway import ConnHooks, Gateway
-from wsnode.hub import Hub
+from wsnode.hub import Conn, Hub
 from wsnode.ids import MsgId, PodId, UserId
 from wsnode.inbound import Inbound
 from wsnode.metrics import Metrics
@@ -61,7 +62,9 @@ from wsnode.replay import Replayer
 from wsnode.resend import RECONCILE_S, Resender, Sweeper, scan_interval
 from wsnode.router import HandlerT, Router
 from wsnode.sender import FROM_CONTEXT, FromContext, Sender, SendReport
+from wsnode.sendmany import ManyReport, ManySender
 from wsnode.settings import NodeSettings, load_settings
+from wsnode.subscriptions import Authorizer, Subscriptions
 from wsnode.supervisor import Supervisor
 from wsnode.trace import TracePolicy
 from wsnode.upkeep import PresenceUpkeep
@@ -94,18 +97,18 @@ class Node:
         self.pod = PodId(s.pod_id)
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
-        self._lookup_hits = self.metrics.presence_lookups.labels("hit")
-        self._lookup_misses = self.metrics.presence_lookups.labels("miss")
         self.router = Router()
         self.hub = Hub()
         self.backends = backends if backends is not None else build_backends(
             s, self.metrics, self.clock)
-        self.tracer = self.backends.tracer
+        self.tracer, self.topics = self.backends.tracer, self.backends.topics
+        self.subscriptions = Subscriptions(self.pod, self.hub, self.topics, self.metrics,
+                                           max_per_conn=s.max_subscriptions_per_connection)
         self.trace_policy = TracePolicy.parse(s.trace, int(s.trace_ttl * 1000))
         # Senders read presence through a cache the presence feed keeps true
         # (wsnode.presence_cache); without a feed (embedded) they read it directly.
         feed = self.backends.presence_feed
-        self.presence_cache = CachedPresence(self.presence, counted=self._count_lookups) \
+        self.presence_cache = CachedPresence(self.presence, counted=self.metrics.count_lookups) \
             if feed is not None else None
         self.sender = Sender(presence=self.presence_cache or self.presence, bus=self.bus,
                              acks=self.acks,
@@ -114,8 +117,10 @@ class Node:
                              trace_policy=self.trace_policy,
                              stale=self.presence_cache.changed if self.presence_cache else None)
         self.inbound = Inbound(self.pod, self.hub, self.sender, self.metrics, self.tracer,
-                               self.clock)
+                               self.clock, self.subscriptions)
         self.sender.local = self.inbound
+        self.fanout = Fanout(self.sender, self.topics, self.inbound)
+        self.many = ManySender(self.sender, s.max_users_per_send)
         retry_ms = int(s.ack_retry_interval * 1000)
         self.resender = Resender(self.acks, self.presence, self.sender, self.metrics,
                                  holds=self.hub.has, held=self.hub.users,
@@ -131,10 +136,10 @@ class Node:
             s.max_connections, s.max_connections_per_user, fd_limit()))
         self.gateway = Gateway(
             s, auth=Authenticator(s, insecure=insecure), hub=self.hub,
-            hooks=ConnHooks(self._accepting, self.upkeep.opened, self.upkeep.closed),
+            hooks=ConnHooks(self._accepting, self._opened, self._closed),
             replayer=replayer,
             frames=Frames(self.router, self.backends.limiter, self.acks, replayer,
-                          self.metrics, self._trace_ack),
+                          self.metrics, self._trace_ack, self.subscriptions),
             metrics=self.metrics, clock=self.clock, admission=self.admission)
         self.loops = Supervisor()
         self.state = NodeState.NEW
@@ -177,6 +182,42 @@ class Node:
             raise SendError(problem)
         return await self.sender.send_to_user(UserId(user), env, on_behalf_of=on_behalf_of)
 
+    async def send_to_users(self, users: Iterable[str], env: Envelope, *,
+                            on_behalf_of: UserId | FromContext | None = FROM_CONTEXT,
+                            ) -> ManyReport:
+        """``send_to_user`` for each user of a list, in a few round trips for all:
+        one presence read, one broker message per pod (see :mod:`wsnode.sendmany`).
+        At most ``MAX_USERS_PER_SEND`` users, else SendError."""
+        return await self.many.send_to_users(users, env, on_behalf_of=on_behalf_of)
+
+    async def broadcast(self, env: Envelope, *,
+                        on_behalf_of: UserId | FromContext | None = FROM_CONTEXT,
+                        ) -> FanoutReport:
+        """Every connection of every pod, at most once (ACK-required: SendError)."""
+        return await self.fanout.broadcast(env, on_behalf_of=on_behalf_of)
+
+    async def publish(self, topic: str, env: Envelope, *,
+                      on_behalf_of: UserId | FromContext | None = FROM_CONTEXT,
+                      ) -> FanoutReport:
+        """Every connection subscribed to ``topic``, on every pod, at most once
+        (see :mod:`wsnode.fanout`); the report's ``subscribers`` is 0 when nobody was."""
+        return await self.fanout.publish(topic, env, on_behalf_of=on_behalf_of)
+
+    async def subscribe(self, conn: Conn, topic: str) -> bool:
+        """Subscribe a connection of this pod to ``topic`` (False: it already was);
+        SubscribeError for a bad name or a connection at its cap."""
+        return await self.subscriptions.subscribe(conn, topic)
+
+    async def unsubscribe(self, conn: Conn, topic: str) -> bool:
+        return await self.subscriptions.unsubscribe(conn, topic)
+
+    def authorize_subscribe(self, authorizer: Authorizer) -> Authorizer:
+        """Register (as a decorator) who may subscribe to what with a client
+        ``subscribe`` frame: ``(conn, topic) -> bool``, sync or async. Without
+        one, clients' ``subscribe`` and ``unsubscribe`` get ``forbidden``."""
+        self.subscriptions.authorizer = authorizer
+        return authorizer
+
     async def retry_dead(self, msg_id: MsgId, user: UserId | None = None) -> list[SendReport]:
         """Send dead letters with this id again (see :meth:`Sender.retry_dead`)."""
         return await self.sender.retry_dead(msg_id, user)
@@ -191,19 +232,6 @@ class Node:
     def admin_port(self) -> int:
         assert self._admin is not None, "node not started"
         return int(self._admin.addresses[0][1])
-
-    @property
-    def admin_url(self) -> str:
-        """Where other tools reach this pod's admin port: ``ADMIN_ADVERTISE``, or
-        the bound address (the hostname when bound to every interface)."""
-        if self.settings.admin_advertise:
-            return self.settings.admin_advertise.rstrip("/")
-        host = self.settings.admin_host or self.settings.host
-        if host in EVERY_INTERFACE:
-            host = socket.gethostname()
-        elif ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.admin_port}"
 
     # -- the admin port's view (wsnode.admin.AdminPort) ------------------------
 
@@ -228,20 +256,9 @@ class Node:
                        "checks": checks, "problems": problems}
 
     async def metrics_text(self) -> bytes:
-        await self._refresh_gauges()
+        await self.metrics.refresh(self.hub, self.bus, self.acks)
+        self.readiness()
         return self.metrics.render()
-
-    async def send(self, user: UserId, env: Envelope, *, trace: bool) -> SendReport:
-        return await self.sender.send_to_user(user, env, trace=trace)
-
-    async def message_state(self, user: UserId, msg_id: MsgId) -> MsgState | None:
-        return await self.acks.status(user, msg_id)
-
-    async def trail(self, msg_id: MsgId, user: UserId | None) -> list[dict[str, Any]]:
-        return await self.tracer.trail(msg_id, user)
-
-    async def dead_letters(self, user: UserId | None, limit: int) -> list[DeadLetter]:
-        return await self.acks.dead_letters(user, limit)
 
     async def drain_pod(self, pod: PodId, over: float, *, then_exit: bool = False) -> None:
         """Drain ``pod``: this one directly, another through the bus. With
@@ -254,20 +271,6 @@ class Node:
             await self.bus.control(pod, {"cmd": "drain", "over": over, "exit": then_exit})
         except Unroutable as exc:
             raise NotFound(f"pod {pod!r} is not running") from exc
-
-    async def _refresh_gauges(self) -> None:
-        self.metrics.connections.set(len(self.hub))
-        # The RabbitMQ bus counts these itself; the in-process bus has none.
-        self.metrics.bus_reconnects.set(getattr(self.bus, "reconnects", 0))
-        rtt = getattr(self.bus, "last_canary_rtt", None)
-        if rtt is not None:
-            self.metrics.canary_rtt.set(rtt)
-        self.metrics.users.set(self.hub.user_count)
-        with contextlib.suppress(WsnodeError):
-            stats = await self.acks.stats()
-            self.metrics.acks_pending.set(stats.pending)
-            self.metrics.acks_dead.set(stats.dead)
-        self.readiness()
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -306,7 +309,7 @@ class Node:
         await runner.setup()
         await web.TCPSite(runner, s.admin_host or s.host, s.admin_port).start()
         self._admin = runner
-        await self.upkeep.join(self.admin_url)
+        await self.upkeep.join(advertised_url(s, self.admin_port))
         self._ws_server = await serve(
             self.gateway.handle, s.host, s.port,
             process_request=self.gateway.process_request,
@@ -321,8 +324,8 @@ class Node:
         )
         loops = self.loops
         loops.every("bus", self._bus_step, 1.0)
-        loops.every("heartbeat", self.upkeep.step, s.heartbeat_interval,
-                    max_backoff=s.heartbeat_interval)
+        for name, step in (("heartbeat", self.upkeep.step), ("topics", self.subscriptions.step)):
+            loops.every(name, step, s.heartbeat_interval, max_backoff=s.heartbeat_interval)
         loops.every("resend", self.resender.resend_step, self.resender.interval)
         loops.every("reconcile", self.resender.reconcile_step, RECONCILE_S)
         loops.every("sweep", Sweeper(self.acks, self.sender).step, _SWEEP_INTERVAL)
@@ -355,18 +358,22 @@ class Node:
         else:
             log.warning("unknown control command %r", command.get("cmd"))
 
-    def _count_lookups(self, hits: int, misses: int) -> None:
-        if hits:
-            self._lookup_hits.inc(hits)
-        if misses:
-            self._lookup_misses.inc(misses)
-
     def _pod_state(self) -> PodState:
         return PodState.DRAINING if self.state is NodeState.DRAINING else PodState.ACTIVE
 
     def _reconcile_soon(self) -> None:
-        if "reconcile" in self.loops:
-            self.loops["reconcile"].wake()
+        """Presence was announced again (a new life): so must the topics be."""
+        for name in ("reconcile", "topics"):
+            if name in self.loops:
+                self.loops[name].wake()
+
+    async def _opened(self, conn: Conn) -> None:
+        await self.upkeep.opened(conn)
+        await self.subscriptions.subscribe_claimed(conn)
+
+    async def _closed(self, conn: Conn) -> None:
+        await self.subscriptions.drop(conn)
+        await self.upkeep.closed(conn)
 
     def _trace_ack(self, msg_id: MsgId, user: UserId, event: str, **fields: Any) -> None:
         """A trail event of an ACK-required message, when those are traced."""
@@ -398,18 +405,7 @@ class Node:
             return
         self.state = NodeState.DRAINING
         self.metrics.draining.set(1)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.drain_timeout
-        over = max(0.0, min(over, self.settings.drain_timeout * 0.8))
-        log.info("draining %d connections over %.1fs", len(self.hub), over,
-                 extra={"pod": self.pod})
-        with contextlib.suppress(BackendUnavailable):
-            await self.presence.heartbeat(self.pod, PodState.DRAINING)
-        await move_everyone(self.hub, over, deadline)
-        # Each closed connection left presence as it closed. The pod itself stays
-        # listed, as draining with no connections, until it stops: operators see
-        # a drained pod that is still up, and nothing routes to it.
-        log.info("drained (%d connections left)", len(self.hub), extra={"pod": self.pod})
+        await drain_hub(self.hub, self.presence, self.pod, over, self.settings.drain_timeout)
 
     async def close(self) -> None:
         """Stop everything (clients still connected get 1001); bounded in time.
@@ -433,6 +429,8 @@ class Node:
         await self.loops.stop()
         with contextlib.suppress(Exception):
             await self.bus.stop()
+        with contextlib.suppress(WsnodeError):
+            await self.subscriptions.leave()  # first: it needs the pod's life
         with contextlib.suppress(WsnodeError):
             await self.upkeep.leave()
         if self._admin is not None:

@@ -126,6 +126,11 @@ class PresenceReader(Protocol):
 
     async def pods(self) -> list[PodInfo]: ...
 
+    async def live_pods(self) -> list[PodId]:
+        """Pods whose lease is live, sorted: cheap (no per-pod reads), for fanouts
+        to every pod (a broadcast)."""
+        ...
+
 
 class Presence(PodLifecycle, PresenceWriter, PresenceReader, Protocol):
     """Cluster-wide registry of connections (see the module contract): one
@@ -149,6 +154,11 @@ class MemoryPresence:
         self._pods: dict[PodId, _Pod] = {}
         self._users: dict[UserId, dict[ConnId, ConnInfo]] = {}
         self._admin: dict[PodId, str] = {}
+        self._epochs: dict[PodId, int] = {}
+
+    def epoch(self, pod: PodId) -> int | None:
+        """The pod's current life (a counter of its joins), None when not joined."""
+        return self._epochs.get(pod) if pod in self._pods else None
 
     async def join(self, pod: PodId, state: PodState = PodState.ACTIVE,
                    admin: str | None = None) -> None:
@@ -158,6 +168,7 @@ class MemoryPresence:
             self._admin[pod] = admin
         now = self._clock.now_ms()
         self._pods[pod] = _Pod(state, now + self.lease_ms, now)
+        self._epochs[pod] = self._epochs.get(pod, 0) + 1
 
     async def heartbeat(self, pod: PodId, state: PodState) -> bool:
         now = self._clock.now_ms()
@@ -168,6 +179,7 @@ class MemoryPresence:
             if entry is not None:
                 self._purge(pod)
             self._pods[pod] = _Pod(state, now + self.lease_ms, now)
+            self._epochs[pod] = self._epochs.get(pod, 0) + 1
             return False
         entry.state = state
         entry.lease_until = now + self.lease_ms
@@ -234,6 +246,9 @@ class MemoryPresence:
             out.append(PodInfo(pod_id, entry.state, len(entry.conns), len(users),
                                entry.last_heartbeat, self._admin.get(pod_id)))
         return out
+
+    async def live_pods(self) -> list[PodId]:
+        return sorted(self._live())
 
     async def stale(self) -> list[tuple[PodId, int]]:
         now = self._clock.now_ms()

@@ -120,6 +120,9 @@ class CachedPresence:
     async def pods(self) -> list[PodInfo]:
         return await self._reader.pods()
 
+    async def live_pods(self) -> list[PodId]:
+        return await self._reader.live_pods()
+
     def _keep(self, user: UserId, pods: frozenset[PodId], at: float) -> None:
         self._entries[user] = (pods, at)
         self._entries.move_to_end(user)

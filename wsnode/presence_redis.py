@@ -66,6 +66,17 @@ class RedisPresence:
         self._batch = Coalescer(client)
         self._throttle = LogThrottle(log)
 
+    def epoch(self, pod: PodId) -> int | None:
+        """The epoch of the life of ``pod`` this process joined (None: not joined)."""
+        return self._epochs.get(pod)
+
+    async def live_lives(self, seen: set[tuple[str, int]] | None = None) -> dict[str, int]:
+        """Encoded pod -> epoch of its live life (cached as for ``pods_of``); read
+        again when ``seen`` names a life the cache does not hold as live."""
+        live = await self._live_lives()
+        unknown = {(p, e) for p, e in seen or () if live.get(p) != e}
+        return await self._fresher_lives(live, unknown) if unknown else live
+
     # -- writes (a pod's own) ---------------------------------------------
 
     async def join(self, pod: PodId, state: PodState = PodState.ACTIVE,
@@ -237,6 +248,9 @@ class RedisPresence:
             out.append(PodInfo(pod_id, PodState(state), conns, len(users),
                                int(info.get(b"heartbeat", 0)), admin))
         return out
+
+    async def live_pods(self) -> list[PodId]:
+        return sorted(PodId(unquote(p)) for p in await self._live_lives())
 
     async def reap(self) -> list[PodId]:
         lives = await self._lives()

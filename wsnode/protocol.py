@@ -61,6 +61,9 @@ class ErrorCode(StrEnum):
     # A message relayed from a client was refused by a limit on what clients may
     # store (the recipient's pending messages from clients, or the sender's own).
     QUOTA_EXCEEDED = "quota_exceeded"
+    # A ``subscribe`` or ``unsubscribe`` the server does not allow: the app
+    # registered no authorizer (the default), or its authorizer said no.
+    FORBIDDEN = "forbidden"
     INTERNAL = "internal"
 
 
@@ -87,6 +90,8 @@ class Reserved(StrEnum):
     PING = "ping"
     PONG = "pong"
     RECONNECT = "reconnect"
+    SUBSCRIBE = "subscribe"
+    UNSUBSCRIBE = "unsubscribe"
 
 
 RESERVED_TYPES = frozenset(t.value for t in Reserved)
@@ -192,6 +197,17 @@ def ack_target(env: Envelope) -> str | None:
         if isinstance(pid, str) and 0 < len(pid) <= MAX_SERVER_ID_LENGTH:
             return pid
     return env.id
+
+
+def topic_of(env: Envelope) -> str:
+    """``payload.topic`` of a client ``subscribe`` or ``unsubscribe`` (a string;
+    the name itself is checked by the subscriptions)."""
+    payload = env.payload
+    topic = payload.get("topic") if isinstance(payload, dict) else None
+    if not isinstance(topic, str):
+        raise ProtocolError(ErrorCode.BAD_ENVELOPE,
+                            f"'{env.type}' needs payload.topic (a string)", env.id)
+    return topic
 
 
 def restore_since(env: Envelope) -> int | None:

@@ -125,6 +125,17 @@ def check_outgoing(env: Envelope, clock: Clock, relayed: bool = False) -> None:
         raise SendError("expiresAt has already passed")
 
 
+def outgoing(env: Envelope, clock: Clock, on_behalf_of: UserId | FromContext | None,
+             ) -> tuple[Envelope, UserId | None]:
+    """``env`` as it goes out, and the client it is relayed from (None: the
+    server's own): checked (:func:`check_outgoing`), its id scoped to that client."""
+    relayed = RELAYED_FROM.get() if isinstance(on_behalf_of, FromContext) else on_behalf_of
+    check_outgoing(env, clock, relayed is not None)
+    if relayed is not None and env.id is not None:
+        env = replace(env, id=relayed_id(relayed, env.id))
+    return env, relayed
+
+
 class Sender:
     """Stores and routes messages to users (see the module contract)."""
 
@@ -149,14 +160,14 @@ class Sender:
         self.metrics = metrics
         self.pod = pod
         self.local = local
-        self._clock = clock or SystemClock()
+        self.clock = clock or SystemClock()
         # False when no other pod can be reached: sends skip the presence lookup,
         # which could only name this pod.
-        self._shared_bus = shared_bus
+        self.shared_bus = shared_bus
         self.tracer: Tracer = tracer or NoTracer()
         self.trace_policy = trace_policy or TracePolicy(ack=False)
         # Told of users whose cached presence proved wrong (a pod it named is gone).
-        self._stale = stale
+        self.stale = stale
         self._throttle = LogThrottle(log)
 
     async def send_to_user(self, user: UserId, env: Envelope, *, trace: bool = False,
@@ -167,11 +178,7 @@ class Sender:
         the client this message is relayed from (see the module), by default the
         one whose frame is being handled; None sends as the server."""
         started = time.perf_counter()
-        relayed = RELAYED_FROM.get() if isinstance(on_behalf_of, FromContext) \
-            else on_behalf_of
-        check_outgoing(env, self._clock, relayed is not None)
-        if relayed is not None and env.id is not None:
-            env = replace(env, id=relayed_id(relayed, env.id))
+        env, relayed = outgoing(env, self.clock, on_behalf_of)
         report = SendReport(user)
         trace_id = MsgId(env.id) if env.id is not None and self.trace_policy.wants(
             env.requires_ack, True, trace) else None
@@ -190,17 +197,17 @@ class Sender:
                 self.metrics.acks_stored.inc()
             if failpoints.ACTIVE:
                 await failpoints.hit("sender.after_store")
-            at = self._clock.now_ms()  # when routing began: a client may ack before it ends
+            at = self.clock.now_ms()  # when routing began: a client may ack before it ends
             await self.route(_ack_delivery(result.message, trace_id), report)
         else:
-            at = self._clock.now_ms()
+            at = self.clock.now_ms()
             await self.route(Delivery(user, env.encode(), env.type, expires_at=env.expires_at,
                                       trace_id=trace_id), report)
             if report.reached_nobody and not report.failed_pods:
                 self.metrics.count_dropped("offline")
         if trace_id:
             self._trace_route(trace_id, report, "routed", at=at)
-        if env.requires_ack or self._shared_bus:
+        if env.requires_ack or self.shared_bus:
             # Sends that only touch local connections take microseconds; timing
             # them would cost more than the send (this is the in-process hot path).
             self.metrics.send_latency.observe(time.perf_counter() - started)
@@ -210,7 +217,7 @@ class Sender:
         """Deliver a stored message again (a resend): same id, same seq."""
         report = SendReport(msg.user, stored=True, seq=msg.seq)
         trace_id = msg.id if self.trace_policy.ack else None
-        at = self._clock.now_ms()  # a client may ack before routing is done
+        at = self.clock.now_ms()  # a client may ack before routing is done
         await self.route(_ack_delivery(msg, trace_id), report)
         if trace_id:
             self._trace_route(trace_id, report, "resent", at=at, attempt=msg.attempts)
@@ -255,7 +262,7 @@ class Sender:
         pod holding the user, skipping the pods ``delivery.published_to`` names."""
         if local and self.local is not None:
             report.local = self.local.deliver_local(delivery)
-        if self._shared_bus:
+        if self.shared_bus:
             await self._publish(delivery, report)
         if delivery.ack_id is not None and report.failed_pods and report.reached_nobody:
             # Stored, so not lost; but the user's devices would wait a whole
@@ -293,8 +300,8 @@ class Sender:
             report.failed_pods.append(pod)
             if isinstance(outcome, Unroutable):
                 reason = "pod_gone"
-                if self._stale is not None:
-                    self._stale([delivery.user])
+                if self.stale is not None:
+                    self.stale([delivery.user])
             elif isinstance(outcome, BackendUnavailable):
                 reason = "bus_unavailable"
                 self.metrics.backend_errors.labels("bus").inc()

@@ -191,6 +191,11 @@ class NodeSettings(BaseSettings):
     # Connections per user on this pod (handshakes in progress included): past it
     # a handshake gets 429. 0 turns it off.
     max_connections_per_user: int = Field(64, ge=0, le=1_000_000)
+    # Users in one send_to_users (POST /v1/send "users", wsctl send U1 U2...):
+    # past it the send is refused, whole.
+    max_users_per_send: int = Field(1000, ge=1, le=100_000)
+    # Topics one connection may be subscribed to (token claim, frames, the app).
+    max_subscriptions_per_connection: int = Field(100, ge=1, le=10_000)
     # Connections on this pod: past it a handshake gets 503. Unset: the descriptor
     # limit minus a reserve (wsnode.admission).
     max_connections: int | None = Field(None, ge=1)

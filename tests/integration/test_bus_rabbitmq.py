@@ -46,7 +46,7 @@ async def test_deliveries_are_batched_in_order_and_control_reaches_the_pod(
     await inbox.wait_for(lambda: len(inbox.deliveries) >= 1000)
     assert numbers(inbox.deliveries) == list(range(1000))
     assert b.published_deliveries == 1000
-    assert b.published_messages <= 4  # 512 per message at most
+    assert b.published_messages <= 4  # 1024 per message at most
     assert inbox.batches == b.published_messages
 
     # Sequential publishes keep their order too, and multi-delivery calls stay whole.
