@@ -77,10 +77,12 @@ async def run(pods: list[Pod], *, subscribers: int, in_flight: int, seconds: flo
     await asyncio.sleep(2.0)  # the pods' topic membership settles
 
     started_at: dict[int, float] = {}
+    api_s: list[float] = []
     published = 0
     errors: list[str] = []
     headers = {"Authorization": f"Bearer {API_KEY}"}
     cpu = [p.cpu_seconds() for p in pods]
+    bench_cpu = time.process_time()
     async with aiohttp.ClientSession(headers=headers) as http:
 
         async def publish(n: int) -> None:
@@ -89,6 +91,7 @@ async def run(pods: list[Pod], *, subscribers: int, in_flight: int, seconds: flo
                     "type": "bench_tick", "payload": {"n": n, "ts": time.time()}}}) as r:
                 if r.status != 200:
                     errors.append(f"{r.status} {await r.text()}")
+            api_s.append(time.perf_counter() - started_at[n])
 
         tasks: set[asyncio.Task[None]] = set()
         begin = time.perf_counter()
@@ -112,6 +115,7 @@ async def run(pods: list[Pod], *, subscribers: int, in_flight: int, seconds: flo
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
     used = [p.cpu_seconds() - c for p, c in zip(pods, cpu, strict=True)]
+    bench_cpu = time.process_time() - bench_cpu
     for c in conns:
         if c.transport is not None:
             c.transport.close()
@@ -124,7 +128,9 @@ async def run(pods: list[Pod], *, subscribers: int, in_flight: int, seconds: flo
             "delivered_everywhere": delivered,
             "publishes_per_s": round(delivered / elapsed, 1),
             "deliveries_per_s": round(delivered * subscribers / elapsed),
-            **percentiles(lat), "cpu_s_pod_a": round(used[0], 2),
+            **percentiles(lat),
+            "api_p50_ms": percentiles(api_s)["p50_ms"], "cpu_s_bench": round(bench_cpu, 2),
+            "cpu_s_pod_a": round(used[0], 2),
             "cpu_s_pod_b": round(used[1], 2), "stalled": stalled, "errors": errors[:3]}
 
 
