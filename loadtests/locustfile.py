@@ -15,11 +15,12 @@ e.g. ``locust -f loadtests/ ChatUser``, or run the default mix by weight):
   ``WSNODE_LOAD_ADMIN``, default: each ``--host`` with its port + 1000, key
   ``WSNODE_API_KEY``), acks them, and reports ``WS notification delivery`` and
   ``WS notification ack`` (push to ack sent).
-* ``RoomUser`` (weight 2): joins one of ``WSNODE_LOAD_ROOMS`` rooms (default
-  5, named ``lt-<run>-room<k>``) with the chat example's ``join`` frame (``WS
-  join``: join to its ack), then posts ``room_message`` to it every
-  ``WSNODE_LOAD_ROOM_WAIT`` seconds (default ``1,3``). The pod publishes each
-  to the room's topic, at most once; every member of the room in this
+* ``RoomUser`` (weight 1): joins a room with the chat example's ``join`` frame
+  (``WS join``: join to its ack); rooms fill up in turn, ``WSNODE_LOAD_ROOM_SIZE``
+  users each (default 10, so a post's fan-out stays the same however many
+  users run), named ``lt-<run>-room<k>``. It posts ``room_message`` to its room
+  every ``WSNODE_LOAD_ROOM_WAIT`` seconds (default ``2,4``). The pod publishes
+  each to the room's topic, at most once; every member of the room in this
   process (the sender too) must get it: ``WS room_message delivery`` per
   member, a failure when one does not arrive. A reconnected user joins again
   (a pod forgets a connection's subscriptions when it closes).
@@ -38,6 +39,7 @@ kept a day by the pods) is deleted when Locust quits, if ``WSNODE_REDIS_URL``
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import time
@@ -122,16 +124,17 @@ class NotificationUser(WsnodeUser):
 
 
 ROOMS: dict[str, set[str]] = {}  # room -> users whose join was acked, this process
+ROOM_SIZE = max(1, int(os.environ.get("WSNODE_LOAD_ROOM_SIZE", "10")))
+_seats = itertools.count()  # the n-th RoomUser of this process sits in room n // ROOM_SIZE
 
 
 class RoomUser(WsnodeUser):
-    weight = 2
-    wait_time = between(*_wait("WSNODE_LOAD_ROOM_WAIT", "1,3"))
+    weight = 1
+    wait_time = between(*_wait("WSNODE_LOAD_ROOM_WAIT", "2,4"))
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
-        rooms = int(os.environ.get("WSNODE_LOAD_ROOMS", "5"))
-        self.room = f"lt-{RUN}-room{random.randrange(max(1, rooms))}"
+        self.room = f"lt-{RUN}-room{next(_seats) // ROOM_SIZE}"
         self.joining: tuple[str, float] | None = None  # (frame id, sent at)
 
     def on_connected(self) -> None:

@@ -58,10 +58,10 @@ def test_locust_runs_the_swarm_headless(chat_pod: PodProcess) -> None:
 
 
 def test_locust_room_users_chat_in_rooms(chat_pod: PodProcess) -> None:
-    """RoomUser: joins one of 2 rooms, posts to it; every member gets every post."""
+    """RoomUser: 12 users in 2 rooms of 6, each posting; every member gets every post."""
     done = run(chat_pod, str(BIN / "locust"), "-f", "loadtests/", "--headless", "-u", "12",
                "-r", "12", "-t", "4s", "--host", host_of(chat_pod), "--only-summary",
-               "--json", "RoomUser", env={"WSNODE_LOAD_ROOMS": "2",
+               "--json", "RoomUser", env={"WSNODE_LOAD_ROOM_SIZE": "6",
                                           "WSNODE_LOAD_ROOM_WAIT": "0.2,0.5"})
     assert done.returncode == 0, done.stderr[-2000:]
     stats = {s["name"]: s for s in orjson.loads(done.stdout)}
