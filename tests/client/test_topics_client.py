@@ -130,3 +130,17 @@ async def test_a_resubscription_the_new_token_does_not_allow_is_dropped(
         assert client.topics == ("room.r2",)
         await eventually(lambda: reaches(a, client, "room.r2"), 20, "room.r2 reaches it")
         assert not await reaches(a, client, "room.r1")
+
+
+async def test_a_rate_limited_subscription_is_sent_again(
+        pod_factory: PodFactory, cluster: ClusterSlice) -> None:
+    """Subscribing counts against the user's rate limit (here 3 per 2 s): the
+    client writes a ``rate_limited`` subscription again after ``retryAfterMs``."""
+    (a,) = start_cluster(pod_factory, cluster, 1, WSNODE_RATE_LIMIT="3/2s")
+    rooms = [f"room.r{i}" for i in range(6)]
+    async with Client(a.ws_url, token=a.token("val"), ack_timeout=20) as client:
+        await asyncio.gather(*(client.subscribe(room) for room in rooms))
+        assert client.topics == tuple(rooms)
+        for room in rooms:
+            info = await api(a, "GET", f"/v1/topics/{room}")
+            assert info["connections"] == 1, info
