@@ -176,7 +176,7 @@ def _show_send(report: doc.SendReport) -> None:
 @_reporting
 def send(
     users: Annotated[list[str], typer.Argument(
-        metavar="USER...", help="User id(s) to send to: several make one send to many users "
+        metavar="USER", help="User id(s) to send to: several make one send to many users "
         "(one message per pod).", show_default=False, callback=_user_ids)],
     msg_type: TypeOpt,
     payload: PayloadOpt = None,

@@ -46,7 +46,7 @@ from wsnode.errors import QuotaExceeded
 from wsnode.ids import MsgId, UserId
 from wsnode.keys import BUCKETS, bucket_of, encode_id, member
 from wsnode.protocol import Envelope
-from wsnode.redis_conn import as_str, queue_script, request_token, translated
+from wsnode.redis_conn import as_str, request_token, translated
 
 _CLAIM_BATCH = 64
 
@@ -63,20 +63,17 @@ class RedisAcks(RedisDeadLetters):
     async def store_many(self, users: Sequence[UserId], env: Envelope, *,
                          relayed_from: UserId | None = None,
                          ) -> list[StoreResult | QuotaExceeded]:
-        """Every user's store in one pipeline (one round trip; the budget
-        reservations of a relayed message in one more). A user whose store
+        """Every user's store in one pipeline (one round trip). A user whose store
         cannot be read in it (a corrupt record, a script reloaded) is stored on
-        its own afterwards, as ``store`` would."""
-        out: list[StoreResult | QuotaExceeded | None] = [None] * len(users)
-        now = self._redis_now()
-        todo = list(range(len(users)))
+        its own afterwards, as ``store`` would. A message relayed from a client
+        is stored one user at a time: each store takes a place in the client's
+        budget first, and a user refused must not have held one meanwhile (at
+        most ``relayed_budget`` of them succeed anyway)."""
         if relayed_from is not None:
-            taken = await self._reserve_many(relayed_from, users, env, now)
-            for i, ok in enumerate(taken):
-                if not ok:
-                    out[i] = self._over_budget()
-            todo = [i for i in todo if taken[i]]
-        plans = [_Plan.of(self, users[i], env, relayed_from, now) for i in todo]
+            return [await self._one(u, env, relayed_from) for u in users]
+        out: list[StoreResult | QuotaExceeded] = []
+        now = self._redis_now()
+        plans = [_Plan.of(self, user, env, None, now) for user in users]
 
         def queue(pipe: Any) -> None:
             for plan in plans:
@@ -84,20 +81,23 @@ class RedisAcks(RedisDeadLetters):
 
         with translated("ack store"):
             replies = await self._batch.run_group(queue, 3 * len(plans)) if plans else []
-        for n, (i, plan) in enumerate(zip(todo, plans, strict=True)):
-            index_a, reply, index_b = replies[3 * n:3 * n + 3]
-            if isinstance(index_a, Exception) or isinstance(index_b, Exception):
-                with translated("ack store"):
-                    raise index_a if isinstance(index_a, Exception) else index_b
-            try:
-                if isinstance(reply, Exception):
-                    # NOSCRIPT (Redis restarted), a corrupt record: as store() does it.
-                    out[i] = await self.store(users[i], env, relayed_from=relayed_from)
-                else:
-                    out[i] = await self._stored(plan, reply)
-            except QuotaExceeded as exc:
-                out[i] = exc
-        return [r for r in out if r is not None]
+            for other in (r for n, r in enumerate(replies) if n % 3 != 1):
+                if isinstance(other, Exception):
+                    raise other
+        for plan, reply in zip(plans, replies[1::3], strict=True):
+            if isinstance(reply, Exception):
+                # NOSCRIPT (Redis restarted), a corrupt record: as store() does it.
+                out.append(await self._one(plan.user, env, None))
+            else:
+                out.append(await self._stored(plan, reply))
+        return out
+
+    async def _one(self, user: UserId, env: Envelope,
+                   relayed_from: UserId | None) -> StoreResult | QuotaExceeded:
+        try:
+            return await self.store(user, env, relayed_from=relayed_from)
+        except QuotaExceeded as exc:
+            return exc
 
     async def _store(self, user: UserId, env: Envelope,
                      relayed_from: UserId | None) -> StoreResult:
@@ -140,21 +140,6 @@ class RedisAcks(RedisDeadLetters):
                             attempts=1, next_due=due)
         evicted = [d for e in reply[5:] if (d := await self._evict(user, as_str(e)))]
         return StoreResult(seq, msg, evicted=evicted)
-
-    async def _reserve_many(self, sender: UserId, users: Sequence[UserId], env: Envelope,
-                            now: int) -> list[bool]:
-        """:meth:`_reserve` for each user, in one pipeline (in order, one key)."""
-        p, key, enc = self.policy, self._k.user_budget(sender), encode_id(env.id or "")
-        until = now + p.ttl_ms + p.dead_ttl_ms
-
-        def queue(pipe: Any) -> None:
-            for user in users:
-                queue_script(pipe, self._script, [key], [
-                    "reserve", "", member(user, enc), until, p.relayed_budget])
-
-        with translated("relay budget", key):
-            replies = await self._with_script(lambda: self._batch.run_group(queue, len(users)))
-        return [bool(r) for r in replies]
 
     def _over_budget(self) -> QuotaExceeded:
         return QuotaExceeded("sender", f"{self.policy.relayed_budget} of your messages wait "

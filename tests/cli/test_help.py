@@ -69,10 +69,11 @@ def test_json_help_says_what_is_printed() -> None:
 def test_arguments_have_one_naming_style() -> None:
     usages = {" ".join(w): help_of(wsctl_app, *w).split("Usage: ")[1].splitlines()[0].strip()
               for w in (("send",), ("presence", "get"), ("drain",), ("trace",), ("token",),
-                        ("dlq", "retry"))}
-    assert usages["send"].endswith("{USER}") and usages["token"].endswith("{USER}")
+                        ("dlq", "retry"), ("publish",), ("topics", "get"))}
+    assert usages["send"].endswith("{USER}...") and usages["token"].endswith("{USER}")
     assert usages["presence get"].endswith("{USER}") and usages["drain"].endswith("{POD}")
     assert usages["trace"].endswith("{ID}") and usages["dlq retry"].endswith("{ID}")
+    assert usages["publish"].endswith("{TOPIC}") and usages["topics get"].endswith("{TOPIC}")
 
 
 def test_an_unknown_option_suggests_only_a_close_spelling(wsctl: Wsctl) -> None:

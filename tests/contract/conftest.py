@@ -1,7 +1,7 @@
 """Backend factories for the contract suites: one param per backend.
 
-Each contract test takes a factory (``make_presence``, ``make_limiter``,
-``make_acks``, ``make_tracer``) and runs once per backend in :data:`BACKENDS`.
+Each contract test takes a factory (``make_presence``, ``make_topics``,
+``make_limiter``, ``make_acks``, ``make_tracer``) and runs once per backend in :data:`BACKENDS`.
 Only the memory backends run in process; the Redis ones against the real Redis
 (``WSNODE_TEST_REDIS_URL``, default the shared one on 6379) under a key prefix
 of the test alone, whose keys are deleted when the test ends (never FLUSHALL).
@@ -39,6 +39,7 @@ from tests.contract.factories import (
     BusFactory,
     LimiterFactory,
     PresenceFactory,
+    TopicsFactory,
     TracerFactory,
 )
 from tests.integration.conftest import AMQP_URL, Broker, Inbox
@@ -59,6 +60,8 @@ from wsnode.presence import MemoryPresence, Presence
 from wsnode.presence_redis import RedisPresence
 from wsnode.redis_conn import Redis
 from wsnode.settings import Rate
+from wsnode.topics import MemoryTopics, TopicRegistry
+from wsnode.topics_redis import RedisTopics
 from wsnode.trace import MemoryTracer, Tracer
 from wsnode.trace_redis import RedisTracer
 
@@ -109,6 +112,23 @@ def make_presence(backend: str, key_prefix: str,
         # default, readers report a silent pod for up to 1 s past its lease.
         return RedisPresence(redis_client, RedisKeys(key_prefix), lease_ms=lease_ms,
                              live_cache_ms=50)
+
+    return make
+
+
+@pytest.fixture
+def make_topics(backend: str, key_prefix: str, redis_client: Redis | None) -> TopicsFactory:
+    """``await make_topics(lease_ms=...)`` -> (a fresh Presence, the TopicRegistry
+    that lives by its leases), on an empty store. Pods are arguments, as for presence."""
+
+    async def make(lease_ms: int = 10_000) -> tuple[Presence, TopicRegistry]:
+        if backend == "memory":
+            memory = MemoryPresence(lease_ms=lease_ms)
+            return memory, MemoryTopics(memory)
+        assert redis_client is not None
+        redis = RedisPresence(redis_client, RedisKeys(key_prefix), lease_ms=lease_ms,
+                              live_cache_ms=50)
+        return redis, RedisTopics(redis_client, RedisKeys(key_prefix), redis)
 
     return make
 

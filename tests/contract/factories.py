@@ -10,9 +10,12 @@ from wsnode.bus import Bus
 from wsnode.limiter import RateLimiter
 from wsnode.presence import Presence
 from wsnode.settings import Rate
+from wsnode.topics import TopicRegistry
 from wsnode.trace import Tracer
 
 PresenceFactory = Callable[..., Awaitable[Presence]]
+TopicsFactory = Callable[..., Awaitable[tuple[Presence, TopicRegistry]]]
+"""``await make_topics(lease_ms=...)``: a presence and the topic registry living by it."""
 LimiterFactory = Callable[[Rate], Awaitable[RateLimiter]]
 AcksFactory = Callable[[AckPolicy], Awaitable[AckBackend]]
 Closer = Callable[[], Awaitable[None]]

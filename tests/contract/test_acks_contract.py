@@ -448,3 +448,56 @@ async def test_a_dead_relayed_message_keeps_its_place(make_acks: AcksFactory) ->
     await _swept(acks)
     with pytest.raises(QuotaExceeded):  # its dead letter is still stored
         await acks.store(BOB, env("next"), relayed_from=MALLORY)
+
+
+# -- many users at once ------------------------------------------------------------
+
+CAROL = UserId("carol")
+
+
+async def test_store_many_is_a_store_for_each_user(acks: AckBackend) -> None:
+    await acks.store(BOB, env("m1"))  # pending for bob already
+    await acks.store(CAROL, env("m1"))
+    await acks.settle(CAROL, MsgId("m1"))  # acked for carol
+    odd = UserId("d a{v}/ユ")
+    results = await acks.store_many([ALICE, BOB, CAROL, odd], env("m1"))
+    assert all(not isinstance(r, QuotaExceeded) for r in results)
+    alice, bob, carol, other = (r for r in results if not isinstance(r, QuotaExceeded))
+    assert (alice.duplicate, alice.seq, alice.state) == (False, 1, MsgState.PENDING)
+    assert alice.message is not None and alice.message.user == ALICE
+    assert (bob.duplicate, bob.state) == (True, MsgState.PENDING)
+    assert bob.message is not None and bob.message.id == "m1"
+    assert (carol.duplicate, carol.state, carol.message) == (True, MsgState.ACKED, None)
+    assert (other.duplicate, other.seq) == (False, 1)
+    for user in (ALICE, BOB, odd):
+        assert await ids(acks, user) == ["m1"]
+    assert await ids(acks, CAROL) == []
+    again = await acks.store_many([ALICE, odd], env("m1"))
+    assert [(r.duplicate, r.seq) for r in again
+            if not isinstance(r, QuotaExceeded)] == [(True, 1), (True, 1)]
+    assert await acks.store_many([], env("m2")) == []
+
+
+async def test_store_many_messages_are_resent_and_settled_per_user(
+        make_acks: AcksFactory) -> None:
+    acks = await make_acks(AckPolicy(retry_interval_ms=100, max_attempts=5))
+    await acks.store_many([ALICE, BOB], env("m1"))
+    await acks.settle(ALICE, MsgId("m1"))
+    # Claimed when due by the store's clock (the due index may say so a moment early).
+    await eventually(lambda: acks.claim_due(BOB), lambda c: [m.id for m in c.resend] == ["m1"])
+    assert (await acks.claim_due(ALICE)).resend == []
+
+
+async def test_store_many_refuses_only_the_users_past_a_relayed_limit(
+        make_acks: AcksFactory) -> None:
+    acks = await make_acks(RELAY)
+    await acks.store(ALICE, env("r1"), relayed_from=BOB)
+    await acks.store(ALICE, env("r2"), relayed_from=BOB)  # alice holds all she may
+    ghosts = [UserId(f"ghost{n}") for n in range(4)]
+    results = await acks.store_many([ALICE, *ghosts], env("x"), relayed_from=MALLORY)
+    limits = [r.limit if isinstance(r, QuotaExceeded) else None for r in results]
+    # alice: her limit; three ghosts take mallory's budget of 3; the fourth is refused
+    assert limits == ["recipient", None, None, None, "sender"]
+    assert await acks.status(ALICE, MsgId("x")) is None
+    assert await acks.status(ghosts[3], MsgId("x")) is None
+    assert [await acks.status(g, MsgId("x")) for g in ghosts[:3]] == [MsgState.PENDING] * 3

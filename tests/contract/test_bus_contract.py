@@ -46,6 +46,17 @@ async def test_deliveries_arrive_whole(make_bus: BusFactory) -> None:
     assert inbox.stranded == []
 
 
+async def test_fanouts_arrive_whole_among_deliveries(make_bus: BusFactory) -> None:
+    _, inbox = await make_bus("A")
+    sender, _ = await make_bus("B")
+    sent = [Delivery(UserId(""), b'{"type":"t","payload":1}', "t", topic="*"),
+            delivery(2),
+            Delivery(UserId(""), b'{"type":"t","payload":3}', "t", expires_at=9, topic="a:b")]
+    await sender.publish(A, sent)
+    await inbox.wait_for(lambda: len(inbox.deliveries) >= 3)
+    assert inbox.deliveries == sent
+
+
 async def test_one_publishers_deliveries_arrive_in_publish_order(
         make_bus: BusFactory) -> None:
     _, inbox = await make_bus("A")

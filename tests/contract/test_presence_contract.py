@@ -237,6 +237,24 @@ async def test_silent_pod_stops_counting_within_the_lease(
     assert await presence.pods_of([ALICE, BOB]) == {ALICE: {P2}}
 
 
+async def test_live_pods_are_the_pods_with_a_live_lease(
+    make_presence: PresenceFactory,
+) -> None:
+    presence = await make_presence(lease_ms=SHORT_LEASE_MS)
+    assert await presence.live_pods() == []
+    await presence.join(P2)
+    await presence.join(P1)
+    assert await presence.live_pods() == [P1, P2]  # sorted, with no connection needed
+
+    async def live() -> list[PodId]:
+        await presence.heartbeat(P2, PodState.ACTIVE)
+        return await presence.live_pods()
+
+    await eventually(live, lambda pods: pods == [P2])
+    await presence.leave(P2)
+    assert await presence.live_pods() == []
+
+
 async def test_heartbeats_keep_a_pod_alive(make_presence: PresenceFactory) -> None:
     presence = await make_presence(lease_ms=SHORT_LEASE_MS)
     await presence.join(P1)

@@ -27,14 +27,17 @@ from tests.cli.conftest import Wsctl
 from tests.conftest import PodFactory
 from tests.support.client import Client
 from tests.support.cluster import ClusterSlice
-from tests.support.pods import PodProcess, base_env
+from tests.support.pods import SECRET, PodProcess, base_env
 from tests.support.waits import eventually
 from wsctl import documents as doc
+from wsnode.auth import mint_token
 
 CLOSED = ConfigDict(extra="forbid", strict=True)
 ACKS = {"WSNODE_ACK_RETRY_INTERVAL": "200ms", "WSNODE_ACK_MAX_ATTEMPTS": "2"}
 EVERY_DOCUMENT = {doc.SendReport, doc.MessageStatus, doc.PresenceList, doc.UserPresence,
-                  doc.PodList, doc.DrainStarted, doc.DeadLetterList, doc.RetryResult, doc.Trail}
+                  doc.PodList, doc.DrainStarted, doc.DeadLetterList, doc.RetryResult, doc.Trail,
+                  doc.ManySendReport, doc.BroadcastReport, doc.PublishReport, doc.TopicList,
+                  doc.TopicDetail}
 WSCTL_DOCUMENTS = EVERY_DOCUMENT - {doc.MessageStatus}  # wsctl prints no bare status
 EVENTS = {"stored", "duplicate", "routed", "resent", "acked", "replayed", "dead", "revived"}
 
@@ -106,6 +109,18 @@ async def api_documents(front: PodProcess, home: PodProcess, seen: Seen) -> None
     await call(doc.UserPresence, "GET", "/v1/presence/ann")
     await call(doc.UserPresence, "GET", "/v1/presence/olga")  # offline: no connection
     await call(doc.PodList, "GET", "/v1/pods")
+    # Many users, every connection, topics (ann's token subscribes her to "news")
+    envelope = {"type": "note"}
+    await call(doc.ManySendReport, "POST", "/v1/send", {"users": ["ann", "olga"],
+                                                        "envelope": envelope})
+    await call(doc.ManySendReport, "POST", "/v1/send", {"users": ["ann", "dan"], "envelope": {
+        **envelope, "id": "api-m", "requiresAck": True}})
+    await call(doc.BroadcastReport, "POST", "/v1/broadcast", {"envelope": envelope})
+    await call(doc.PublishReport, "POST", "/v1/publish", {"topic": "news", "envelope": envelope})
+    await call(doc.PublishReport, "POST", "/v1/publish", {"topic": "void", "envelope": envelope})
+    await call(doc.TopicList, "GET", "/v1/topics")
+    await call(doc.TopicDetail, "GET", "/v1/topics/news")
+    await call(doc.TopicDetail, "GET", "/v1/topics/void")
 
     # A replay: stored while olga is offline, replayed when she connects, acked.
     await send("olga", id="api-o", requiresAck=True)
@@ -166,6 +181,15 @@ async def wsctl_documents(wsctl: WsctlRun, prefix: str, seen: Seen) -> None:
     await run(doc.UserPresence, "presence", "get", "ann")
     await run(doc.UserPresence, "presence", "get", "olga-away", code=3)
     await run(doc.PodList, "pods", "ls")
+    await run(doc.ManySendReport, "send", "ann", "olga-away", "--type", "note", code=3)
+    await run(doc.ManySendReport, "send", "ann", "dan", "--type", "note", "--ack",
+              "--id", f"{prefix}m")
+    await run(doc.BroadcastReport, "broadcast", "--type", "note")
+    await run(doc.PublishReport, "publish", "news", "--type", "note")
+    await run(doc.PublishReport, "publish", "void", "--type", "note", code=3)
+    await run(doc.TopicList, "topics", "ls")
+    await run(doc.TopicDetail, "topics", "get", "news")
+    await run(doc.TopicDetail, "topics", "get", "void", code=3)
     for msg_id, last in ((f"{prefix}a", "acked"), (f"{prefix}d", "revived")):
         trail = functools.partial(run, doc.Trail, "trace", msg_id)
         await eventually(functools.partial(_trail_has, trail, last), 15,
@@ -200,7 +224,7 @@ async def _trail_has(fetch: Callable[[], Awaitable[Any]], event: str) -> bool:
 @contextlib.asynccontextmanager
 async def users(home: PodProcess) -> AsyncIterator[None]:
     """ann acks everything, dan acks nothing (his messages die), both on ``home``."""
-    ann = await Client.open(home.ws_url, home.token("ann"))
+    ann = await Client.open(home.ws_url, mint_token(SECRET, "ann", 3600, topics=["news"]))
     dan = await Client.open(home.ws_url, home.token("dan"))
 
     async def ack_all() -> None:

@@ -14,6 +14,8 @@ def test_round_trip_keeps_every_field() -> None:
         Delivery(UserId("a b:ユ"), frames[0], "n", MsgId("m-1"), 123, 1,
                  (PodId("pod-a"), PodId("pod b"))),
         Delivery(UserId("bob"), frames[1], "t"),
+        Delivery(UserId(""), frames[1], "t", topic="room:42"),  # a topic publish
+        Delivery(UserId(""), frames[1], "t", expires_at=5, topic="*"),  # a broadcast
     ]
     assert decode_batch(encode_batch(batch)) == batch
 
@@ -22,6 +24,13 @@ def test_round_trip_keeps_every_field() -> None:
     b"", b"not a batch", MAGIC, MAGIC + b"\x00\x00\x00\x05\x00\x00\x00\x00abc",
     MAGIC + b"\x00\x00\x00\x02\x00\x00\x00\x00{}",  # header without a user
     MAGIC + b"\x00\x00\x00\x0b\x00\x00\x00\x00{\"u\":\"x\"}!",  # not JSON
+    *(MAGIC + len(h).to_bytes(4, "big") + b"\x00\x00\x00\x00" + h for h in (
+        b'{"u":"","t":"t","f":"bad topic"}',  # not a topic name
+        b'{"u":"","t":"t","f":7}',
+        b'{"u":"x","t":"t","f":"news"}',  # a fanout names no user
+        b'{"u":"","t":"t","a":"m1","f":"news"}',  # and is never ACK-required
+        b'{"u":"","t":"t"}',  # neither a user nor a fanout
+    )),
 ])
 def test_malformed_bodies_raise_value_error(body: bytes) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 (any ValueError: the poison path)
