@@ -1,9 +1,9 @@
 """Publish to a topic: 1,000 subscribers over 2 pods, real Redis and RabbitMQ.
 
 Two ``wsnode serve`` pods in cluster mode (the chat example app, which lets a
-connection subscribe to ``room.<name>`` topics) each hold half of
+connection subscribe to ``room:<name>`` topics) each hold half of
 ``--subscribers`` connections, opened from this process with the raw client of
-``wsload.py``; each sends a ``subscribe`` frame for ``room.bench`` and waits for
+``wsload.py``; each sends a ``subscribe`` frame for ``room:bench`` and waits for
 its answer. Then a closed loop publishes with ``POST /v1/publish`` to the pods'
 admin APIs in turn, at most ``--in-flight`` publishes not yet delivered
 everywhere at any moment, for ``--seconds``. A publish is delivered when every
@@ -32,7 +32,7 @@ from cluster import Pod, cluster
 from wsload import Conn, open_conns, percentiles
 
 API_KEY = "bench-topics-api-key-0123"
-TOPIC = "room.bench"
+TOPIC = "room:bench"
 FIRST_FRAMES = 3  # welcome, the replay's restore, the pod's answer to the subscribe
 
 

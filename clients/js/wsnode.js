@@ -14,7 +14,7 @@
 //   client.on('state', (change) => console.log(change.state, change.reason));
 //   await client.connect();
 //   await client.send('chat_message', { to: 'bob', text: 'hi' });  // waits for the ack
-//   await client.subscribe('room.lobby');  // again after every reconnect, until unsubscribe()
+//   await client.subscribe('room:lobby');  // again after every reconnect, until unsubscribe()
 //
 // Node.js 20 has no global WebSocket: pass one (`WebSocket: (await import('ws')).WebSocket`).
 

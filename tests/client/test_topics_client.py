@@ -1,5 +1,5 @@
 """``Client.subscribe``/``unsubscribe`` against real pods running the chat example,
-whose authorizer lets a connection subscribe to ``room.<name>`` topics: a
+whose authorizer lets a connection subscribe to ``room:<name>`` topics: a
 subscription is confirmed, refused with ``forbidden``, and comes back after a
 reconnect (a drain closing the connection, then its pod killed)."""
 
@@ -21,7 +21,7 @@ from tests.support.pods import SECRET, PodProcess
 from tests.support.waits import api, eventually
 from wsnode.client import Client, ServerError, State
 
-TOPIC = "room.lobby"
+TOPIC = "room:lobby"
 
 
 async def publish(pod: PodProcess, topic: str, payload: Any) -> None:
@@ -55,7 +55,7 @@ async def test_subscribes_again_after_a_drain_and_a_dead_pod(
             await client.subscribe("secret.plans")  # not a room: the example says no
         assert refused.value.code == "forbidden"
         with pytest.raises(ServerError) as bad:
-            await client.subscribe("room.no spaces")  # not a topic name
+            await client.subscribe("room:no spaces")  # not a topic name
         assert bad.value.code == "bad_envelope"
         assert client.topics == (TOPIC,)
         await publish(c, TOPIC, "p1")  # from another pod
@@ -119,17 +119,17 @@ async def test_a_resubscription_the_new_token_does_not_allow_is_dropped(
     async with Client(a.ws_url, token_provider=lambda: tokens.pop(0) if len(tokens) > 1
                       else tokens[0]) as client:
         client.on_error(errors.append)
-        await client.subscribe("room.r1")
-        await client.subscribe("room.r2")
+        await client.subscribe("room:r1")
+        await client.subscribe("room:r2")
         with pytest.raises(ServerError) as refused:
-            await client.subscribe("room.r3")  # not in the token's rooms
-        assert refused.value.code == "forbidden" and client.topics == ("room.r1", "room.r2")
+            await client.subscribe("room:r3")  # not in the token's rooms
+        assert refused.value.code == "forbidden" and client.topics == ("room:r1", "room:r2")
         await eventually(lambda: asyncio.sleep(0, result=bool(errors)), 20,
-                         "the re-subscription to room.r1 refused")
+                         "the re-subscription to room:r1 refused")
         assert [e.code for e in errors] == ["forbidden"] and client.connections == 2
-        assert client.topics == ("room.r2",)
-        await eventually(lambda: reaches(a, client, "room.r2"), 20, "room.r2 reaches it")
-        assert not await reaches(a, client, "room.r1")
+        assert client.topics == ("room:r2",)
+        await eventually(lambda: reaches(a, client, "room:r2"), 20, "room:r2 reaches it")
+        assert not await reaches(a, client, "room:r1")
 
 
 async def test_a_rate_limited_subscription_is_sent_again(
@@ -137,7 +137,7 @@ async def test_a_rate_limited_subscription_is_sent_again(
     """Subscribing counts against the user's rate limit (here 3 per 2 s): the
     client writes a ``rate_limited`` subscription again after ``retryAfterMs``."""
     (a,) = start_cluster(pod_factory, cluster, 1, WSNODE_RATE_LIMIT="3/2s")
-    rooms = [f"room.r{i}" for i in range(6)]
+    rooms = [f"room:r{i}" for i in range(6)]
     async with Client(a.ws_url, token=a.token("val"), ack_timeout=20) as client:
         await asyncio.gather(*(client.subscribe(room) for room in rooms))
         assert client.topics == tuple(rooms)

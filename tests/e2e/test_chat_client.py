@@ -148,7 +148,7 @@ async def test_chat_client_in_a_room(pod_factory: PodFactory, clients: list[Runn
             "payload": {"room": "lobby", "text": "hello room", "from": "bob"}}
     assert await asyncio.to_thread(alice.next_message) == post
     assert await asyncio.to_thread(bob.next_message) == post  # the sender is in the room
-    await api(pod, "POST", "/v1/publish", {"topic": "room.lobby", "envelope": {
+    await api(pod, "POST", "/v1/publish", {"topic": "room:lobby", "envelope": {
         "type": "news", "payload": {"text": "from the server"}}})
     for who in (alice, bob):
         assert (await asyncio.to_thread(who.next_message))["type"] == "news"

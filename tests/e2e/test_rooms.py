@@ -65,7 +65,7 @@ async def test_rooms_across_two_pods(pod_factory: PodFactory, cluster: ClusterSl
     await done(cy, "join", {"room": "other"}, "j3")
 
     async def members(pod: PodProcess, room: str) -> dict[str, int]:
-        info = await api(pod, "GET", f"/v1/topics/room.{room}")
+        info = await api(pod, "GET", f"/v1/topics/room:{room}")
         return {p["pod"]: p["connections"] for p in info["pods"]}
     assert await members(b, "lobby") == {"pod-a": 1, "pod-b": 1}
 
@@ -80,9 +80,9 @@ async def test_rooms_across_two_pods(pod_factory: PodFactory, cluster: ClusterSl
     assert (await bob.expect("room_message"))["payload"]["from"] == "bob"
 
     # A subscribe frame to the room's topic is the same as a join (the same rule).
-    await dan.send({"type": "subscribe", "id": "s1", "payload": {"topic": "room.lobby"}})
+    await dan.send({"type": "subscribe", "id": "s1", "payload": {"topic": "room:lobby"}})
     assert await dan.expect("subscribe") == {"type": "subscribe", "id": "s1",
-                                             "payload": {"topic": "room.lobby"}}
+                                             "payload": {"topic": "room:lobby"}}
     # Posting to a room one is not in is refused; the room hears nothing.
     error = await refused(cy, {"type": "room_message", "id": "m3",
                                "payload": {"room": "lobby", "text": "let me in"}})
@@ -121,7 +121,7 @@ async def test_the_examples_rule(pod_factory: PodFactory) -> None:
     over = await refused(free, {"type": "join", "id": "j3", "payload": {"room": "one-more"}})
     assert (over["code"], over["limit"]) == ("quota_exceeded", "rooms")
     assert (await refused(free, {"type": "subscribe", "id": "s2",
-                                 "payload": {"topic": "room.one-more"}}))["code"] == "forbidden"
+                                 "payload": {"topic": "room:one-more"}}))["code"] == "forbidden"
     await done(free, "join", {"room": "r0"}, "again")  # in it already: not one more
     await done(free, "leave", {"room": "r0"}, "l1")
     await done(free, "join", {"room": "one-more"}, "j4")
@@ -132,6 +132,6 @@ async def test_the_examples_rule(pod_factory: PodFactory) -> None:
     assert (await refused(held, {"type": "join", "id": "j6",
                                  "payload": {"room": "lobby"}}))["code"] == "forbidden"
     assert (await refused(held, {"type": "subscribe", "id": "s3",
-                                 "payload": {"topic": "room.lobby"}}))["code"] == "forbidden"
+                                 "payload": {"topic": "room:lobby"}}))["code"] == "forbidden"
     for client in (free, held):
         await client.close()

@@ -11,7 +11,7 @@ messages on every connect, and sends messages that wait for the server's ``ack``
 
     async with Client(["ws://pod-a:8765/ws", "ws://pod-b:8765/ws"], token=jwt) as client:
         await client.send("chat_message", {"to": "bob", "text": "hi"})  # waits for the ack
-        await client.subscribe("room.lobby")  # again on every reconnect, until unsubscribe()
+        await client.subscribe("room:lobby")  # again on every reconnect, until unsubscribe()
         async for msg in client:          # msg.type, msg.payload, msg.id, msg.seq
             handle(msg)                   # acked when the loop asks for the next one
 

@@ -15,7 +15,7 @@ will use, and what clients can store this way is bounded per recipient and per
 sender (``WSNODE_RELAYED_MAX_PENDING``, ``WSNODE_RELAYED_BUDGET``).
 
 It also has rooms (``join``, ``leave``, ``room_message``, and SDK subscriptions
-to ``room.<name>`` topics): see :mod:`wsnode.examples.rooms`.
+to ``room:<name>`` topics): see :mod:`wsnode.examples.rooms`.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ by the SDK once printed, so they are delivered once even across reconnects.
 With ``--to bob``, every line typed on stdin goes to ``bob`` through the chat
 example app (``wsnode serve --app wsnode.examples.chat``) and waits for the
 pod's ack. With ``--room lobby`` it joins that room of the chat example (the
-SDK's ``subscribe("room.lobby")``, made again on every reconnect) and prints
+SDK's ``subscribe("room:lobby")``, made again on every reconnect) and prints
 what is posted there; without ``--to``, typed lines are posted to the room.
 Connection changes (connected, a drain moving it to another pod, a lost pod,
 reconnects with backoff) are reported on stderr; Ctrl-C closes it.
@@ -96,7 +96,7 @@ async def run(args: argparse.Namespace) -> None:
     client.on_state(report)
     async with client:
         if args.room:
-            await client.subscribe(f"room.{args.room}")
+            await client.subscribe(f"room:{args.room}")
             print(f"-- in room {args.room}", file=sys.stderr, flush=True)
         typing = asyncio.ensure_future(type_to(client, args.to, args.room)) \
             if args.to or args.room else None

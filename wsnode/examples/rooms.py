@@ -1,6 +1,6 @@
 """Chat rooms on topics: part of the chat example (``--app wsnode.examples.chat``).
 
-A room ``NAME`` is the topic ``room.NAME``. Client frames:
+A room ``NAME`` is the topic ``room:NAME``. Client frames:
 
 * ``{"type": "join", "payload": {"room": "lobby"}}``: this connection joins the
   room (``node.subscribe``);
@@ -12,7 +12,7 @@ A room ``NAME`` is the topic ``room.NAME``. Client frames:
   not in the room gets ``forbidden``.
 
 With ``requiresAck`` and an ``id`` each is answered ``ack`` once done (for a
-``room_message``: published). SDK clients can call ``subscribe("room.lobby")``
+``room_message``: published). SDK clients can call ``subscribe("room:lobby")``
 instead of sending ``join``: the same rule authorizes it, and the SDK
 subscribes again after a reconnect (a pod forgets a connection's rooms when it
 closes; a raw client sends ``join`` again).
@@ -37,7 +37,7 @@ from wsnode.node import Node
 from wsnode.protocol import Envelope, ErrorCode
 
 JOIN, LEAVE, ROOM_MESSAGE = "join", "leave", "room_message"
-ROOM_PREFIX = "room."
+ROOM_PREFIX = "room:"
 ROOM_NAME = re.compile(r"[a-z0-9_-]{1,32}")
 ROOM_RULE = "a room name is 1-32 characters of [a-z0-9_-]"
 ROOMS_CLAIM = "rooms"
@@ -50,7 +50,7 @@ def room_topic(room: str) -> str:
 
 
 def rooms_of(node: Node, conn: Conn) -> set[str]:
-    """The rooms ``conn`` is in (its ``room.*`` topics, however they were joined)."""
+    """The rooms ``conn`` is in (its ``room:*`` topics, however they were joined)."""
     return {t.removeprefix(ROOM_PREFIX) for t in node.subscriptions.topics_of(conn)
             if t.startswith(ROOM_PREFIX)}
 

@@ -42,8 +42,8 @@ export async function example(token: string): Promise<number> {
   }
   const replayed: number = await client.restore({ since: Date.now() - 60_000 });
   const rtt: number = await client.ping();
-  await client.subscribe('room.lobby', { timeoutMs: 2000 });
-  await client.unsubscribe('room.lobby');
+  await client.subscribe('room:lobby', { timeoutMs: 2000 });
+  await client.unsubscribe('room:lobby');
   const topics: string[] = client.topics;
   const wanted = new Subscriptions();
   const fresh: boolean = wanted.add('news') && wanted.has('news') && !wanted.remove('other');
