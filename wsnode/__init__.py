@@ -3,6 +3,7 @@
 Public API (everything else is internal)::
 
     from wsnode import Node, Envelope, Conn, NodeSettings, Sender, SendReport
+    from wsnode import FanoutReport, ManyReport, SubscribeError  # broadcasts, many users, topics
 
 Names are imported on first use, so that ``import wsnode.client`` (or the
 protocol alone) does not load the server's dependencies.
@@ -21,13 +22,16 @@ if TYPE_CHECKING:
         ProtocolError,
         SendError,
         SettingsError,
+        SubscribeError,
         WsnodeError,
     )
+    from wsnode.fanout import FanoutReport
     from wsnode.hub import Conn
     from wsnode.ids import ConnId, MsgId, PodId, UserId
     from wsnode.node import Node, NodeState
     from wsnode.protocol import CloseCode, Envelope, ErrorCode
     from wsnode.sender import Sender, SendReport
+    from wsnode.sendmany import ManyReport
     from wsnode.settings import NodeSettings, load_settings
 
 __version__ = "0.1.0"
@@ -35,7 +39,8 @@ __version__ = "0.1.0"
 _WHERE = {
     "AuthError": "errors", "BackendUnavailable": "errors", "NotFound": "errors",
     "ProtocolError": "errors", "SendError": "errors", "SettingsError": "errors",
-    "WsnodeError": "errors", "Conn": "hub", "ConnId": "ids", "MsgId": "ids", "PodId": "ids",
+    "WsnodeError": "errors", "SubscribeError": "errors", "FanoutReport": "fanout",
+    "ManyReport": "sendmany", "Conn": "hub", "ConnId": "ids", "MsgId": "ids", "PodId": "ids",
     "UserId": "ids", "Node": "node", "NodeState": "node", "CloseCode": "protocol",
     "Envelope": "protocol", "ErrorCode": "protocol", "Sender": "sender",
     "SendReport": "sender", "NodeSettings": "settings", "load_settings": "settings",
@@ -49,6 +54,8 @@ __all__ = [
     "ConnId",
     "Envelope",
     "ErrorCode",
+    "FanoutReport",
+    "ManyReport",
     "MsgId",
     "Node",
     "NodeSettings",
@@ -60,6 +67,7 @@ __all__ = [
     "SendReport",
     "Sender",
     "SettingsError",
+    "SubscribeError",
     "UserId",
     "WsnodeError",
     "__version__",

@@ -59,6 +59,7 @@ class Subscriptions:
         self.authorizer: Authorizer | None = None
         self._by_topic: dict[str, dict[ConnId, Conn]] = {}
         self._by_conn: dict[ConnId, set[str]] = {}
+        self._pairs = 0  # (connection, topic) pairs: the subscriptions gauge, kept cheaply
         self._dirty: set[str] = set()
         self._lock = asyncio.Lock()
         self._announced: int | None = None  # the life last announced in full
@@ -109,6 +110,7 @@ class Subscriptions:
         for topic in new:
             mine.add(topic)
             self._by_topic.setdefault(topic, {})[conn.id] = conn
+        self._pairs += len(new)
         await self._changed(new)
         return new
 
@@ -121,6 +123,7 @@ class Subscriptions:
         if not mine:
             del self._by_conn[conn.id]
         self._remove(conn.id, topic)
+        self._pairs -= 1
         await self._changed([topic])
         return True
 
@@ -137,6 +140,7 @@ class Subscriptions:
         if mine:
             for topic in mine:
                 self._remove(conn.id, topic)
+            self._pairs -= len(mine)
             await self._changed(mine)
 
     def _remove(self, conn_id: ConnId, topic: str) -> None:
@@ -184,7 +188,7 @@ class Subscriptions:
     async def _changed(self, topics: Iterable[str]) -> None:
         self._dirty.update(topics)
         self._metrics.topics.set(len(self._by_topic))
-        self._metrics.subscriptions.set(sum(map(len, self._by_conn.values())))
+        self._metrics.subscriptions.set(self._pairs)
         try:
             await self._sync()
         except BackendUnavailable:

@@ -59,6 +59,11 @@ def delivery(user: str, frame: bytes) -> bytes:
     return encode_batch([Delivery(UserId(user), frame, "x")])
 
 
+def broadcast(frame: bytes) -> bytes:
+    """A fanout to every connection of the pod (as ``node.broadcast`` publishes)."""
+    return encode_batch([Delivery(UserId(""), frame, "x", topic="*")])
+
+
 async def dropped(pod: PodProcess, reason: str) -> float:
     _, text = await asyncio.to_thread(pod.api, "GET", "/metrics", None, None)
     for line in str(text).splitlines():
@@ -78,14 +83,15 @@ async def test_reserved_or_broken_frames_from_the_bus_never_reach_a_client(
                     ("deliver", delivery("carol", fake_welcome)),
                     ("deliver", delivery("carol", fake_reconnect)),
                     ("deliver", delivery("carol", b'{"type":"n","p":"\xff"}')),
+                    ("deliver", broadcast(fake_reconnect)),  # to everyone at once
                     ("deliver", delivery("carol", b'{"type":"n","p":1}')))
         # Without a secret an ordinary frame passes (the pod warned at start);
-        # the three forged ones did not, and were counted.
+        # the four forged ones did not, and were counted.
         assert (await carol.recv(timeout=10))["p"] == 1
         await carol.nothing_within(0.5)
-    async def three() -> bool:
-        return await dropped(pod, "forged") == 3
-    await eventually(three, 10, "the three forged frames counted")
+    async def four() -> bool:
+        return await dropped(pod, "forged") == 4
+    await eventually(four, 10, "the four forged frames counted")
     assert "WSNODE_CLUSTER_SECRET is not set" in pod.log()
 
 
@@ -98,11 +104,14 @@ async def test_with_a_cluster_secret_unsigned_messages_are_parked(
     async with await Client.open(a.ws_url, a.token("carol")) as carol:
         await forge(cluster, "pod-a",
                     ("deliver", delivery("carol", b'{"type":"n","p":1}')),
+                    ("deliver", broadcast(b'{"type":"n","p":"all"}')),
                     ("control", orjson.dumps({"cmd": "drain", "over": 0})))
-        # A signed message, from a pod that has the secret, still gets through.
+        # Signed messages, from a pod that has the secret, still get through.
         await api(b, "POST", "/v1/send", {"user": "carol", "envelope": {"type": "n",
                                                                         "payload": 2}})
         assert (await carol.recv(timeout=10))["payload"] == 2
+        await api(b, "POST", "/v1/broadcast", {"envelope": {"type": "n", "payload": 3}})
+        assert (await carol.recv(timeout=10))["payload"] == 3
         await carol.nothing_within(0.5)
         status, ready = await asyncio.to_thread(a.api, "GET", "/readyz", None, None)
         assert status == 200 and ready["state"] == "active"  # the forged drain was not obeyed
@@ -113,6 +122,6 @@ async def test_with_a_cluster_secret_unsigned_messages_are_parked(
             channel = await connection.channel()
             queue = await channel.declare_queue(AmqpNames(cluster.prefix).poison_queue,
                                                 passive=True)
-            return queue.declaration_result.message_count >= 2
-    await eventually(parked, 10, "both forged messages parked in the poison queue")
+            return queue.declaration_result.message_count >= 3
+    await eventually(parked, 10, "the forged messages parked in the poison queue")
     assert "not signed with this cluster's secret" in a.log()
