@@ -10,7 +10,8 @@ everywhere at any moment, for ``--seconds``. A publish is delivered when every
 subscriber has received as many frames as there were publishes up to it
 (frames are counted, not decoded). Figures: publishes per second delivered to
 every subscriber (and the deliveries per second that makes), the time from a
-publish's call to its last delivery, the CPU time of each pod. At most once by
+publish's call to its last delivery, the CPU time of each pod (and with
+``--breakdown``, single calls timed by where the subscribers are). At most once by
 design: a publish that misses a subscriber stalls the loop, which then ends
 at ``--timeout`` and reports it. Bounded in time; pods killed by pid.
 """
@@ -36,8 +37,33 @@ TOPIC = "room:bench"
 FIRST_FRAMES = 3  # welcome, the replay's restore, the pod's answer to the subscribe
 
 
+async def api_breakdown(http: aiohttp.ClientSession, pod: Pod, conns: list[Conn],
+                        calls: int = 10) -> dict[str, float]:
+    """Median time of one ``POST /v1/publish`` to ``pod``, one call at a time, for
+    a topic whose subscribers are all on ``pod``, all on the other pod, both,
+    or nobody: what the call itself costs, apart from the loop's queueing."""
+    half = len(conns) // 2
+    for i, c in enumerate(conns):
+        c.send_json({"type": "subscribe", "id": f"b{i}",
+                     "payload": {"topic": f"{TOPIC}-{'a' if i < half else 'b'}"}})
+    await asyncio.sleep(2.0)
+    out: dict[str, float] = {}
+    for name, topic in (("none", f"{TOPIC}-none"), ("local", f"{TOPIC}-a"),
+                        ("remote", f"{TOPIC}-b"), ("both", TOPIC)):
+        took = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            async with http.post(f"{pod.admin_url}/v1/publish", json={
+                    "topic": topic, "envelope": {"type": "bench_probe"}}) as r:
+                await r.read()
+            took.append(time.perf_counter() - started)
+            await asyncio.sleep(0.05)
+        out[f"api_ms_{name}"] = round(statistics.median(took) * 1000, 1)
+    return out
+
+
 async def run(pods: list[Pod], *, subscribers: int, in_flight: int, seconds: float,
-              timeout: float) -> dict[str, object]:
+              timeout: float, breakdown: bool = False) -> dict[str, object]:
     loop = asyncio.get_running_loop()
     # at_least[n]: subscribers that have received n publishes or more
     at_least = [0] * 1024
@@ -114,8 +140,9 @@ async def run(pods: list[Pod], *, subscribers: int, in_flight: int, seconds: flo
         end = time.perf_counter()
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
-    used = [p.cpu_seconds() - c for p, c in zip(pods, cpu, strict=True)]
-    bench_cpu = time.process_time() - bench_cpu
+        used = [p.cpu_seconds() - c for p, c in zip(pods, cpu, strict=True)]
+        bench_cpu = time.process_time() - bench_cpu
+        extra = await api_breakdown(http, pods[0], conns) if breakdown else {}
     for c in conns:
         if c.transport is not None:
             c.transport.close()
@@ -131,14 +158,15 @@ async def run(pods: list[Pod], *, subscribers: int, in_flight: int, seconds: flo
             **percentiles(lat),
             "api_p50_ms": percentiles(api_s)["p50_ms"], "cpu_s_bench": round(bench_cpu, 2),
             "cpu_s_pod_a": round(used[0], 2),
-            "cpu_s_pod_b": round(used[1], 2), "stalled": stalled, "errors": errors[:3]}
+            "cpu_s_pod_b": round(used[1], 2), "stalled": stalled, "errors": errors[:3],
+            **extra}
 
 
 async def one(args: argparse.Namespace) -> dict[str, object]:
     async with asyncio.timeout(args.seconds + 3 * args.timeout + 60), \
             cluster(["bench-a", "bench-b"], WSNODE_API_KEY=API_KEY) as pods:
         return await run(pods, subscribers=args.subscribers, in_flight=args.in_flight,
-                         seconds=args.seconds, timeout=args.timeout)
+                         seconds=args.seconds, timeout=args.timeout, breakdown=args.breakdown)
 
 
 def main() -> None:
@@ -150,6 +178,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=30.0,
                         help="seconds without progress before a run gives up")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--breakdown", action="store_true",
+                        help="after the loop, time single publish calls: subscribers on the "
+                        "called pod, on the other, on both, nowhere")
     args = parser.parse_args()
     rows = []
     for _ in range(args.runs):
