@@ -126,6 +126,7 @@ class Run:
         cpu = end["cpu_s"] - start["cpu_s"]
         row: Row = {
             "bench": "abuse", "phase": name, "tree": self.tree, "seconds": round(wall, 1),
+            "load1": round(os.getloadavg()[0], 2),  # the machine's, at the end of the phase
             "bystander": self.bystander.window(start["at"], end["at"]),
             "pod": {"cpu_s": round(cpu, 2), "cpu_pct": round(100 * cpu / wall),
                     "rss_peak_mib": round(rss_peak / 1024, 1),
