@@ -100,8 +100,11 @@ class Conn(asyncio.Protocol):
                 payload = (bytes(buf[pos + head:pos + head + b1])
                            if self.count % self.sample == 0 else None)
                 self.on_message(self, payload)
-            elif opcode == 0x9 and self.transport is not None:  # ping: answer pong
-                self.transport.write(b"\x8a\x80" + os.urandom(4))
+            elif opcode == 0x9 and self.transport is not None:
+                # A pong repeats its ping's data (RFC 6455 5.5.3): the server takes
+                # no other as an answer, and closes a connection that gives none.
+                data = bytes(buf[pos + head:pos + head + b1])
+                self.transport.write(struct.pack("!BB", 0x8A, 0x80 | len(data)) + _mask(data))
             pos += head + b1
         if pos:
             del buf[:pos]

@@ -79,7 +79,8 @@ class Metrics:
         self.presence_lookups = Counter(
             "wsnode_presence_lookups_total",
             "Users looked up for routing, by result: hit (the presence cache answered) "
-            "or miss (read from the presence store)", ["result"], registry=r)
+            "or miss (read from the presence store, or from a read of the same user "
+            "already in flight)", ["result"], registry=r)
         self.published = Counter(
             "wsnode_published_total", "Deliveries published to other pods", registry=r)
         self.bus_batches_out = Counter(

@@ -13,7 +13,10 @@ moment it may have changed:
   cached and every read goes to Redis; a feed that (re)connects clears the cache
   (announcements may have been missed);
 * entries also expire after ``ttl_s``: a lost announcement costs that long at
-  most, and a dead pod's entries drop out with its lease as they always did.
+  most, and a dead pod's entries drop out with its lease as they always did;
+* concurrent misses for one user share one read (a burst of messages to a user
+  whose entry is missing, a room's senders all writing to one member, costs
+  one Redis read, not one per message).
 
 What a stale entry can cost is what a sender's race with a connect always could:
 a message sent to a pod the user just left is passed on from there to wherever
@@ -24,6 +27,7 @@ write.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -64,6 +68,7 @@ class CachedPresence:
         self._entries: OrderedDict[UserId, tuple[frozenset[PodId], float]] = OrderedDict()
         self._changed_at: dict[UserId, float] = {}
         self._listening = False
+        self._reading: dict[UserId, asyncio.Future[frozenset[PodId]]] = {}
 
     # -- the feed's side ------------------------------------------------------
 
@@ -101,15 +106,51 @@ class CachedPresence:
         self._counted(len(users) - len(missing), len(missing))
         if not missing:
             return out
-        started = now
-        read = await self._reader.pods_of(missing)
-        for user in missing:
-            pods = read.get(user)
+        waiting = [(u, f) for u in missing if (f := self._reading.get(u)) is not None]
+        mine = [u for u in missing if u not in self._reading]
+        if mine:
+            await self._read(mine, out)
+        for user, future in waiting:
+            try:
+                pods = await asyncio.shield(future)  # raises what the shared read raised
+            except asyncio.CancelledError:
+                if not future.cancelled():
+                    raise  # this lookup was cancelled
+                # The lookup that was reading was cancelled, not this one: read.
+                pods = frozenset((await self._reader.pods_of([user])).get(user) or ())
             if pods:
-                out[user] = pods
-            if self._listening and self._changed_at.get(user, -1.0) < started:
-                self._keep(user, frozenset(pods or ()), started)
+                out[user] = set(pods)
         return out
+
+    async def _read(self, users: list[UserId], out: dict[UserId, set[PodId]]) -> None:
+        """Read ``users`` from the store into ``out`` (and the cache), sharing the
+        read with the lookups that miss the same users meanwhile."""
+        loop = asyncio.get_running_loop()
+        futures = {u: loop.create_future() for u in users}
+        self._reading.update(futures)
+        started = self._clock()
+        try:
+            read = await self._reader.pods_of(users)
+        except Exception as exc:
+            for future in futures.values():
+                future.set_exception(exc)
+                future.exception()  # retrieved, whether anyone waits or not
+            raise
+        except BaseException:
+            for future in futures.values():
+                future.cancel()  # its waiters read for themselves
+            raise
+        finally:
+            for user, future in futures.items():
+                if self._reading.get(user) is future:
+                    del self._reading[user]
+        for user in users:
+            pods = frozenset(read.get(user) or ())
+            futures[user].set_result(pods)
+            if pods:
+                out[user] = set(pods)
+            if self._listening and self._changed_at.get(user, -1.0) < started:
+                self._keep(user, pods, started)
 
     async def connections(self, user: UserId) -> list[ConnInfo]:
         return await self._reader.connections(user)

@@ -14,7 +14,7 @@ import pytest
 SCRIPTS = sorted(p.name for p in resources.files("wsnode.lua").iterdir()
                  if p.name.endswith(".lua"))
 # redis.call('CMD', <key>, ...), kcall('CMD', <key>, ...), pcall(redis.call, 'CMD', <key>
-CALL = re.compile(r"(?:redis\.call|kcall|pcall\(redis\.call)\(?,?\s*'([A-Z]+)'\s*,\s*([^,)]+)")
+CALL = re.compile(r"(?:redis\.p?call|kcall|pcall\(redis\.call)\(?,?\s*'([A-Z]+)'\s*,\s*([^,)]+)")
 # ``key``: locals taken from KEYS (checked below); the others: parameters of the
 # helpers kill() and next_due(), which are called with KEYS (checked below).
 FROM_KEYS = re.compile(r"^(KEYS\[[^\]]+\]|key|due|dlq|pending|relayed)$")

@@ -96,3 +96,62 @@ async def test_entries_expire_and_nothing_is_kept_while_deaf() -> None:
     await cache.pods_of([ANN])
     await cache.pods_of([ANN])
     assert store.reads == 5
+
+
+class Gated(Counting):
+    """Reads wait for ``gate``: lookups that miss meanwhile overlap the read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.fail: Exception | None = None
+
+    async def pods_of(self, users):  # type: ignore[no-untyped-def]
+        self.reads += 1
+        await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        return await MemoryPresence.pods_of(self, users)
+
+
+async def gated() -> tuple[Gated, CachedPresence]:
+    store = Gated()
+    await store.join(A)
+    await store.add(A, ANN, ConnId("c1"), 0)
+    cache = CachedPresence(store, ttl_s=10.0, clock=Clock())
+    cache.listening(True)
+    return store, cache
+
+
+async def test_concurrent_misses_for_one_user_share_one_read() -> None:
+    store, cache = await gated()
+    lookups = [asyncio.ensure_future(cache.pods_of([ANN])) for _ in range(50)]
+    await asyncio.sleep(0)
+    store.gate.set()
+    assert await asyncio.gather(*lookups) == [{ANN: {A}}] * 50
+    assert store.reads == 1
+
+
+async def test_a_shared_read_that_fails_fails_every_lookup_waiting_on_it() -> None:
+    store, cache = await gated()
+    store.fail = ConnectionError("store gone")
+    lookups = [asyncio.ensure_future(cache.pods_of([ANN])) for _ in range(3)]
+    await asyncio.sleep(0)
+    store.gate.set()
+    outcomes = await asyncio.gather(*lookups, return_exceptions=True)
+    assert [type(o) for o in outcomes] == [ConnectionError] * 3 and store.reads == 1
+    store.fail = None
+    assert await cache.pods_of([ANN]) == {ANN: {A}}  # nothing failed was kept
+
+
+async def test_when_the_reading_lookup_is_cancelled_the_others_read_themselves() -> None:
+    store, cache = await gated()
+    first = asyncio.ensure_future(cache.pods_of([ANN]))
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(cache.pods_of([ANN]))
+    await asyncio.sleep(0)
+    first.cancel()
+    await asyncio.sleep(0)
+    store.gate.set()
+    assert await second == {ANN: {A}}
+    assert first.cancelled() and store.reads == 2
