@@ -5,6 +5,7 @@ back and interleaved (before, after, before, after) so that the load falls on
 both alike, then::
 
     .venv/bin/python bench/abuse_median.py runs/*.jsonl
+    .venv/bin/python bench/abuse_median.py bench/results/abuse-*.jsonl  # the doc's
 
 Per tree (the commit the pod ran from) and phase, the median over the runs of:
 the bystander's ping p50/p99/max, its failed probes (handshake, ``/healthz``,
@@ -53,15 +54,14 @@ def _cell(values: list[float]) -> str:
 
 def tables(rows: list[Row]) -> str:
     by_tree: dict[str, dict[str, list[Row]]] = defaultdict(lambda: defaultdict(list))
-    runs: dict[str, set[str]] = defaultdict(set)
     for r in rows:
         if not r.get("summary"):
             by_tree[r["tree"]][r["phase"]].append(r)
-            runs[r["tree"]].add(r["_file"])
     out: list[str] = []
     for tree, phases in by_tree.items():
-        out.append(f"pod from {tree}, medians of {len(runs[tree])} runs (range when wider "
-                   "than a tenth)\n")
+        runs = len(phases["baseline"])  # every run starts with one
+        out.append(f"pod from {tree}, medians of {runs} runs (range when wider than a "
+                   "tenth)\n")
         out.append("| phase | " + " | ".join(name for name, _ in COLUMNS) + " |")
         out.append("|---|" + "---:|" * len(COLUMNS))
         for phase, got in phases.items():
@@ -81,7 +81,7 @@ def main() -> None:
     for name in sys.argv[1:]:
         for line in Path(name).read_text().splitlines():
             if line.startswith("{"):
-                rows.append(orjson.loads(line) | {"_file": name})
+                rows.append(orjson.loads(line))
     print(tables(rows))
 
 
