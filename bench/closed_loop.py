@@ -17,7 +17,14 @@ default half of the system's ``closed`` rate measured just before: the p99
 there), ``ack`` (wsnode only: ``requiresAck``, the receivers ack; acked msg/s),
 ``burst`` (``bench/cross_pod.py``'s full load: ``-m`` messages at once).
 ``--pods 4 --spread`` spreads senders and receivers over every pod (targets
-always on another pod than their sender's): the scaling run.
+always on another pod than their sender's): the scaling run. ``--pods 1`` puts
+everyone on one pod: the targets are then local, and no message crosses the bus.
+
+For wsnode each row also has ``load``: Redis commands per delivered message
+(``INFO stats``; with private brokers they are this run's alone), and from the
+pods' ``/metrics`` the deliveries published to other pods and the broker messages
+that carried them (the batch factor), and RabbitMQ's CPU per broker message
+(``bench/counters.py``).
 
 Brokers are private (a redis-server and a one-node RabbitMQ started here, so
 their CPU is this run's alone) unless ``--shared-brokers``.
@@ -42,6 +49,7 @@ import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.counters import per_message, read_all  # noqa: E402
 from bench.loop_client import LoopConfig, Window, run_share  # noqa: E402
 from bench.systems import (  # noqa: E402
     SYSTEMS,
@@ -115,17 +123,24 @@ def measure(args: argparse.Namespace, system: System, mode: str, rate: float = 0
             window = Window(start, start + args.warmup, start + args.warmup + args.seconds,
                             start + args.warmup + args.seconds)
         meter = CpuMeter({**system.cpu_groups(), "client": client_pids})
+
+        def counters() -> dict[str, float] | None:
+            # wsnode only: Redis commands and the pods' bus counters (the peers
+            # have no admin /metrics; their Redis is read by CPU alone).
+            if system.kind != "wsnode":
+                return None
+            return read_all(system.brokers.redis_url, system.admin_ports)
         for p in pipes:
             p.send(window.__dict__)
         _sleep_until(window.measure_from)
-        cpu0, busy0, t0 = meter.read(), machine_busy(), time.time()
+        cpu0, busy0, t0, c0 = meter.read(), machine_busy(), time.time(), counters()
         if mode != "burst":
             _sleep_until(window.measure_to)
-            cpu1, busy1, t1 = meter.read(), machine_busy(), time.time()
+            cpu1, busy1, t1, c1 = meter.read(), machine_busy(), time.time(), counters()
         tallies = [_expect(p, "done", args.seconds + args.warmup + args.lost_after + 120)
                    for p in pipes]
         if mode == "burst":
-            cpu1, busy1 = meter.read(), machine_busy()
+            cpu1, busy1, c1 = meter.read(), machine_busy(), counters()
             t1 = max(t["last_delivery"] for t in tallies) or time.time()
     finally:
         for proc in procs:
@@ -133,7 +148,13 @@ def measure(args: argparse.Namespace, system: System, mode: str, rate: float = 0
             if proc.is_alive():
                 proc.kill()
                 proc.join(5)
-    return _row(args, system, mode, rate, tallies, cpu0, cpu1, busy1 - busy0, t0, t1)
+    row = _row(args, system, mode, rate, tallies, cpu0, cpu1, busy1 - busy0, t0, t1)
+    if c0 is not None and c1 is not None:
+        rabbit = cpu1["rabbitmq"] - cpu0["rabbitmq"] if "rabbitmq" in cpu0 else None
+        row["load"] = per_message(c0, c1, row["in_window"] if mode != "burst"
+                                  else row["delivered"], rabbit)
+        row["load"]["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    return row
 
 
 def _row(args: argparse.Namespace, system: System, mode: str, rate: float,
@@ -172,6 +193,7 @@ def _row(args: argparse.Namespace, system: System, mode: str, rate: float,
         row["seconds"] = args.seconds
     if mode == "rate":
         row["offered_per_s"] = round(rate)
+        row["rate_given"] = bool(args.rates)
     return row
 
 
@@ -204,13 +226,14 @@ def run_system(args: argparse.Namespace, brokers: Brokers, kind: str, out: Path 
         for mode in args.modes:
             if mode == "ack" and kind != "wsnode":
                 continue
-            rate = 0.0
+            offers = [0.0]
             if mode == "rate":
                 closed = [r["msgs_per_s"] for r in rows if r["mode"] == "closed"]
-                rate = args.rate or (closed[-1] / 2 if closed else 2000.0)
-            row = {**measure(args, system, mode, rate), "run": run}
-            emit(row, out)
-            rows.append(row)
+                offers = args.rates or [closed[-1] / 2 if closed else 2000.0]
+            for rate in offers:
+                row = {**measure(args, system, mode, rate), "run": run}
+                emit(row, out)
+                rows.append(row)
     if kind == "wsnode":
         from bench.cluster import _cleanup
         with contextlib.suppress(Exception):
@@ -255,7 +278,10 @@ def summary(rows: list[dict[str, Any]], runs: int) -> dict[str, Any]:
     out: dict[str, Any] = {"bench": "closed_loop", "summary": True, "runs": runs}
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault(f"{r['system']}_{r['mode']}_{r['pods']}pods", []).append(r)
+        # Rates given on the command line are rows of their own; the default
+        # (half the closed rate) varies by run and is one group.
+        offer = f"_{r['offered_per_s']}" if r["mode"] == "rate" and r.get("rate_given") else ""
+        groups.setdefault(f"{r['system']}_{r['mode']}{offer}_{r['pods']}pods", []).append(r)
     for key, group in groups.items():
         out[key] = {
             "msgs_per_s": statistics.median(r["msgs_per_s"] for r in group),
@@ -263,6 +289,10 @@ def summary(rows: list[dict[str, Any]], runs: int) -> dict[str, Any]:
             "cpu_us_per_msg": {k: round(statistics.median(r["cpu_us_per_msg"][k] or 0
                                                           for r in group), 1)
                                for k in group[0]["cpu_us_per_msg"]}}
+        loads = [r["load"] for r in group if "load" in r]
+        if loads:
+            out[key]["load"] = {k: statistics.median(x[k] for x in loads if x[k] is not None)
+                                for k in loads[0] if any(x[k] is not None for x in loads)}
     per_run = [ratios([r for r in rows if r["run"] == n]) for n in range(1, runs + 1)]
     for key in sorted({k for p in per_run for k in p if k not in ("bench", "ratios")}):
         out[key] = round(statistics.median(p[key] for p in per_run if key in p), 2)
@@ -282,8 +312,9 @@ def main() -> None:
     parser.add_argument("--inflight", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=15.0, help="measured window")
     parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--rate", type=float, default=0.0,
-                        help="offered msg/s of the rate mode (default: half the closed rate)")
+    parser.add_argument("--rate", default="",
+                        help="offered msg/s of the rate mode, or several (500,2000: a row "
+                        "each); default: half the closed rate")
     parser.add_argument("-m", "--messages", type=int, default=40_000, help="burst size")
     parser.add_argument("--workers", type=int, default=1, help="load-client processes")
     parser.add_argument("--lost-after", type=float, default=10.0)
@@ -292,6 +323,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also append the JSON lines to this file")
     args = parser.parse_args()
     args.modes = [m for m in args.modes.split(",") if m]
+    args.rates = [float(r) for r in args.rate.split(",") if r]
     args.workdir = workdir()
     systems = [s for s in args.systems.split(",") if s]
     unknown = [s for s in systems if s not in SYSTEMS]

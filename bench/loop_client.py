@@ -209,10 +209,20 @@ class LoopClient:
 
         async def one(user: str, port: int) -> Link:
             async with sem:
-                _, link = await loop.create_connection(
-                    lambda: Link(self, user, port), self.cfg.host, port)
-                await asyncio.wait_for(link.ready, 30)
-                return link
+                # A handshake reset by a server busy with the previous window's
+                # disconnects (seen on a loaded machine, a one-pod run's 1,050
+                # connections at once) is tried again: nothing is measured yet.
+                for attempt in range(3):
+                    try:
+                        _, link = await loop.create_connection(
+                            lambda: Link(self, user, port), self.cfg.host, port)
+                        await asyncio.wait_for(link.ready, 30)
+                        return link
+                    except ConnectionResetError:
+                        if attempt == 2:
+                            raise
+                        await asyncio.sleep(0.5 * (attempt + 1))
+                raise AssertionError("unreachable")
 
         self.receivers = list(await asyncio.gather(
             *(one(f"r{w}.{j}", p) for j, p in enumerate(self.cfg.receivers))))

@@ -38,6 +38,7 @@ SYSTEMS = ("wsnode", "socketio", "pysocketio")
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 SHARED_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 _LISTENING = re.compile(rb"(?:listening |serving ws://[^ ]+:)(\d+)")
+_ADMIN = re.compile(rb"\(admin :(\d+)")  # wsnode's line: "serving ws://h:p/ws (admin :N, ...)"
 
 
 class Unavailable(RuntimeError):
@@ -45,7 +46,8 @@ class Unavailable(RuntimeError):
 
 
 class Proc:
-    """One server process, its output in ``log``; ``port`` read from its log line."""
+    """One server process, its output in ``log``; ``port`` (and a wsnode pod's
+    ``admin_port``) read from its log line."""
 
     def __init__(self, name: str, cmd: list[str], env: dict[str, str], log: Path) -> None:
         self.name, self.log = name, log
@@ -53,7 +55,7 @@ class Proc:
         with log.open("ab") as out:
             self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True, cwd=ROOT)
-        self.port = 0
+        self.port = self.admin_port = 0
 
     @property
     def pid(self) -> int:
@@ -67,9 +69,12 @@ class Proc:
                                   + self.log.read_text(errors="replace")[-600:])
             with self.log.open("rb") as f:
                 f.seek(self.offset)
-                found = _LISTENING.search(f.read())
+                text = f.read()
+            found = _LISTENING.search(text)
             if found:
                 self.port = int(found.group(1))
+                admin = _ADMIN.search(text)
+                self.admin_port = int(admin.group(1)) if admin else 0
                 return self.port
             time.sleep(0.05)
         raise Unavailable(f"{self.name} did not listen within {timeout:.0f}s")
@@ -182,6 +187,11 @@ class System:
                        # store through the chat app must not throttle ACK runs.
                        WSNODE_RELAYED_MAX_PENDING="1000000", WSNODE_RELAYED_BUDGET="1000000")
             env.update(settings)
+            # WSNODE_BENCH_POD_<NAME>=value: a pod setting for an A/B run, as in
+            # bench/cluster.py (e.g. WSNODE_BENCH_POD_RATE_LIMIT=1000000/10s: the
+            # limiter on, never refusing).
+            env.update({f"WSNODE_{k[len('WSNODE_BENCH_POD_'):]}": v
+                        for k, v in os.environ.items() if k.startswith("WSNODE_BENCH_POD_")})
         return env
 
     def wait_ready(self) -> list[int]:
@@ -190,6 +200,11 @@ class System:
     @property
     def ports(self) -> list[int]:
         return [p.port for p in self.procs]
+
+    @property
+    def admin_ports(self) -> list[int]:
+        """wsnode pods' admin ports (``/metrics``); empty for the peers."""
+        return [p.admin_port for p in self.procs if p.admin_port]
 
     def cpu_groups(self) -> dict[str, list[int]]:
         groups = {p.name: [p.pid] for p in self.procs}
