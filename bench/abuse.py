@@ -126,6 +126,8 @@ class Run:
         cpu = end["cpu_s"] - start["cpu_s"]
         row: Row = {
             "bench": "abuse", "phase": name, "tree": self.tree, "seconds": round(wall, 1),
+            "load1": round(os.getloadavg()[0], 2),  # the machine's, at the end of the phase
+            "window": [round(start["at"], 3), round(end["at"], 3)],  # time.monotonic()
             "bystander": self.bystander.window(start["at"], end["at"]),
             "pod": {"cpu_s": round(cpu, 2), "cpu_pct": round(100 * cpu / wall),
                     "rss_peak_mib": round(rss_peak / 1024, 1),
@@ -300,6 +302,11 @@ def _env(prefix: str, args: argparse.Namespace, secret: str, api_key: str) -> di
                WSNODE_AMQP_URL=AMQP_URL, WSNODE_KEY_PREFIX=prefix, WSNODE_JWT_SECRET=secret,
                WSNODE_API_KEY=api_key, WSNODE_CLUSTER_SECRET=secrets.token_hex(32),
                WSNODE_RATE_LIMIT=args.rate_limit)
+    for item in args.pod_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("WSNODE_"):
+            raise SystemExit(f"--pod-env {item!r}: expected WSNODE_NAME=VALUE")
+        env[name] = value
     return env
 
 
@@ -359,6 +366,8 @@ async def run(args: argparse.Namespace) -> tuple[list[Row], Row]:
                 await bench.phase(name, act, before, after)
         summary = bench.summary()
         print(orjson.dumps(summary).decode(), flush=True)
+        if args.samples:
+            Path(args.samples).write_bytes(b"".join(orjson.dumps(s) + b"\n" for s in by.samples))
         return bench.rows, summary
     finally:
         for task in tasks:
@@ -397,6 +406,12 @@ def main() -> None:
                         help="the pod's descriptor limit (soft and hard)")
     parser.add_argument("--keep-log", action="store_true",
                         help="keep the pod's log (in $WSNODE_BENCH_LOGS or /tmp/wsnode-bench)")
+    parser.add_argument("--pod-env", action="append", default=[], metavar="WSNODE_NAME=VALUE",
+                        help="a setting of the pod (repeatable), e.g. to see what a limit "
+                        "changes")
+    parser.add_argument("--samples", metavar="PATH",
+                        help="write the bystander's samples there (JSON lines, each stamped "
+                        "with time.monotonic(): to line up with a profile of the pod)")
     parser.add_argument("--bystander", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bystander:

@@ -44,6 +44,8 @@ def main() -> None:
         ["cross_pod.py", "--ack", "-m", "20000", "--runs", runs],
         ["connections.py", "--runs", runs],
         ["presence_churn.py", "--runs", runs],
+        ["broadcast.py", "--runs", runs],
+        ["topics.py", "--runs", runs],
         ["swarm.py"],
         ["abuse.py", "--json"],
         *peers,

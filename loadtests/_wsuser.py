@@ -108,8 +108,11 @@ class Ledger:
 
     def refused(self, mid: str) -> None:
         """The pod answered ``mid`` with an error frame: that error is the failure,
-        the message will not arrive and is not counted lost as well."""
+        the message will not arrive and is not counted lost as well (nor are its
+        copies to several receivers, expected as ``<mid>/<user>``)."""
         self.expected.pop(mid, None)
+        for key in [k for k in self.expected if k.startswith(f"{mid}/")]:
+            del self.expected[key]
 
     def forget_user(self, user: str, *, keep_acked: bool = False) -> None:
         """The receiver left: what it did not get yet is not a loss. On a
@@ -193,11 +196,19 @@ class WsnodeUser(User):
         for frame in replayed:
             self.on_frame(frame)
         self._reader = gevent.spawn(self._read, ws)
+        self.on_connected()
         return True
+
+    def on_connected(self) -> None:
+        """A connection is up (its replay read): subclasses set it up."""
+
+    def on_lost(self) -> None:
+        """The connection ended (closed by us, or under us): subclasses forget it."""
 
     def disconnect(self) -> None:
         ONLINE.pop(self.user_id, None)
         LEDGER.forget_user(self.user_id)
+        self.on_lost()
         ws, self.ws = self.ws, None
         if self._reader is not None:
             self._reader.kill(block=False)
@@ -223,6 +234,7 @@ class WsnodeUser(User):
             ONLINE.pop(self.user_id, None)
             # At-most-once messages in flight may be lost legitimately meanwhile.
             LEDGER.forget_user(self.user_id, keep_acked=True)
+            self.on_lost()
             self.ws = None
             gevent.spawn(self._reconnect)
 

@@ -1,6 +1,6 @@
 """The wsnode swarm: ``locust -f loadtests/ --host ws://127.0.0.1:8765``.
 
-Three scenarios (Locust user classes; pick some by name on the command line,
+Four scenarios (Locust user classes; pick some by name on the command line,
 e.g. ``locust -f loadtests/ ChatUser``, or run the default mix by weight):
 
 * ``ChatUser`` (weight 6): sends ``chat_message`` to a random other online
@@ -15,6 +15,15 @@ e.g. ``locust -f loadtests/ ChatUser``, or run the default mix by weight):
   ``WSNODE_LOAD_ADMIN``, default: each ``--host`` with its port + 1000, key
   ``WSNODE_API_KEY``), acks them, and reports ``WS notification delivery`` and
   ``WS notification ack`` (push to ack sent).
+* ``RoomUser`` (weight 1): joins a room with the chat example's ``join`` frame
+  (``WS join``: join to its ack); rooms fill up in turn, ``WSNODE_LOAD_ROOM_SIZE``
+  users each (default 10, so a post's fan-out stays the same however many
+  users run), named ``lt-<run>-room<k>``. It posts ``room_message`` to its room
+  every ``WSNODE_LOAD_ROOM_WAIT`` seconds (default ``2,4``). The pod publishes
+  each to the room's topic, at most once; every member of the room in this
+  process (the sender too) must get it: ``WS room_message delivery`` per
+  member, a failure when one does not arrive. A reconnected user joins again
+  (a pod forgets a connection's subscriptions when it closes).
 * ``ChurnUser`` (weight 1): connects, waits for its replay, stays 1-5 s,
   disconnects, again; ``WS connect`` times each connect.
 
@@ -30,16 +39,18 @@ kept a day by the pods) is deleted when Locust quits, if ``WSNODE_REDIS_URL``
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import time
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import _cleanup  # noqa: F401 (registers its listener: Redis cleanup on quit)
 import _progress  # noqa: F401 (registers its listeners: live state for wsctl swarm)
 import gevent
-from _wsuser import LEDGER, ONLINE, WsnodeUser, hosts_of, new_id
-from locust import between, task
+from _wsuser import LEDGER, ONLINE, RUN, WsnodeUser, hosts_of, new_id
+from locust import between, events, task
 from locust.contrib.fasthttp import FastHttpSession
 
 
@@ -110,6 +121,61 @@ class NotificationUser(WsnodeUser):
                               headers={"Authorization": f"Bearer {self.api_key}"})
         if resp.status_code != 200:  # that failure is counted; the message is not coming
             LEDGER.refused(mid)
+
+
+ROOMS: dict[str, set[str]] = {}  # room -> users whose join was acked, this process
+ROOM_SIZE = max(1, int(os.environ.get("WSNODE_LOAD_ROOM_SIZE", "10")))
+_seats = itertools.count()  # the n-th RoomUser of this process sits in room n // ROOM_SIZE
+
+
+class RoomUser(WsnodeUser):
+    weight = 1
+    wait_time = between(*_wait("WSNODE_LOAD_ROOM_WAIT", "2,4"))
+
+    def __init__(self, environment: Any) -> None:
+        super().__init__(environment)
+        self.room = f"lt-{RUN}-room{next(_seats) // ROOM_SIZE}"
+        self.joining: tuple[str, float] | None = None  # (frame id, sent at)
+
+    def on_connected(self) -> None:
+        jid = new_id()
+        self.joining = (jid, time.perf_counter())
+        self.send_frame({"type": "join", "id": jid, "requiresAck": True,
+                         "payload": {"room": self.room}})
+
+    def on_lost(self) -> None:
+        ROOMS.get(self.room, set()).discard(self.user_id)
+        self.joining = None
+
+    @task
+    def post(self) -> None:
+        members = ROOMS.get(self.room, set())
+        if self.ws is None or self.user_id not in members:
+            return
+        mid = new_id()
+        for member in members:
+            LEDGER.expect(f"{mid}/{member}", member, "room_message delivery")
+        self.send_frame({"type": "room_message", "id": mid,
+                         "payload": {"room": self.room, "mid": mid, "ts": time.time()}})
+
+    def on_frame(self, frame: dict[str, Any]) -> None:
+        typ = frame.get("type")
+        payload = frame.get("payload")
+        body = payload if isinstance(payload, dict) else {}
+        if typ == "room_message":
+            ts = body.get("ts")
+            if LEDGER.arrived(f"{body.get('mid')}/{self.user_id}") and isinstance(ts, float):
+                events.request.fire(request_type="WS", name="room_message delivery",
+                                    response_time=(time.time() - ts) * 1000,
+                                    response_length=0, exception=None)
+        elif typ == "ack" and self.joining is not None and body.get("id") == self.joining[0]:
+            events.request.fire(request_type="WS", name="join",
+                                response_time=(time.perf_counter() - self.joining[1]) * 1000,
+                                response_length=0, exception=None)
+            self.joining = None
+            ROOMS.setdefault(self.room, set()).add(self.user_id)
+        else:
+            super().on_frame(frame)
 
 
 class ChurnUser(WsnodeUser):

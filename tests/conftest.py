@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.pods import PodProcess
+from tests.support.rabbit_cluster import RabbitCluster
+from tests.support.rabbit_cluster import start_or_skip as start_rabbit_or_skip
 from tests.support.redis_cluster import RedisClusterServers, SentinelServers, start_or_skip
 
 PodFactory = Callable[..., PodProcess]
@@ -39,6 +41,18 @@ def pod(pod_factory: PodFactory) -> PodProcess:
     return pod_factory("pod-a", env={"WSNODE_ACK_RETRY_INTERVAL": "300ms",
                                      "WSNODE_ACK_MAX_ATTEMPTS": "3"},
                        args=["--app", "wsnode.examples.chat"])
+
+
+@pytest.fixture(scope="session")
+def rabbit_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]:
+    """A private 3-node RabbitMQ cluster for the session (its start takes ~20 s).
+    Tests that stop a node leave it to the next user of the cluster to restart
+    it (``rabbit_cluster_up``)."""
+    cluster = start_rabbit_or_skip(tmp_path_factory.mktemp("rabbit"))
+    try:
+        yield cluster
+    finally:
+        cluster.close()
 
 
 @pytest.fixture(scope="session")

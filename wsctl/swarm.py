@@ -237,6 +237,7 @@ def read_progress(path: Path) -> Progress | None:
 # -- what the failures mean ------------------------------------------------------
 
 _NO_HANDLER = re.compile(r"type '([^']+)' has no handler")
+_CHAT_TYPES = ("chat_message", "join", "room_message")  # the chat example's frames
 
 
 def hints(failures: list[Failure]) -> list[str]:
@@ -244,8 +245,8 @@ def hints(failures: list[Failure]) -> list[str]:
     out: list[str] = []
     for f in failures:
         found = _NO_HANDLER.search(f.reason)
-        if found and found.group(1) == "chat_message":
-            hint = ("the pods have no handler for 'chat_message': start them with "
+        if found and found.group(1) in _CHAT_TYPES:
+            hint = (f"the pods have no handler for '{found.group(1)}': start them with "
                     "--app wsnode.examples.chat, the app the swarm chats through "
                     "(`make run` and `make cluster` load it)")
         elif found:

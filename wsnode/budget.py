@@ -49,6 +49,12 @@ class TokenBucket:
             return 0.0
         return (amount - self.tokens) / self._per_s
 
+    def full(self, now: float) -> bool:
+        """True when the bucket has refilled to its burst (forgetting it then
+        changes nothing)."""
+        self._refill(now)
+        return self.tokens >= self.capacity
+
     def give(self, amount: float) -> None:
         """Give back tokens taken for something that turned out to be paid for."""
         self.tokens = min(self.capacity, self.tokens + amount)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import importlib
 import logging
 import signal
@@ -144,6 +145,14 @@ async def _run(node: Node) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     async with node:
+        # What the pod allocated to start (modules, settings, backends: a few
+        # hundred thousand objects) lives as long as the process: out of the
+        # collector's sight, a full collection under load walks only what
+        # connections and messages allocate, instead of stalling every
+        # connection for tens of milliseconds.
+        gc.freeze()
+        log.info("%d objects of the start frozen: full garbage collections skip them",
+                 gc.get_freeze_count())
         # A signal, or a drain that asked the pod to exit when done.
         waiters = [loop.create_task(stop.wait()), loop.create_task(node.exit_requested.wait())]
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)

@@ -117,10 +117,10 @@ class Gateway:
             return response
         refused = self.admission.admit(ws, identity.user)
         if refused is not None:
-            status, reason = refused
             # Once a minute per kind: a flood of refused handshakes is no log flood.
-            self._throttle.warn(str(status), "handshakes refused (%d): %s", status, reason)
-            return self._refuse(ws, status, reason, RETRY_AFTER_FULL_S if status == 503 else None)
+            self._throttle.warn(refused.limit, "handshakes refused (%d): %s",
+                                refused.status, refused.reason)
+            return self._refuse(ws, refused.status, refused.reason, refused.retry_after)
         ws.wsnode_identity = identity  # type: ignore[attr-defined]
         return None
 

@@ -29,6 +29,9 @@ class Metrics:
         self.handshakes_refused = Counter(
             "wsnode_handshakes_refused_total", "Handshakes refused before the upgrade",
             ["status"], registry=r)
+        self.handshakes_deferred = Counter(
+            "wsnode_handshakes_deferred_total", "Handshakes that waited, unread, for a later "
+            "event-loop iteration (HANDSHAKES_PER_ITERATION)", registry=r)
         self.messages_in = Counter(
             "wsnode_messages_in_total", "Client frames received, by type", ["type"], registry=r)
         self.messages_out = Counter(

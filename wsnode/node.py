@@ -54,6 +54,7 @@ from wsnode.gateway import ConnHooks, Gateway
 from wsnode.hub import Conn, Hub
 from wsnode.ids import MsgId, PodId, UserId
 from wsnode.inbound import Inbound
+from wsnode.intake import Intake
 from wsnode.metrics import Metrics
 from wsnode.presence import PodState, Presence
 from wsnode.presence_cache import CachedPresence
@@ -133,7 +134,9 @@ class Node:
                             trace=self._trace_ack)
         # A SettingsError when MAX_CONNECTIONS cannot hold under the descriptor limit.
         self.admission = Admission(connection_limits(
-            s.max_connections, s.max_connections_per_user, fd_limit()))
+            s.max_connections, s.max_connections_per_user, fd_limit(), s.handshake_rate))
+        self.intake = Intake(self.admission.limits.max_transports, s.handshakes_per_iteration,
+                             self.metrics.handshakes_deferred.inc)
         self.gateway = Gateway(
             s, auth=Authenticator(s, insecure=insecure), hub=self.hub,
             hooks=ConnHooks(self._accepting, self._opened, self._closed),
@@ -320,7 +323,7 @@ class Node:
             ping_timeout=s.ping_timeout or None,
             close_timeout=min(5.0, s.drain_timeout),
             server_header="wsnode",
-            create_connection=self.admission.connection_class(),
+            create_connection=self.intake.connection_class(),
         )
         loops = self.loops
         loops.every("bus", self._bus_step, 1.0)

@@ -191,6 +191,12 @@ class NodeSettings(BaseSettings):
     # Connections per user on this pod (handshakes in progress included): past it
     # a handshake gets 429. 0 turns it off.
     max_connections_per_user: int = Field(64, ge=0, le=1_000_000)
+    # Handshakes admitted per user on this pod (burst COUNT): past it 429 with
+    # Retry-After. Each one costs a welcome, a replay and presence writes.
+    handshake_rate: OptRate = Rate(10, 10.0)
+    # Handshakes started per event-loop iteration; the others wait, unread, for
+    # the next (wsnode.intake). 0 turns it off.
+    handshakes_per_iteration: int = Field(16, ge=0, le=100_000)
     # Users in one send_to_users (POST /v1/send "users", wsctl send U1 U2...):
     # past it the send is refused, whole.
     max_users_per_send: int = Field(1000, ge=1, le=100_000)

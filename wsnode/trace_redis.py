@@ -5,11 +5,15 @@ One list per (user, message id) (``keys.RedisKeys.trace``), capped and
 expiring, and per id the set of users that have one (``trace_users``).
 ``record`` only appends to a buffer and wakes the flusher (the pod's
 supervised ``trace`` loop), which waits ``FLUSH_S`` to gather more and writes
-the buffer as one pipeline: tracing adds no round trip to a send. The trails
-of an id live in its trail bucket (one hash slot of ``keys.BUCKETS``), so the
+the buffer in pipelines: tracing adds no round trip to a send. The trails
+of an id live in its trail bucket (one hash slot of ``keys.BUCKETS``), so a
 pipeline holds one ``lua/trail.lua`` call per bucket (at most ``_PER_CALL``
 trails each) rather than five commands per trail: on the ACK path, where
 every message has a trail on two pods, that was half the pod's Redis commands.
+A large buffer (a burst of sends, replays at connect) goes out in pipelines of
+at most ``_PER_PIPELINE`` trails, one after the other: building the commands of
+thousands of trails at once would hold the event loop for tens of
+milliseconds, and every connection of the pod with it.
 A batch the store cannot take is dropped (the loop reports the outage); a
 trail key that cannot be written (corrupt) is skipped and logged.
 """
@@ -39,6 +43,8 @@ _MAX_BUFFERED = 100_000
 _MAX_USERS = 100  # trails of one id listed at once, without a user
 # Trails per script call: a call blocks Redis while it runs (~5 writes per trail).
 _PER_CALL = 200
+# Trails per pipeline: what the pod builds (and Redis answers) in one go.
+_PER_PIPELINE = 100
 
 
 _Call = tuple[list[str], list[Any], list[tuple[UserId, MsgId]]]
@@ -92,8 +98,15 @@ class RedisTracer:
             return
         await asyncio.sleep(FLUSH_S)  # gather what else this send or burst records
         batch, self._buffer = self._buffer, {}
-        calls = _calls(self._k, batch, self.ttl_ms)
+        items = list(batch.items())
+        for at in range(0, len(items), _PER_PIPELINE):
+            chunk = dict(items[at:at + _PER_PIPELINE])
+            if not await self._write(_calls(self._k, chunk, self.ttl_ms)):
+                return
 
+    async def _write(self, calls: list[_Call]) -> bool:
+        """One pipeline of trail calls; False when the store did not take it
+        (what is left of the batch is dropped with it)."""
         def build(pipe: Any) -> None:
             for keys, args, _trails in calls:
                 queue_script(pipe, self._script, keys, args)
@@ -105,12 +118,13 @@ class RedisTracer:
             raise  # Redis refuses writes (READONLY, OOM...): the loop says so
         except WsnodeError as exc:
             self._throttle.warn("write", "message trails were not written: %s", exc)
-            return
+            return False
         for (_keys, _args, trails), reply in zip(calls, replies, strict=True):
             for index in reply:  # trails the script skipped: a key of another type
                 user, msg_id = trails[int(index) - 1]
                 self._throttle.warn("write", "the trail of message %s of user %r was not "
                                     "written: its key holds another type", msg_id, user)
+        return True
 
     async def trail(self, msg_id: MsgId, user: UserId | None = None) -> list[dict[str, Any]]:
         with translated("trace"):

@@ -145,6 +145,28 @@ export declare class WsnodeClient {
   restore(options?: { since?: number | null; timeoutMs?: number | null }): Promise<number>;
   /** Application ping; resolves to the round trip in ms. */
   ping(options?: { timeoutMs?: number | null }): Promise<number>;
+  /** Topics subscribed to on every connection, oldest first. */
+  readonly topics: string[];
+  /**
+   * Subscribe to a topic now and after every reconnect; resolves once the pod confirmed it.
+   * Rejects with ServerError (`forbidden`, `bad_envelope`, `quota_exceeded`: then it is no longer wanted)
+   * or AckTimeout (it stays wanted).
+   */
+  subscribe(topic: string, options?: { timeoutMs?: number | null }): Promise<void>;
+  /** Stop subscribing; resolves once the current connection left it (at once while disconnected). */
+  unsubscribe(topic: string, options?: { timeoutMs?: number | null }): Promise<void>;
+}
+
+/** The topics a client wants on every connection, oldest first. */
+export declare class Subscriptions {
+  constructor();
+  readonly topics: string[];
+  readonly length: number;
+  /** True when newly wanted; throws TypeError unless a non-empty string. */
+  add(topic: string): boolean;
+  /** True when it was wanted. */
+  remove(topic: string): boolean;
+  has(topic: string): boolean;
 }
 
 export declare class DedupWindow {

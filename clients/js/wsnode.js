@@ -14,6 +14,7 @@
 //   client.on('state', (change) => console.log(change.state, change.reason));
 //   await client.connect();
 //   await client.send('chat_message', { to: 'bob', text: 'hi' });  // waits for the ack
+//   await client.subscribe('room:lobby');  // again after every reconnect, until unsubscribe()
 //
 // Node.js 20 has no global WebSocket: pass one (`WebSocket: (await import('ws')).WebSocket`).
 
@@ -160,6 +161,42 @@ export class DedupWindow {
   }
 }
 
+/** The topics a client wants on every connection, in the order first asked. A
+ * pod forgets a connection's subscriptions when it ends, so the client subscribes
+ * to each wanted topic again after every welcome. */
+export class Subscriptions {
+  constructor() {
+    this._topics = new Set(); // insertion order is the order to re-send
+  }
+
+  /** Want `topic`; true when it was not wanted yet (a frame is due). Throws
+   * TypeError unless it is a non-empty string (the rest is the server's rule). */
+  add(topic) {
+    if (typeof topic !== 'string' || topic === '') throw new TypeError('a topic is a non-empty string');
+    if (this._topics.has(topic)) return false;
+    this._topics.add(topic);
+    return true;
+  }
+
+  /** Stop wanting `topic`; true when it was wanted. */
+  remove(topic) {
+    return this._topics.delete(topic);
+  }
+
+  has(topic) {
+    return this._topics.has(topic);
+  }
+
+  /** Every wanted topic, oldest first: what a new connection subscribes to. */
+  get topics() {
+    return [...this._topics];
+  }
+
+  get length() {
+    return this._topics.size;
+  }
+}
+
 /** Exponential backoff with full jitter: uniform(0, min(maxMs, baseMs * 2^attempt)).
  * Throws RangeError unless 0 < baseMs <= maxMs. */
 export function backoffDelay(attempt, { baseMs = 200, maxMs = 10000 } = {}, rng = Math.random) {
@@ -228,6 +265,137 @@ function finalStatus(status) {
   return status >= 400 && status < 500 && status !== 408 && status !== 429;
 }
 
+// -- topics -----------------------------------------------------------------------
+
+const SUBSCRIBE = 'subscribe';
+const UNSUBSCRIBE = 'unsubscribe';
+const RETRY_CODES = new Set(['rate_limited', 'internal']);
+const DEFAULT_RETRY_MS = 1000; // when an error frame gives no retryAfterMs
+
+/**
+ * A client's subscriptions across its connections. Each subscribe/unsubscribe
+ * frame carries an id; the pod answers with a frame of the same type and id, or
+ * an `error` naming the id: `rate_limited`/`internal` are written again after
+ * `retryAfterMs` (1 s without one) while the wish holds; any other code
+ * (`forbidden`, `bad_envelope`, `quota_exceeded`) refuses it, and a refused
+ * topic is no longer wanted. The caller gets the error; a refused re-subscription after a
+ * reconnect goes to 'error' listeners.
+ */
+class TopicLink {
+  constructor({ connected, write, report }) {
+    this.wanted = new Subscriptions();
+    this._connected = connected;
+    this._write = write;
+    this._report = report;
+    this._seq = 0;
+    this._frames = new Map(); // id -> {op, topic}, this connection
+    this._confirmed = new Set(); // acked on this connection
+    this._waiters = new Map(); // `${op} ${topic}` -> Set of {resolve, reject}
+    this._retries = new Set();
+  }
+
+  async subscribe(topic, waitMs) {
+    const isNew = this.wanted.add(topic);
+    if (!isNew && this._confirmed.has(topic)) return;
+    const done = this._wait(SUBSCRIBE, topic, waitMs);
+    if (isNew) this._send(SUBSCRIBE, topic);
+    await done;
+  }
+
+  async unsubscribe(topic, waitMs) {
+    this.wanted.remove(topic);
+    this._confirmed.delete(topic);
+    this._settle(SUBSCRIBE, topic, new WsnodeError(`unsubscribed from ${JSON.stringify(topic)} meanwhile`));
+    if (!this._connected()) return;
+    const done = this._wait(UNSUBSCRIBE, topic, waitMs);
+    this._send(UNSUBSCRIBE, topic);
+    await done;
+  }
+
+  onWelcome() {
+    for (const topic of this.wanted.topics) this._send(SUBSCRIBE, topic);
+  }
+
+  onLost() {
+    this._frames.clear();
+    this._confirmed.clear();
+    for (const timer of this._retries) clearTimeout(timer);
+    this._retries.clear();
+    for (const key of [...this._waiters.keys()]) {
+      if (key.startsWith(`${UNSUBSCRIBE} `)) this._settleKey(key, null);
+    }
+  }
+
+  /** The pod's answer (`error` null) or error frame naming `id`; false when not about a frame of ours. */
+  onAnswer(id, error) {
+    const entry = id ? this._frames.get(id) : undefined;
+    if (!entry) return false;
+    this._frames.delete(id);
+    const { op, topic } = entry;
+    const wanted = this.wanted.has(topic) === (op === SUBSCRIBE); // the wish still holds
+    if (!error) {
+      if (op === SUBSCRIBE && wanted) this._confirmed.add(topic);
+      this._settle(op, topic, null);
+    } else if (RETRY_CODES.has(error.code)) {
+      if (wanted) {
+        const delay = error instanceof RateLimited && error.retryAfterMs > 0 ? error.retryAfterMs : DEFAULT_RETRY_MS;
+        const timer = setTimeout(() => {
+          this._retries.delete(timer);
+          if (this.wanted.has(topic) === (op === SUBSCRIBE)) this._send(op, topic);
+        }, delay);
+        this._retries.add(timer);
+      }
+    } else {
+      if (op === SUBSCRIBE && wanted) this.wanted.remove(topic);
+      if (!this._settle(op, topic, error)) this._report(error);
+    }
+    return true;
+  }
+
+  fail(error) {
+    this.onLost();
+    for (const key of [...this._waiters.keys()]) this._settleKey(key, error);
+  }
+
+  _send(op, topic) {
+    if (!this._connected()) return; // subscribe: the next welcome sends it; unsubscribe: nothing to undo
+    this._seq += 1;
+    const id = `${op.slice(0, 5)}-${this._seq}`;
+    this._frames.set(id, { op, topic });
+    this._write({ type: op, id, payload: { topic } });
+  }
+
+  _wait(op, topic, waitMs) {
+    const key = `${op} ${topic}`;
+    return new Promise((resolve, reject) => {
+      const waiter = {};
+      const timer = setTimeout(() => {
+        this._waiters.get(key)?.delete(waiter);
+        reject(new AckTimeout(key, waitMs));
+      }, waitMs);
+      waiter.resolve = () => { clearTimeout(timer); resolve(); };
+      waiter.reject = (err) => { clearTimeout(timer); reject(err); };
+      if (!this._waiters.has(key)) this._waiters.set(key, new Set());
+      this._waiters.get(key).add(waiter);
+    });
+  }
+
+  _settle(op, topic, error) {
+    return this._settleKey(`${op} ${topic}`, error);
+  }
+
+  _settleKey(key, error) {
+    const waiters = this._waiters.get(key);
+    this._waiters.delete(key);
+    if (!waiters || waiters.size === 0) return false;
+    for (const waiter of waiters) {
+      if (error) waiter.reject(error);
+      else waiter.resolve();
+    }
+    return true;
+  }
+}
+
 // -- the client -------------------------------------------------------------------
 
 /**
@@ -293,6 +461,11 @@ export class WsnodeClient {
     this._fatal = null;
     this._closing = false;
     this._wake = null; // ends a backoff sleep early (close)
+    this._topicLink = new TopicLink({
+      connected: () => this._isOpen(),
+      write: (frame) => this._write(frame),
+      report: (error) => this._emit('error', error),
+    });
   }
 
   // -- events ----------------------------------------------------------------------
@@ -368,6 +541,7 @@ export class WsnodeClient {
     this._pings.clear();
     for (const waiter of this._readyWaiters) waiter.reject(final);
     this._readyWaiters.clear();
+    this._topicLink.fail(final);
     this._first?.reject(final);
     this._inbox = [];
     this._setState(State.CLOSED, { reason: error ? error.message : 'closed by the app' });
@@ -507,6 +681,40 @@ export class WsnodeClient {
       this._write({ type: 'ping', payload: { ping: token } });
     }, () => this._pings.delete(token));
     return Date.now() - started;
+  }
+
+  // -- topics ------------------------------------------------------------------------
+
+  /** The topics this client subscribes to on every connection, oldest first. */
+  get topics() {
+    return this._topicLink.wanted.topics;
+  }
+
+  /**
+   * Subscribe to `topic` now and again on every new connection (a pod forgets a
+   * connection's subscriptions when it ends); resolves once the pod confirmed it
+   * (at once if it already had). Rejects with ServerError when the pod refuses
+   * (`forbidden`: the app does not allow it; `bad_envelope`: a bad name;
+   * `quota_exceeded`: as many topics as a pod allows), and the topic is then no
+   * longer wanted; with AckTimeout after
+   * `timeoutMs` (the topic stays wanted). A later refusal, when subscribing again
+   * after a reconnect, goes to 'error' listeners and drops the topic.
+   */
+  async subscribe(topic, { timeoutMs = null } = {}) {
+    this._checkOpen();
+    await this._topicLink.subscribe(topic, timeoutMs ?? this._ackTimeoutMs);
+  }
+
+  /** Stop subscribing to `topic`; resolves once the current connection left it
+   * (at once while disconnected). Rejects as subscribe() does. */
+  async unsubscribe(topic, { timeoutMs = null } = {}) {
+    this._checkOpen();
+    await this._topicLink.unsubscribe(topic, timeoutMs ?? this._ackTimeoutMs);
+  }
+
+  _checkOpen() {
+    if (this._closing) throw this._fatal ?? new ClientClosed('client closed');
+    if (!this._supervisor) throw new WsnodeError('not connected: call connect() first');
   }
 
   _request(wait, start, cleanup) {
@@ -799,7 +1007,10 @@ export class WsnodeClient {
         ws.onmessage = ws.onclose = null;
         ws.onerror = () => {};
         if (this._socket === ws) this._socket = null;
-        if (this._ws === ws) this._ws = null;
+        if (this._ws === ws) {
+          this._ws = null;
+          this._topicLink.onLost();
+        }
         this._welcomed = false;
         resolve({ ...connectionEnding(event?.code ?? null, event?.reason ?? '', hint), connected });
       };
@@ -816,6 +1027,7 @@ export class WsnodeClient {
     this._unsentAcks.clear();
     for (const id of unsent) this._sendAck(id);
     for (const pending of this._pending.values()) this._transmit(pending);
+    this._topicLink.onWelcome();
   }
 
   _onFrame(frame) {
@@ -827,6 +1039,7 @@ export class WsnodeClient {
       }
       case 'error': {
         const error = ServerError.fromFrame(frame);
+        if (this._topicLink.onAnswer(error.id, error)) break;
         const pending = error.id ? this._pending.get(error.id) : undefined;
         if (pending) pending.reject(error);
         else this._emit('error', error);
@@ -841,6 +1054,10 @@ export class WsnodeClient {
         this._restores.shift()?.resolve(Number.isInteger(field(frame, 'replayed')) ? field(frame, 'replayed') : 0);
         break;
       }
+      case 'subscribe':
+      case 'unsubscribe': // the pod did it
+        this._topicLink.onAnswer(typeof frame.id === 'string' ? frame.id : null, null);
+        break;
       case 'welcome':
         break;
       default:

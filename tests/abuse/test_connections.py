@@ -73,6 +73,25 @@ async def test_a_burst_of_handshakes_cannot_slip_past_the_limit(abuse_pods: Abus
         await close_all(got)
 
 
+async def test_a_user_past_the_handshake_rate_gets_429_with_retry_after(
+        abuse_pods: AbusePods) -> None:
+    """Every admitted handshake costs the pod a welcome, a replay of the user's
+    backlog and presence writes: one token may not reconnect faster than
+    HANDSHAKE_RATE on a pod, whatever its connections count. Another user may."""
+    pod = abuse_pods(env={"WSNODE_HANDSHAKE_RATE": "3/60s"})
+    for _ in range(3):  # each closed again: the per-user connection cap is not the limit
+        conn = await attempt(pod, "mallory")
+        assert not isinstance(conn, int)
+        await conn.close()
+    status, headers, body = await raw_handshake(
+        pod.port, [("Authorization", f"Bearer {pod.token('mallory')}")])
+    assert status == 429
+    assert 1 <= int(headers["retry-after"]) <= 20  # one more every 20 s
+    assert "too many handshakes for this user" in body
+    async with await Client.open(pod.ws_url, pod.token("bob")):
+        pass
+
+
 def _abandon(port: int, token: str) -> None:
     """An upgrade request, then the TCP connection reset before any answer is read."""
     sock = socket.create_connection(("127.0.0.1", port))
@@ -177,13 +196,16 @@ async def test_the_soft_descriptor_limit_is_raised_to_the_hard_one(
         abuse_pods: AbusePods) -> None:
     pod = abuse_pods(preexec=descriptor_limit(256, 2048))
     # 2048 - a reserve of 204 (a tenth): the default MAX_CONNECTIONS.
-    assert "at most 1844 connections (64 per user), descriptor limit 2048" in pod.log()
+    assert ("at most 1844 connections (64 per user, handshakes per user 10/10s), "
+            "descriptor limit 2048") in pod.log()
 
 
 @pytest.mark.parametrize(("name", "value"), [
     ("WSNODE_MAX_CONNECTIONS", "100000"),  # more than 256 descriptors allow
     ("WSNODE_MAX_CONNECTIONS", "0"),
     ("WSNODE_MAX_CONNECTIONS_PER_USER", "-1"),
+    ("WSNODE_HANDSHAKE_RATE", "ten"),
+    ("WSNODE_HANDSHAKES_PER_ITERATION", "-1"),
     ("WSNODE_RESTORE_RATE", "lots"),
     ("WSNODE_CONTROL_BYTES", "1MiB"),
 ])

@@ -57,6 +57,21 @@ def test_locust_runs_the_swarm_headless(chat_pod: PodProcess) -> None:
         assert stats[name]["num_failures"] == 0, name
 
 
+def test_locust_room_users_chat_in_rooms(chat_pod: PodProcess) -> None:
+    """RoomUser: 12 users in 2 rooms of 6, each posting; every member gets every post."""
+    done = run(chat_pod, str(BIN / "locust"), "-f", "loadtests/", "--headless", "-u", "12",
+               "-r", "12", "-t", "4s", "--host", host_of(chat_pod), "--only-summary",
+               "--json", "RoomUser", env={"WSNODE_LOAD_ROOM_SIZE": "6",
+                                          "WSNODE_LOAD_ROOM_WAIT": "0.2,0.5"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    stats = {s["name"]: s for s in orjson.loads(done.stdout)}
+    assert stats["join"]["num_requests"] >= 12 and stats["join"]["num_failures"] == 0
+    delivered = stats["room_message delivery"]
+    # 6 members a room on average: a post is several deliveries.
+    assert delivered["num_requests"] > 12 and delivered["num_failures"] == 0
+    assert set(stats) == {"connect", "join", "room_message delivery"}, sorted(stats)
+
+
 def test_wsctl_swarm_summarizes_a_clean_run(chat_pod: PodProcess) -> None:
     done = run(chat_pod, str(BIN / "wsctl"), "swarm", "--host",
                chat_pod.ws_url.removesuffix("/ws"), "--users", "20", "--spawn-rate", "20",

@@ -2,33 +2,50 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pty
+import select
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from tests.cli.conftest import Wsctl
 from tests.support.pods import API_KEY, PodProcess
 
 
-def test_pods_ls_watch_redraws_until_ctrl_c(pod: PodProcess, tmp_path: Path) -> None:
-    out_path = tmp_path / "out"
-    with out_path.open("w") as out_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "wsctl", "pods", "ls", "--watch", "0.3", "--node",
-             pod.admin_url], env={**pod.env, "WSNODE_API_KEY": API_KEY, "COLUMNS": "120"},
-            stdout=out_file, stderr=subprocess.PIPE, text=True)
-    # Ctrl-C only once it is watching (a busy machine takes seconds to start it).
-    deadline = time.monotonic() + 30
-    while "pod-a" not in out_path.read_text() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(1.0)  # a few refreshes: the thing under test is the passing of time
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
-    out = out_path.read_text()
+def test_pods_ls_watch_redraws_until_ctrl_c(pod: PodProcess) -> None:
+    # On a terminal (a pty), as a human runs it: the live view draws as it goes,
+    # where a file would get it only at the end.
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wsctl", "pods", "ls", "--watch", "0.3", "--node",
+         pod.admin_url], env={**pod.env, "WSNODE_API_KEY": API_KEY, "COLUMNS": "120"},
+        stdout=slave, stderr=subprocess.PIPE, text=True)
+    os.close(slave)
+    out = b""
+
+    def read_until(needle: bytes, count: int) -> None:
+        nonlocal out
+        deadline = time.monotonic() + 30  # a busy machine takes seconds to start it
+        while out.count(needle) < count and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                with contextlib.suppress(OSError):  # EIO: the child closed the pty
+                    out += os.read(master, 65536)
+    try:
+        read_until(b"pod-a", 1)  # Ctrl-C only once it is watching
+        read_until(b"pod-a", 3)  # ... and has redrawn: the passing of time is under test
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        read_until(b"Ctrl-C to stop", 1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
     assert proc.returncode == 0, err
-    assert "pod-a" in out and "Ctrl-C to stop" in out
+    assert out.count(b"pod-a") >= 3 and b"Ctrl-C to stop" in out
 
 
 def test_watch_and_json_do_not_mix(pod: PodProcess, wsctl: Wsctl) -> None:

@@ -43,8 +43,9 @@ async def cluster() -> AsyncIterator[ClusterSlice]:
 
 def start_cluster(pod_factory: PodFactory, cluster: ClusterSlice, count: int,
                   **env: str) -> list[PodProcess]:
-    """``count`` pods (pod-a, pod-b, ...) of one cluster, rate limit off."""
-    settings = cluster.env(WSNODE_RATE_LIMIT="0", **env)
+    """``count`` pods (pod-a, pod-b, ...) of one cluster, rate limit off (unless
+    ``env`` sets one)."""
+    settings = cluster.env(**{"WSNODE_RATE_LIMIT": "0", **env})
     return [cluster.adopt(start_pod(pod_factory, f"pod-{chr(ord('a') + i)}", settings))
             for i in range(count)]
 

@@ -18,7 +18,8 @@ def test_public_names() -> None:
     assert sorted(wsnode.client.__all__) == sorted([
         "AckTimeout", "Backoff", "Client", "ClientClosed", "ClientError", "ConnectError",
         "DedupWindow", "Disconnected", "HandshakeRefused", "Message", "NotConnected",
-        "RateLimited", "ServerError", "State", "StateChange", "TokenProvider", "Verdict"])
+        "RateLimited", "ServerError", "State", "StateChange", "Subscriptions", "TokenProvider",
+        "Verdict"])
     for name in wsnode.client.__all__:
         assert getattr(wsnode.client, name) is not None
 

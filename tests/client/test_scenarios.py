@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from wsnode.client import Backoff, DedupWindow, Verdict
+from wsnode.client import Backoff, DedupWindow, Subscriptions, Verdict
 from wsnode.client._core import DrainHint, ending
 
 SCENARIOS = Path(__file__).with_name("scenarios.json")
-KINDS = ("dedup", "backoff", "close")
+KINDS = ("dedup", "backoff", "close", "topics")
 
 
 def load() -> dict[str, Any]:
@@ -76,3 +76,25 @@ def test_close(scenario: dict[str, Any]) -> None:
     assert then == scenario["then"]
     if end.drain_delay is not None:
         assert end.drain_delay * 1000 == pytest.approx(scenario["delayMs"], abs=1e-6)
+
+
+@pytest.mark.parametrize("scenario", cases("topics"))
+def test_topics(scenario: dict[str, Any]) -> None:
+    wanted = Subscriptions()
+    for i, step in enumerate(scenario["steps"]):
+        at = f"step {i} {step}"
+        if "add" in step and step.get("refused"):
+            with pytest.raises(ValueError, match="non-empty string"):
+                wanted.add(step["add"])
+        elif "add" in step:
+            assert wanted.add(step["add"]) is step["new"], at
+        elif "remove" in step:
+            assert wanted.remove(step["remove"]) is step["was"], at
+        elif "has" in step:
+            assert (step["has"] in wanted) is step["expect"], at
+        elif "topics" in step:
+            assert list(wanted.topics) == step["topics"], at
+        elif "length" in step:
+            assert len(wanted) == step["length"], at
+        else:
+            pytest.fail(f"unknown step {at}")

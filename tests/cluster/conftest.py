@@ -9,34 +9,21 @@ test stopped is started again (and has rejoined) before the next test.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import aio_pika
 import pytest
 
 from tests.integration.conftest import Broker
 from tests.support.cluster import ClusterSlice
-from tests.support.rabbit_cluster import RabbitCluster, start_or_skip
-
-
-@pytest.fixture(scope="module")
-def rabbit_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]:
-    cluster = start_or_skip(tmp_path_factory.mktemp("rabbit"))
-    try:
-        yield cluster
-    finally:
-        cluster.close()
+from tests.support.rabbit_cluster import RabbitCluster, rabbit_cluster_up
 
 
 @pytest.fixture
 async def rabbit(rabbit_cluster: RabbitCluster) -> RabbitCluster:
-    """The module's cluster, every node running and clustered."""
-    for node in rabbit_cluster.nodes:
-        if not node.running:
-            await asyncio.to_thread(rabbit_cluster.restart, node)
-    return rabbit_cluster
+    """The session's cluster (tests/conftest.py), every node running and clustered."""
+    return await rabbit_cluster_up(rabbit_cluster)
 
 
 @pytest.fixture

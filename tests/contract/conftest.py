@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import aio_pika
 import pytest
@@ -49,7 +49,7 @@ from tests.contract.factories import (
 )
 from tests.integration.conftest import AMQP_URL, Broker, Inbox
 from tests.support.pods import free_port
-from tests.support.rabbit_cluster import RabbitCluster, start_or_skip
+from tests.support.rabbit_cluster import rabbit_cluster_up
 from wsnode import redis_conn
 from wsnode.acks import AckBackend, AckPolicy
 from wsnode.acks_memory import MemoryAcks
@@ -237,16 +237,6 @@ class UrlsBroker(Broker):
         return self.urls[len(self.buses) % len(self.urls)]
 
 
-@pytest.fixture(scope="module")
-def rabbit_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]:
-    """A private 3-node RabbitMQ cluster for the module (only made when asked for)."""
-    cluster = start_or_skip(tmp_path_factory.mktemp("rabbit"))
-    try:
-        yield cluster
-    finally:
-        cluster.close()
-
-
 @pytest.fixture
 async def amqp_broker(bus_backend: str,
                       request: pytest.FixtureRequest) -> AsyncIterator[UrlsBroker | None]:
@@ -258,7 +248,7 @@ async def amqp_broker(bus_backend: str,
         return
     urls: list[str] = [AMQP_URL]
     if bus_backend == "rabbitmq-cluster":
-        cluster: RabbitCluster = request.getfixturevalue("rabbit_cluster")
+        cluster = await rabbit_cluster_up(request.getfixturevalue("rabbit_cluster"))
         urls = [cluster.url_list(i) for i in range(len(cluster.nodes))]
     try:
         connection = await aio_pika.connect(urls[0].split(",")[0], timeout=3)

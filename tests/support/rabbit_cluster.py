@@ -20,6 +20,7 @@ RabbitMQ installed, a node that does not come up); callers skip with it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -290,3 +291,12 @@ def start_or_skip(workdir: Path, size: int = 3, timeout: float = 100) -> RabbitC
         if os.environ.get(REQUIRE_ENV) == "1":
             pytest.fail(reason)
         pytest.skip(reason)
+
+
+async def rabbit_cluster_up(cluster: RabbitCluster) -> RabbitCluster:
+    """``cluster`` with every node running and clustered (restarting those an
+    earlier test stopped)."""
+    for node in cluster.nodes:
+        if not node.running:
+            await asyncio.to_thread(cluster.restart, node)
+    return cluster

@@ -11,6 +11,7 @@ messages on every connect, and sends messages that wait for the server's ``ack``
 
     async with Client(["ws://pod-a:8765/ws", "ws://pod-b:8765/ws"], token=jwt) as client:
         await client.send("chat_message", {"to": "bob", "text": "hi"})  # waits for the ack
+        await client.subscribe("room:lobby")  # again on every reconnect, until unsubscribe()
         async for msg in client:          # msg.type, msg.payload, msg.id, msg.seq
             handle(msg)                   # acked when the loop asks for the next one
 
@@ -29,7 +30,15 @@ Errors::
 """
 
 from wsnode.client._client import Client, TokenProvider
-from wsnode.client._core import Backoff, DedupWindow, Message, State, StateChange, Verdict
+from wsnode.client._core import (
+    Backoff,
+    DedupWindow,
+    Message,
+    State,
+    StateChange,
+    Subscriptions,
+    Verdict,
+)
 from wsnode.client._errors import (
     AckTimeout,
     ClientClosed,
@@ -58,6 +67,7 @@ __all__ = [
     "ServerError",
     "State",
     "StateChange",
+    "Subscriptions",
     "TokenProvider",
     "Verdict",
 ]

@@ -59,6 +59,7 @@ from wsnode.client._errors import (
     NotConnected,
     ServerError,
 )
+from wsnode.client._topics import TopicLink
 
 log = logging.getLogger("wsnode.client")
 
@@ -180,6 +181,9 @@ class Client:
         self._first: asyncio.Future[None] | None = None
         self._fatal: ClientError | None = None
         self._closing = False
+        self._topic_link = TopicLink(
+            connected=lambda: self._ws is not None and self._ready.is_set(),
+            write=self._write, report=self._report)
 
     # -- observation ---------------------------------------------------------
 
@@ -293,6 +297,7 @@ class Client:
                 waiter.set_exception(error)
         self._restores.clear()
         self._pings.clear()
+        self._topic_link.fail(error)
 
     # -- receiving -----------------------------------------------------------
 
@@ -423,6 +428,44 @@ class Client:
                 return loop.time() - started
         finally:
             self._pings.pop(token, None)
+
+    # -- topics --------------------------------------------------------------
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """The topics this client subscribes to on every connection, oldest first."""
+        return self._topic_link.wanted.topics
+
+    async def subscribe(self, topic: str,
+                        timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Subscribe to ``topic`` now and again on every new connection (a pod
+        forgets a connection's subscriptions when it ends); return once the pod
+        confirmed it (at once if it already had).
+
+        Raises :class:`ServerError` when the pod refuses (``forbidden``: the app
+        does not allow it; ``bad_envelope``: a bad name; ``quota_exceeded``: the
+        connection has as many topics as a pod allows),
+        and the topic is then not wanted any more; :class:`AckTimeout` after
+        ``timeout`` (the topic stays wanted). A later refusal, when subscribing
+        again after a reconnect, goes to :meth:`on_error` listeners and drops it.
+        """
+        self._check_open()
+        await self._topic_link.subscribe(topic, self._ack_timeout if timeout is None else timeout)
+
+    async def unsubscribe(self, topic: str,
+                          timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Stop subscribing to ``topic``; return once the current connection left
+        it (at once while disconnected). Raises :class:`ServerError`,
+        :class:`AckTimeout` as :meth:`subscribe` does."""
+        self._check_open()
+        await self._topic_link.unsubscribe(topic,
+                                           self._ack_timeout if timeout is None else timeout)
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise self._fatal or ClientClosed("client closed")
+        if self._supervisor is None:
+            raise ClientError("not connected: use 'async with Client(...)' or connect()")
 
     def _transmit(self, pending: _PendingSend) -> None:
         """Write an unacked send on the current connection, once per connection."""
@@ -636,6 +679,7 @@ class Client:
             if self._ws is ws:
                 self._ws = None
                 self._ready.clear()
+                self._topic_link.on_lost()
         return _Ended(ending(ws.close_code, ws.close_reason or "", self._drain_hint), connected)
 
     def _flush(self) -> None:
@@ -645,6 +689,7 @@ class Client:
             self._send_ack(msg_id)
         for pending in list(self._pending.values()):
             self._transmit(pending)
+        self._topic_link.on_welcome()
 
     def _on_frame(self, frame: dict[str, Any]) -> None:
         typ = frame["type"]
@@ -654,6 +699,8 @@ class Client:
                 pending.future.set_result(None)
         elif typ == "error":
             error = ServerError.from_frame(frame)
+            if self._topic_link.on_answer(error.id, error):
+                return
             pending = self._pending.get(error.id or "")
             if pending is not None and not pending.future.done():
                 pending.future.set_exception(error)
@@ -669,6 +716,8 @@ class Client:
                 restored = self._restores.pop(0)
                 if not restored.done():
                     restored.set_result(replayed)
+        elif typ in ("subscribe", "unsubscribe"):  # the pod did it
+            self._topic_link.on_answer(_str(frame.get("id")), None)
         elif typ == "welcome":
             log.warning("ignored a second welcome frame")
         else:

@@ -131,6 +131,56 @@ class DedupWindow:
         return len(self._ids)
 
 
+class Subscriptions:
+    """The topics a client wants on every connection, in the order first asked.
+
+    A server forgets a connection's subscriptions when it closes, so the client
+    subscribes to every wanted topic again on each new connection (after
+    ``welcome``). A topic is wanted from :meth:`add` until :meth:`remove`, or
+    until the server refuses it (``forbidden``...): then the client removes it.
+    """
+
+    def __init__(self) -> None:
+        self._topics: dict[str, None] = {}  # insertion order is the order to re-send
+
+    def add(self, topic: str) -> bool:
+        """Want ``topic``; True when it was not wanted yet (a frame is due).
+
+        Raises ValueError unless ``topic`` is a non-empty string: what else
+        a name may hold is the server's rule, and a bad one is refused by it.
+        """
+        if not isinstance(topic, str) or not topic:
+            raise ValueError("a topic is a non-empty string")
+        if topic in self._topics:
+            return False
+        self._topics[topic] = None
+        return True
+
+    def remove(self, topic: str) -> bool:
+        """Stop wanting ``topic``; True when it was wanted."""
+        if topic not in self._topics:
+            return False
+        del self._topics[topic]
+        return True
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """Every wanted topic, oldest first: what a new connection subscribes to."""
+        return tuple(self._topics)
+
+    def __contains__(self, topic: object) -> bool:
+        return topic in self._topics
+
+    def __len__(self) -> int:
+        return len(self._topics)
+
+
+def topic_frame(op: str, topic: str, frame_id: str) -> str:
+    """A ``subscribe`` or ``unsubscribe`` frame; the pod answers with a frame of the
+    same type, or an ``error``, naming ``frame_id``."""
+    return encode({"type": op, "id": frame_id, "payload": {"topic": topic}})
+
+
 class Backoff:
     """Exponential backoff with full jitter: ``uniform(0, min(cap, base * 2**attempt))``."""
 

@@ -13,11 +13,15 @@ handler does): bob gets the message under the sender's id scoped to the sender
 (``~<digest>.<id>``), so no client can take an id the server or another client
 will use, and what clients can store this way is bounded per recipient and per
 sender (``WSNODE_RELAYED_MAX_PENDING``, ``WSNODE_RELAYED_BUDGET``).
+
+It also has rooms (``join``, ``leave``, ``room_message``, and SDK subscriptions
+to ``room:<name>`` topics): see :mod:`wsnode.examples.rooms`.
 """
 
 from __future__ import annotations
 
 from wsnode.errors import ProtocolError
+from wsnode.examples import rooms
 from wsnode.hub import Conn
 from wsnode.node import Node
 from wsnode.protocol import Envelope, ErrorCode
@@ -26,6 +30,8 @@ CHAT = "chat_message"
 
 
 def setup(node: Node) -> None:
+    rooms.setup(node)
+
     @node.on(CHAT)
     async def chat_message(conn: Conn, env: Envelope) -> None:
         payload = env.payload

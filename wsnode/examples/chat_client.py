@@ -5,8 +5,11 @@ that reaches that user as one JSON line on stdout; ACK-required ones are acked
 by the SDK once printed, so they are delivered once even across reconnects.
 With ``--to bob``, every line typed on stdin goes to ``bob`` through the chat
 example app (``wsnode serve --app wsnode.examples.chat``) and waits for the
-pod's ack. Connection changes (connected, a drain moving it to another pod, a
-lost pod, reconnects with backoff) are reported on stderr; Ctrl-C closes it.
+pod's ack. With ``--room lobby`` it joins that room of the chat example (the
+SDK's ``subscribe("room:lobby")``, made again on every reconnect) and prints
+what is posted there; without ``--to``, typed lines are posted to the room.
+Connection changes (connected, a drain moving it to another pod, a lost pod,
+reconnects with backoff) are reported on stderr; Ctrl-C closes it.
 
 The token is ``--token`` (or ``WSNODE_TOKEN``); without one, the client mints
 its own with ``WSNODE_JWT_SECRET`` as ``wsctl token`` does, a fresh one on every
@@ -57,8 +60,9 @@ def report(change: StateChange) -> None:
     print(f"-- {note}", file=sys.stderr, flush=True)
 
 
-async def type_to(client: Client, to: str) -> None:
-    """Send each line of stdin to ``to`` as a chat_message (a pod ack per line)."""
+async def type_to(client: Client, to: str | None, room: str | None) -> None:
+    """Send each line of stdin to user ``to`` as a chat_message, or else post it to
+    ``room`` as a room_message (a pod ack per line)."""
     loop = asyncio.get_running_loop()
     lines: asyncio.Queue[str | None] = asyncio.Queue()
 
@@ -70,8 +74,12 @@ async def type_to(client: Client, to: str) -> None:
     try:
         while (line := await lines.get()) is not None:
             if line.strip():
+                text = line.rstrip("\n")
                 try:
-                    await client.send("chat_message", {"to": to, "text": line.rstrip("\n")})
+                    if to is not None:
+                        await client.send("chat_message", {"to": to, "text": text})
+                    else:
+                        await client.send("room_message", {"room": room, "text": text})
                 except ServerError as exc:  # e.g. a pod without the chat app
                     print(f"-- not sent: {exc}", file=sys.stderr, flush=True)
     finally:
@@ -87,7 +95,11 @@ async def run(args: argparse.Namespace) -> None:
         client = Client(args.url, token_provider=lambda: dev_token(args.user))
     client.on_state(report)
     async with client:
-        typing = asyncio.ensure_future(type_to(client, args.to)) if args.to else None
+        if args.room:
+            await client.subscribe(f"room:{args.room}")
+            print(f"-- in room {args.room}", file=sys.stderr, flush=True)
+        typing = asyncio.ensure_future(type_to(client, args.to, args.room)) \
+            if args.to or args.room else None
         try:
             async for msg in client:  # acked when the loop asks for the next one
                 print(json.dumps({"type": msg.type, "payload": msg.payload, "id": msg.id,
@@ -105,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("user", help="the user to connect as")
     parser.add_argument("--url", default=DEFAULT_URL, help=f"the pod or balancer ({DEFAULT_URL})")
     parser.add_argument("--to", metavar="USER", help="send each line of stdin to USER")
+    parser.add_argument("--room", metavar="NAME", help="join room NAME (lines typed go there "
+                        "unless --to is given)")
     parser.add_argument("--token", help="a JWT (default: WSNODE_TOKEN, else minted)")
     args = parser.parse_args(argv)
     try:

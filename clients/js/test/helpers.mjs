@@ -40,6 +40,17 @@ export function sendAcked(pod, user, id, payload = null, type = 'm') {
   return admin(pod, 'POST', '/v1/send', { user, envelope: { type, id, requiresAck: true, payload } });
 }
 
+/** Publish an at-most-once message to `topic` through a pod's admin API. */
+export function publish(pod, topic, payload, type = 'news') {
+  return admin(pod, 'POST', '/v1/publish', { topic, envelope: { type, payload } });
+}
+
+/** Connections of pod `podId` the cluster counts in `topic`. */
+export async function subscribersOn(pod, topic, podId) {
+  const info = await admin(pod, 'GET', `/v1/topics/${encodeURIComponent(topic)}`);
+  return info.pods.find((p) => p.pod === podId)?.connections ?? 0;
+}
+
 export async function messageState(pod, user, id) {
   return (await admin(pod, 'GET', `/v1/messages/${encodeURIComponent(user)}/${encodeURIComponent(id)}`)).state;
 }

@@ -5,7 +5,8 @@ import assert from 'node:assert/strict';
 import test from 'node:test';
 import { AckTimeout, HandlerError, HandshakeRefused, ServerError, State } from '../wsnode.js';
 import {
-  admin, allAcked, eventually, makeClient, messageState, mintToken, noPods, pods, sendAcked, sleep,
+  admin, allAcked, eventually, makeClient, messageState, mintToken, noPods, pods, publish, sendAcked,
+  sleep, subscribersOn,
 } from './helpers.mjs';
 
 const [a, b] = pods;
@@ -132,6 +133,46 @@ test('close during connect leaves nothing behind', { skip: noPods }, async () =>
   }
   await eventually(async () => (await admin(a, 'GET', '/v1/presence/gil')).connections.length === 0,
     5000, 'no connection of gil left on the pod');
+});
+
+test('subscriptions come back after the pod closes the connection', { skip: noPods }, async () => {
+  // The first token expires after 3 s: pod B closes the connection (4401) and the
+  // client reconnects, to pod A, with a fresh token. The chat example lets a
+  // connection subscribe to room:<name> topics.
+  let tokens = 0;
+  const client = makeClient({ urls: [b.ws, a.ws], tokenProvider: async () => mintToken('ivy', (tokens += 1) === 1 ? 3 : 3600) });
+  const got = [];
+  const errors = [];
+  client.on('message', (msg) => { got.push(msg.payload); });
+  client.on('error', (err) => errors.push(err));
+  await client.connect();
+  const reaches = async (mark) => {
+    await publish(b, 'room:lobby', mark);
+    await sleep(200);
+    return got.includes(mark);
+  };
+  try {
+    assert.equal(client.podId, b.podId);
+    await client.subscribe('room:lobby');
+    await client.subscribe('room:lobby'); // confirmed already: at once
+    await assert.rejects(client.subscribe('secret.plans'), (err) => err instanceof ServerError && err.code === 'forbidden');
+    await assert.rejects(client.subscribe(''), TypeError);
+    assert.deepEqual(client.topics, ['room:lobby']);
+    await eventually(() => reaches('before'), 5000, 'a publish before the close');
+
+    await eventually(() => client.connections === 2 && client.state === State.CONNECTED, 15000, 'reconnected');
+    assert.equal(client.podId, a.podId);
+    await eventually(async () => (await subscribersOn(b, 'room:lobby', a.podId)) === 1, 10000, 'subscribed again on pod A');
+    await publish(b, 'room:lobby', 'after');
+    await eventually(() => got.includes('after'), 5000, 'the publish after the reconnect');
+
+    await client.unsubscribe('room:lobby');
+    assert.deepEqual(client.topics, []);
+    await eventually(async () => (await subscribersOn(b, 'room:lobby', a.podId)) === 0, 10000, 'out of the topic');
+    assert.deepEqual(errors, []);
+  } finally {
+    await client.close();
+  }
 });
 
 test('follows a drain to the next pod without loss or duplicates', { skip: noPods }, async () => {

@@ -4,12 +4,14 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import test from 'node:test';
-import { backoffDelay, connectionEnding, DedupWindow, drainHint } from '../wsnode.js';
+import {
+  backoffDelay, connectionEnding, DedupWindow, drainHint, Subscriptions,
+} from '../wsnode.js';
 
 const file = process.env.WSNODE_SCENARIOS
   ?? new URL('../../../tests/client/scenarios.json', import.meta.url);
 const scenarios = JSON.parse(readFileSync(file, 'utf8'));
-const KINDS = ['dedup', 'backoff', 'close'];
+const KINDS = ['dedup', 'backoff', 'close', 'topics'];
 
 function close(actual, expected, what) {
   assert.ok(Math.abs(actual - expected) < 1e-6, `${what}: ${actual} is not ${expected}`);
@@ -52,7 +54,21 @@ function runClose(scenario) {
   if (then === 'drain') close(ending.drainDelayMs, scenario.delayMs, 'drain delay');
 }
 
-const run = { dedup: runDedup, backoff: runBackoff, close: runClose };
+function runTopics(scenario) {
+  const wanted = new Subscriptions();
+  scenario.steps.forEach((step, i) => {
+    const at = `step ${i} ${JSON.stringify(step)}`;
+    if ('add' in step && step.refused) assert.throws(() => wanted.add(step.add), TypeError, at);
+    else if ('add' in step) assert.equal(wanted.add(step.add), step.new, at);
+    else if ('remove' in step) assert.equal(wanted.remove(step.remove), step.was, at);
+    else if ('has' in step) assert.equal(wanted.has(step.has), step.expect, at);
+    else if ('topics' in step) assert.deepEqual(wanted.topics, step.topics, at);
+    else if ('length' in step) assert.equal(wanted.length, step.length, at);
+    else assert.fail(`unknown step ${at}`);
+  });
+}
+
+const run = { dedup: runDedup, backoff: runBackoff, close: runClose, topics: runTopics };
 
 test('the scenario file has only kinds this suite knows', () => {
   assert.deepEqual(Object.keys(scenarios).filter((k) => k !== 'about').sort(), [...KINDS].sort());

@@ -1,7 +1,7 @@
 // Compiled (never run) by `tsc -p test/tsconfig.json`: the .d.ts describes the API as used.
 import {
   AckTimeout, connectionEnding, Disconnected, drainHint, HandlerError, HandshakeRefused, RateLimited,
-  ServerError, State, Verdict, WsnodeClient, type ConnectionEnding, type Message, type StateChange,
+  ServerError, State, Subscriptions, Verdict, WsnodeClient, type ConnectionEnding, type Message, type StateChange,
 } from '../wsnode.js';
 
 export async function example(token: string): Promise<number> {
@@ -42,6 +42,12 @@ export async function example(token: string): Promise<number> {
   }
   const replayed: number = await client.restore({ since: Date.now() - 60_000 });
   const rtt: number = await client.ping();
+  await client.subscribe('room:lobby', { timeoutMs: 2000 });
+  await client.unsubscribe('room:lobby');
+  const topics: string[] = client.topics;
+  const wanted = new Subscriptions();
+  const fresh: boolean = wanted.add('news') && wanted.has('news') && !wanted.remove('other');
+  console.log(topics.length + wanted.length, fresh, wanted.topics);
   off();
   await client.close();
   return replayed + rtt + seen.length + client.duplicates;
