@@ -42,12 +42,7 @@ cluster: $(STAMP) services
 	@scripts/ensure-haproxy.sh
 	@CLUSTER_HA=$(HA) $(BIN)/python scripts/cluster.py
 
-# Every benchmark of bench/ (about 10 minutes on 2 cores; run it on a quiet
-# machine): JSON lines on stdout and in bench/results/latest.jsonl.
-bench: $(STAMP) services $(PEERS_DEPS)
-	@mkdir -p bench/results
-	$(BIN)/python bench/run_all.py | tee bench/results/latest.jsonl
-
+# (Defined before `bench`: make expands a rule's prerequisites as it reads it.)
 # The peers of bench/closed_loop.py (socket.io 4.8 + @socket.io/redis-adapter on
 # Node.js >= 20) from npm, into bench/peers/node_modules, as package-lock.json pins them
 # (no install scripts: bufferutil ships its prebuilt binary in the package).
@@ -56,6 +51,12 @@ $(PEERS_DEPS): bench/peers/package.json bench/peers/package-lock.json
 	cd bench/peers && npm ci --ignore-scripts --no-audit --no-fund
 	@touch $(PEERS_DEPS)
 peers-deps: $(PEERS_DEPS)
+
+# Every benchmark of bench/ (about 10 minutes on 2 cores; run it on a quiet
+# machine): JSON lines on stdout and in bench/results/latest.jsonl.
+bench: $(STAMP) services $(PEERS_DEPS)
+	@mkdir -p bench/results
+	$(BIN)/python bench/run_all.py | tee bench/results/latest.jsonl
 
 # wsnode against socket.io on Node.js and python-socketio, same load client, same run
 # (about 6 minutes a run): the closed loop, its fixed-rate and ACK modes, the burst,
