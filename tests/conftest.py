@@ -6,6 +6,7 @@ cannot start)."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,6 +16,13 @@ from tests.support.pods import PodProcess
 from tests.support.rabbit_cluster import RabbitCluster
 from tests.support.rabbit_cluster import start_or_skip as start_rabbit_or_skip
 from tests.support.redis_cluster import RedisClusterServers, SentinelServers, start_or_skip
+
+# A runner started in the background by a non-interactive shell ignores SIGINT, and
+# so would every process the tests start (exec keeps an ignored signal ignored, a
+# caught one is reset to the default): the tests that press Ctrl-C on wsctl or a
+# client need it delivered.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 PodFactory = Callable[..., PodProcess]
 
