@@ -7,6 +7,8 @@ starts them, nothing else busy on the machine)::
     .venv/bin/python bench/abuse.py --json          # JSON lines only (make bench)
     .venv/bin/python bench/abuse.py --tree /tmp/old # pods from another checkout
                                                     # (with its own .venv)
+    .venv/bin/python bench/abuse.py --pod-env WSNODE_HANDSHAKE_RATE=0  # a limit off
+    .venv/bin/python bench/abuse_median.py run1.jsonl run2.jsonl ...   # medians
 
 One pod: a real ``wsnode serve --app wsnode.examples.chat`` process in cluster
 mode on the shared Redis and RabbitMQ under a key prefix of this run alone
