@@ -7,6 +7,8 @@ starts them, nothing else busy on the machine)::
     .venv/bin/python bench/abuse.py --json          # JSON lines only (make bench)
     .venv/bin/python bench/abuse.py --tree /tmp/old # pods from another checkout
                                                     # (with its own .venv)
+    .venv/bin/python bench/abuse.py --pod-env WSNODE_HANDSHAKE_RATE=0  # a limit off
+    .venv/bin/python bench/abuse_median.py run1.jsonl run2.jsonl ...   # medians
 
 One pod: a real ``wsnode serve --app wsnode.examples.chat`` process in cluster
 mode on the shared Redis and RabbitMQ under a key prefix of this run alone
@@ -143,6 +145,8 @@ class Run:
             "attacker": {**tally.to_json(), **extra, **notes,
                          "client_cpu_s": round(end["own_cpu_s"] - start["own_cpu_s"], 2)},
         }
+        if self.args.loop_probe:
+            row["loop"] = loop_stalls(_probe_file(f"abuse{self.run_id}"), start["at"], end["at"])
         self.rows.append(row)
         print(orjson.dumps(row).decode(), flush=True)
         if self.pod.proc.poll() is not None:
@@ -302,12 +306,42 @@ def _env(prefix: str, args: argparse.Namespace, secret: str, api_key: str) -> di
                WSNODE_AMQP_URL=AMQP_URL, WSNODE_KEY_PREFIX=prefix, WSNODE_JWT_SECRET=secret,
                WSNODE_API_KEY=api_key, WSNODE_CLUSTER_SECRET=secrets.token_hex(32),
                WSNODE_RATE_LIMIT=args.rate_limit)
+    if args.loop_probe:
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(ROOT / "bench" / "loopprobe"), env.get("PYTHONPATH")) if p)
+        env["LOOP_PROBE_FILE"] = str(_probe_file(prefix))
     for item in args.pod_env:
         name, sep, value = item.partition("=")
         if not sep or not name.startswith("WSNODE_"):
             raise SystemExit(f"--pod-env {item!r}: expected WSNODE_NAME=VALUE")
         env[name] = value
     return env
+
+
+def _probe_file(prefix: str) -> Path:
+    return Path(os.environ.get("WSNODE_BENCH_LOGS", "/tmp/wsnode-bench")) / f"{prefix}.loop"
+
+
+def loop_stalls(path: Path, t0: float, t1: float) -> dict[str, object]:
+    """What the loop probe saw between ``t0`` and ``t1``, from the late wake-ups
+    of its task: the pod's own stalls (the CPU the pod spent within a late
+    wake-up: the worst, and how many reached 10 ms), the machine's (the time the
+    pod waited for a CPU within one: the worst, and how many reached 10 ms), and
+    the longest garbage collection."""
+    cpu: list[float] = []
+    waited: list[float] = []
+    gc_ms = 0.0
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            kind, *f = line.split()
+            if kind == "gap" and t0 <= float(f[0]) < t1:
+                cpu.append(float(f[3]))
+                waited.append(float(f[4]))
+            elif kind == "gc" and t0 <= float(f[0]) < t1:
+                gc_ms = max(gc_ms, float(f[2]))
+    return {"own_max_ms": round(max(cpu, default=0.0), 1), "own_10ms": sum(c >= 10 for c in cpu),
+            "machine_max_ms": round(max(waited, default=0.0), 1),
+            "machine_10ms": sum(w >= 10 for w in waited), "gc_max_ms": round(gc_ms, 1)}
 
 
 def _token(user: str, secret: str) -> str:
@@ -381,6 +415,7 @@ async def run(args: argparse.Namespace) -> tuple[list[Row], Row]:
         await asyncio.shield(cleanup(prefix, f"{prefix}-pod"))
         if not args.keep_log:
             log.unlink(missing_ok=True)
+            _probe_file(prefix).unlink(missing_ok=True)
 
 
 PHASES = ("connections", "restores", "pings", "pings-60k", "chat-acks")
@@ -409,6 +444,10 @@ def main() -> None:
     parser.add_argument("--pod-env", action="append", default=[], metavar="WSNODE_NAME=VALUE",
                         help="a setting of the pod (repeatable), e.g. to see what a limit "
                         "changes")
+    parser.add_argument("--loop-probe", action="store_true",
+                        help="run the pod with bench/loopprobe (its event loop's stalls, "
+                        "its own and the machine's, per phase: diagnosis; it costs the pod "
+                        "a thousand wake-ups a second)")
     parser.add_argument("--samples", metavar="PATH",
                         help="write the bystander's samples there (JSON lines, each stamped "
                         "with time.monotonic(): to line up with a profile of the pod)")
