@@ -12,7 +12,10 @@ the bystander's ping p50/p99/max, its failed probes (handshake, ``/healthz``,
 admin ``/healthz``; timeouts of 3 s), the pod's CPU seconds, peak RSS and
 descriptors, the Redis bytes added under the run's prefix, and the load average
 of the machine at the end of the phase (when the run recorded it). Each cell
-also gives the range when the runs disagree by more than a tenth.
+also gives the range when the runs disagree by more than a tenth. Runs made
+with ``--loop-probe`` get a second table: the pod's own stalls (CPU spent in one
+late wake-up of its event loop), its waits for a CPU (the machine's), the
+longest garbage collection.
 """
 
 from __future__ import annotations
@@ -27,6 +30,14 @@ from typing import Any
 import orjson
 
 Row = dict[str, Any]
+LOOP_COLUMNS: list[tuple[str, Callable[[Row], float | None]]] = [
+    ("p99 ms", lambda r: r["bystander"]["p99_ms"]),
+    ("own stall max ms", lambda r: r["loop"]["own_max_ms"]),
+    ("own stalls >= 10 ms", lambda r: float(r["loop"]["own_10ms"])),
+    ("CPU wait max ms", lambda r: r["loop"]["machine_max_ms"]),
+    ("CPU waits >= 10 ms", lambda r: float(r["loop"]["machine_10ms"])),
+    ("GC max ms", lambda r: r["loop"]["gc_max_ms"]),
+]
 COLUMNS: list[tuple[str, Callable[[Row], float | None]]] = [
     ("p50 ms", lambda r: r["bystander"]["p50_ms"]),
     ("p99 ms", lambda r: r["bystander"]["p99_ms"]),
@@ -53,6 +64,17 @@ def _cell(values: list[float]) -> str:
 
 
 def tables(rows: list[Row]) -> str:
+    """The tables of the bystander and the pod, then (for runs made with
+    ``--loop-probe``) those of the pod's event loop."""
+    out = _tables(rows, COLUMNS)
+    probed = [r for r in rows if "loop" in r or r.get("summary")]
+    if any("loop" in r for r in probed):
+        out += "\nthe pod's event loop (--loop-probe)\n\n" + _tables(
+            [r for r in probed if "loop" in r], LOOP_COLUMNS)
+    return out
+
+
+def _tables(rows: list[Row], columns: list[tuple[str, Callable[[Row], float | None]]]) -> str:
     by_tree: dict[str, dict[str, list[Row]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if not r.get("summary"):
@@ -62,11 +84,11 @@ def tables(rows: list[Row]) -> str:
         runs = len(phases["baseline"])  # every run starts with one
         out.append(f"pod from {tree}, medians of {runs} runs (range when wider than a "
                    "tenth)\n")
-        out.append("| phase | " + " | ".join(name for name, _ in COLUMNS) + " |")
-        out.append("|---|" + "---:|" * len(COLUMNS))
+        out.append("| phase | " + " | ".join(name for name, _ in columns) + " |")
+        out.append("|---|" + "---:|" * len(columns))
         for phase, got in phases.items():
             cells = []
-            for _, pick in COLUMNS:
+            for _, pick in columns:
                 values = [float(v) for v in (pick(r) for r in got) if v is not None]
                 cells.append(_cell(values))
             out.append(f"| {phase} | " + " | ".join(cells) + " |")

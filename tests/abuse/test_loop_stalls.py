@@ -4,7 +4,7 @@ bystander of ``bench/abuse.py``). Each test shows the bound, not a timing:
 
 * a burst of handshakes starts at most HANDSHAKES_PER_ITERATION per iteration;
 * the objects of the start are frozen out of the garbage collector's sight
-  (a full collection walked them all: 50-80 ms under a restore flood);
+  (a full collection walked them all: 50 to 160 ms under a flood);
 * a large batch of message trails (a replay at connect of a long backlog) is
   written in slices, one await each, not built in one go.
 """
