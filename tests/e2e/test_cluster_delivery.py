@@ -290,7 +290,8 @@ async def test_pod_whose_consumer_dies_turns_not_ready(
 
 async def test_wsctl_dlq_ls_and_retry_without_a_pod(
         pod_factory: PodFactory, cluster: ClusterSlice) -> None:
-    fast = {"WSNODE_ACK_RETRY_INTERVAL": "200ms", "WSNODE_ACK_MAX_ATTEMPTS": "2"}
+    # 1 s: a revived message must outlive a busy machine's wsctl start and the ack.
+    fast = {"WSNODE_ACK_RETRY_INTERVAL": "1s", "WSNODE_ACK_MAX_ATTEMPTS": "2"}
     a, _ = start_pods(pod_factory, cluster, ["pod-a", "pod-b"], **fast)
     client = await Client.open(a.ws_url, a.token("ignorer"))
     await api(a, "POST", "/v1/send", {"user": "ignorer", "envelope": {
@@ -302,13 +303,18 @@ async def test_wsctl_dlq_ls_and_retry_without_a_pod(
         done = await asyncio.to_thread(wsctl, cluster, "dlq", "ls", "--json", **fast)
         assert done.returncode == 0, done.stderr
         return [m["id"] for m in orjson.loads(done.stdout)["messages"]] == ["lost-1"]
-    await eventually(dead, 10, "message in the dead-letter store")
+    await eventually(dead, 20, "message in the dead-letter store")
+
+    async def ack_the_retry() -> dict[str, object]:
+        again = await client.expect("alert")
+        await client.ack("lost-1")  # at once: not after wsctl has exited
+        return again
+    acking = asyncio.create_task(ack_the_retry())
     done = await asyncio.to_thread(wsctl, cluster, "dlq", "retry", "lost-1", "--json", **fast)
     assert done.returncode == 0, done.stderr
     retried = orjson.loads(done.stdout)["retried"]
     assert retried[0]["pods"] == ["pod-a"] and retried[0]["seq"] == first["seq"] + 1
-    again = await client.expect("alert")
+    again = await acking
     assert again["id"] == "lost-1" and again["payload"] == "hello"
-    await client.ack("lost-1")
     done = await asyncio.to_thread(wsctl, cluster, "dlq", "ls", "--json", **fast)
     assert orjson.loads(done.stdout)["messages"] == []
