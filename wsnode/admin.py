@@ -71,9 +71,10 @@ def _error(status: int, code: str, message: str) -> web.Response:
     return _json({"error": {"code": code, "message": message}}, status)
 
 
-def _bad_request(message: str) -> web.HTTPBadRequest:
+def _bad_request(message: str, code: str = "bad_request") -> web.HTTPBadRequest:
+    # text=, not body=: aiohttp deprecates a body on its HTTP exceptions.
     return web.HTTPBadRequest(
-        body=orjson.dumps({"error": {"code": "bad_request", "message": message}}),
+        text=orjson.dumps({"error": {"code": code, "message": message}}).decode(),
         content_type="application/json")
 
 
@@ -101,14 +102,9 @@ async def _body(request: web.Request) -> dict[str, Any]:
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError as exc:
-        raise web.HTTPBadRequest(
-            body=orjson.dumps({"error": {"code": "bad_json", "message": exc.msg}}),
-            content_type="application/json") from exc
+        raise _bad_request(exc.msg, "bad_json") from exc
     if not isinstance(body, dict):
-        raise web.HTTPBadRequest(
-            body=orjson.dumps({"error": {"code": "bad_request",
-                                         "message": "the body must be a JSON object"}}),
-            content_type="application/json")
+        raise _bad_request("the body must be a JSON object")
     return body
 
 
