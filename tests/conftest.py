@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -56,11 +57,8 @@ def rabbit_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitC
     """A private 3-node RabbitMQ cluster for the session (its start takes ~20 s).
     Tests that stop a node leave it to the next user of the cluster to restart
     it (``rabbit_cluster_up``)."""
-    cluster = start_rabbit_or_skip(tmp_path_factory.mktemp("rabbit"))
-    try:
+    with closing(start_rabbit_or_skip(tmp_path_factory.mktemp("rabbit"))) as cluster:
         yield cluster
-    finally:
-        cluster.close()
 
 
 @pytest.fixture(scope="session")
@@ -71,10 +69,8 @@ def redis_cluster_servers(tmp_path_factory: pytest.TempPathFactory
     for :meth:`~RedisClusterServers.await_healthy` before they end."""
     servers = start_or_skip(RedisClusterServers, tmp_path_factory.mktemp("redis-cluster"))
     assert isinstance(servers, RedisClusterServers)
-    try:
+    with closing(servers):
         yield servers
-    finally:
-        servers.close()
 
 
 @pytest.fixture(scope="session")
@@ -83,7 +79,5 @@ def redis_sentinel_servers(tmp_path_factory: pytest.TempPathFactory
     """A private Sentinel set (master, replica, three sentinels) for the session."""
     servers = start_or_skip(SentinelServers, tmp_path_factory.mktemp("redis-sentinel"))
     assert isinstance(servers, SentinelServers)
-    try:
+    with closing(servers):
         yield servers
-    finally:
-        servers.close()

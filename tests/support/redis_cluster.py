@@ -23,12 +23,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 from tests.support.pods import free_port
+from tests.support.redis_server import answers_ping
 
 REQUIRE_ENV = "WSNODE_TEST_REQUIRE_CLUSTERS"
 """Set to 1 (as a CI that installs Redis may) to fail instead of skipping."""
@@ -114,12 +114,7 @@ class RedisNode:
         raise Unavailable(f"redis node {self.name} did not answer PING within {timeout:.0f}s")
 
     def _ping(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
-        except OSError:
-            return False
+        return answers_ping(self.port)
 
     def kill(self) -> None:
         """SIGKILL: what a crash of its machine looks like to the others."""

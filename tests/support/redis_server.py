@@ -15,6 +15,16 @@ from pathlib import Path
 from tests.support.pods import free_port
 
 
+def answers_ping(port: int) -> bool:
+    """Whether a Redis on 127.0.0.1:``port`` answers PING now (a raw socket: no
+    client, no retries, half a second at most)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
 class RedisServer:
     def __init__(self, workdir: Path, *, aof: bool = True) -> None:
         self.port = free_port()
@@ -47,12 +57,7 @@ class RedisServer:
         raise RuntimeError("redis-server did not answer PING")
 
     def _ping(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
-        except OSError:
-            return False
+        return answers_ping(self.port)
 
     def kill(self) -> None:
         """SIGKILL: what survives is what AOF had on disk."""
