@@ -54,6 +54,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from wsnode.errors import BackendError, BackendUnavailable, CorruptRecord
+from wsnode.redis_pack import hiredis_packing, pack_cluster_with_hiredis
 from wsnode.urls import parse_redis_url
 
 Redis = aioredis.Redis | RedisCluster
@@ -86,10 +87,12 @@ def connect(url: str, *, max_connections: int = 64, pool_timeout: float = 5.0) -
         # A cluster node's pool does not block: it refuses past max_connections.
         # Pipelines in flight are capped (wsnode.coalescer), so that leaves
         # room for the other commands of a burst.
-        return RedisCluster(
+        cluster = RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
             username=target.username, password=target.password,
             max_connections=4 * max_connections, **options)
+        pack_cluster_with_hiredis(cluster)
+        return cluster
     options["retry_on_error"] = [RedisConnectionError, RedisTimeoutError]
     if target.kind == "sentinel":
         from wsnode.redis_sentinel import connect_sentinel
@@ -98,6 +101,7 @@ def connect(url: str, *, max_connections: int = 64, pool_timeout: float = 5.0) -
                                 pool_timeout=pool_timeout, **options)
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=pool_timeout, **options)
+    pool.connection_class = hiredis_packing(pool.connection_class)
     return aioredis.Redis(connection_pool=pool)
 
 

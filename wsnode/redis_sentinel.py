@@ -23,8 +23,9 @@ import time
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
+from wsnode.redis_pack import hiredis_packing
 from wsnode.urls import RedisTarget
 
 
@@ -91,6 +92,7 @@ def connect_sentinel(target: RedisTarget, *, max_connections: int, pool_timeout:
         **connection, **auth)
     client: SentinelMaster = sentinels.master_for(
         target.service, redis_class=SentinelMaster, connection_pool_class=BlockingSentinelPool,
-        db=target.db, max_connections=max_connections, timeout=pool_timeout)
+        db=target.db, max_connections=max_connections, timeout=pool_timeout,
+        connection_class=hiredis_packing(SentinelManagedConnection))
     client.sentinels = sentinels
     return client
