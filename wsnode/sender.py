@@ -287,7 +287,7 @@ class Sender:
         remote = sorted(pods - skip)
         if not remote:
             return
-        out = replace(delivery, published_to=tuple(sorted(skip.union(remote))))
+        out = delivery.published_also(tuple(sorted(skip.union(remote))))
         if len(remote) == 1:
             outcomes: list[BaseException | None] = [await self._publish_one(remote[0], out)]
         else:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from wsnode.acks import MsgState
 from wsnode.auth import user_id_problem
@@ -198,7 +198,7 @@ class ManySender:
             if not remote:
                 continue
             # Each copy is its pod's to deliver: a pass-on never gives a device a second.
-            out = replace(deliveries[user], published_to=tuple(sorted(pods | here)))
+            out = deliveries[user].published_also(tuple(sorted(pods | here)))
             for pod in remote:
                 by_pod.setdefault(pod, []).append(out)
                 users_of.setdefault(pod, []).append(user)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from wsnode.bus import MAGIC, Delivery, decode_batch, encode_batch
@@ -35,3 +37,12 @@ def test_round_trip_keeps_every_field() -> None:
 def test_malformed_bodies_raise_value_error(body: bytes) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 (any ValueError: the poison path)
         decode_batch(body)
+
+
+def test_published_also_copies_every_field_but_published_to() -> None:
+    values = {f.name: f"v-{f.name}" for f in dataclasses.fields(Delivery)}
+    original = Delivery(**values)  # type: ignore[arg-type]
+    copy = original.published_also((PodId("p1"), PodId("p2")))
+    assert copy is not original
+    assert dataclasses.asdict(copy) == {**values, "published_to": ("p1", "p2")}
+    assert original.published_to == "v-published_to"
