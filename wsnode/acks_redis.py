@@ -27,7 +27,6 @@ nor makes others claim in a loop.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import NoScriptError
@@ -39,9 +38,9 @@ from wsnode.acks import (
     MsgState,
     StoredMessage,
     StoreResult,
-    stored_body,
 )
 from wsnode.acks_redis_dead import EXPIRY_SLACK_MS, RedisDeadLetters, dead_of, message_of
+from wsnode.acks_redis_plan import StorePlan
 from wsnode.errors import QuotaExceeded
 from wsnode.ids import MsgId, UserId
 from wsnode.keys import BUCKETS, bucket_of, encode_id, member
@@ -73,22 +72,24 @@ class RedisAcks(RedisDeadLetters):
             return [await self._one(u, env, relayed_from) for u in users]
         out: list[StoreResult | QuotaExceeded] = []
         now = self._redis_now()
-        plans = [_Plan.of(self, user, env, None, now) for user in users]
+        plans = [StorePlan.of(self.policy, self._k, self._script.sha, self._folded, user, env,
+                               None, now) for user in users]
 
         def queue(pipe: Any) -> None:
             for plan in plans:
                 plan.queue(pipe)
 
+        width = StorePlan.width(self._folded)
         with translated("ack store"):
             # Durable: each message and its expiry entry reach a replica before
             # the sender hears it is stored (a failover must not lose it).
             durable = [key for plan in plans for key in (plan.keys[0], plan.expiry_key)]
-            replies = (await self._batch.run_group(queue, 3 * len(plans), durable=durable)
+            replies = (await self._batch.run_group(queue, width * len(plans), durable=durable)
                        if plans else [])
-            for other in (r for n, r in enumerate(replies) if n % 3 != 1):
+            for other in (r for n, r in enumerate(replies) if n % width != StorePlan.at(width)):
                 if isinstance(other, Exception):
                     raise other
-        for plan, reply in zip(plans, replies[1::3], strict=True):
+        for plan, reply in zip(plans, replies[StorePlan.at(width)::width], strict=True):
             if isinstance(reply, Exception):
                 # NOSCRIPT (Redis restarted), a corrupt record: as store() does it.
                 out.append(await self._one(plan.user, env, None))
@@ -106,24 +107,29 @@ class RedisAcks(RedisDeadLetters):
     async def _store(self, user: UserId, env: Envelope,
                      relayed_from: UserId | None) -> StoreResult:
         now = self._redis_now()
-        if relayed_from is not None:
+        if relayed_from is not None and not self._folded:
             enc = encode_id(env.id or "")
             await self._reserve(relayed_from, user, enc, now)
-        plan = _Plan.of(self, user, env, relayed_from, now)
+        plan = StorePlan.of(self.policy, self._k, self._script.sha, self._folded, user, env,
+                            relayed_from, now)
+        width = StorePlan.width(self._folded)
         with translated("ack store"):
-            reply = await self._group(plan.queue, 3, 1, plan.keys, plan.args,
+            reply = await self._group(plan.queue, width, StorePlan.at(width), plan.keys, plan.args,
                                       durable=[plan.keys[0], plan.expiry_key])
         return await self._stored(plan, reply)
 
-    async def _stored(self, plan: _Plan, reply: Any) -> StoreResult:
+    async def _stored(self, plan: StorePlan, reply: Any) -> StoreResult:
         """What the store script's ``reply`` means for ``plan``'s message."""
         k, p, user, enc, env = self._k, self.policy, plan.user, plan.enc, plan.env
         b, entry = bucket_of(user), member(user, enc)
         with translated("ack store"):
+            if int(reply[0]) == 3:
+                raise self._over_budget()  # (folded) no place taken
             if int(reply[0]) == 2:
                 sender = plan.relayed_from
                 assert sender is not None
-                await self._batch.run(lambda pipe: pipe.zrem(k.user_budget(sender), entry))
+                if not self._folded:  # folded, the script refused before reserving
+                    await self._batch.run(lambda pipe: pipe.zrem(k.user_budget(sender), entry))
                 raise QuotaExceeded("recipient", f"user {user!r} already has "
                                     f"{p.relayed_max_pending} pending messages from clients")
             if int(reply[0]) == 1:
@@ -131,11 +137,12 @@ class RedisAcks(RedisDeadLetters):
                 existing = None
                 if state is MsgState.PENDING:
                     existing = await self._message(user, enc)
-                else:
-                    # Not pending: the expiry entry this call added is not wanted.
+                elif not self._folded:
+                    # Not pending: the expiry entry this call added is not wanted
+                    # (folded, the script adds one only to a new message).
                     await self._batch.run(lambda pipe: pipe.zrem(k.ack_expiry(b), entry))
-                    if state is MsgState.DEAD:
-                        existing = await self._message(user, enc)
+                if state is MsgState.DEAD:
+                    existing = await self._message(user, enc)
                 return StoreResult(int(reply[1]), existing, duplicate=True, state=state)
             seq, stored_at, expires, due = (int(x) for x in reply[1:5])
             self._saw_redis_time(stored_at)
@@ -185,14 +192,18 @@ class RedisAcks(RedisDeadLetters):
                 k.user_relayed(user)]
         args: list[str | int] = ["settle", request_token(), enc, p.ttl_ms, p.relayed_keep_ms]
         entry, expiry = member(user, enc), k.ack_expiry(bucket_of(user))
+        if self._folded:
+            keys.append(expiry)  # the script removes the entry
+            args.append(entry)
 
         def queue(pipe: Any) -> None:
             queue_script(pipe, self._script, keys, args)
-            # Unconditional: an entry only exists while the message is pending.
-            pipe.zrem(expiry, entry)
+            if not self._folded:
+                # Unconditional: an entry only exists while the message is pending.
+                pipe.zrem(expiry, entry)
 
         with translated("ack settle"):
-            reply = await self._group(queue, 2, 0, keys, args)
+            reply = await self._group(queue, 1 if self._folded else 2, 0, keys, args)
             before, sender = as_str(reply[0]), as_str(reply[1])
             if sender:
                 # Delivered: its place in the sender's budget is free again (if this
@@ -376,48 +387,3 @@ class RedisAcks(RedisDeadLetters):
             if isinstance(reply, Exception):
                 raise reply
         return replies
-
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """One user's store, as queued in a pipeline: the expiry entry (first: an
-    entry without a message is dropped by the sweeper; a message without one
-    would never expire), the store script, then the due entry (lowered)."""
-
-    user: UserId
-    env: Envelope
-    relayed_from: UserId | None
-    enc: str
-    body: bytes
-    keys: list[str]
-    args: list[str | int | bytes]
-    expiry: int
-    due: int
-    expiry_key: str
-    due_key: str
-    sha: str
-
-    @classmethod
-    def of(cls, acks: RedisAcks, user: UserId, env: Envelope, relayed_from: UserId | None,
-           now: int) -> _Plan:
-        assert env.id is not None
-        p, k, b = acks.policy, acks._k, bucket_of(user)
-        enc, body = encode_id(env.id), stored_body(env)
-        keys = [k.user_msg(user, env.id), k.user_seq(user), k.user_pending(user),
-                k.user_due(user), k.user_relayed(user)]
-        args: list[str | int | bytes] = [
-            "store", request_token(), enc, env.type, body, p.ttl_ms, p.retry_interval_ms,
-            "" if env.expires_at is None else env.expires_at, p.max_pending_per_user,
-            p.dead_ttl_ms, relayed_from or "", p.relayed_max_pending]
-        expiry = now + p.ttl_ms + EXPIRY_SLACK_MS
-        if env.expires_at is not None:
-            expiry = min(expiry, env.expires_at + EXPIRY_SLACK_MS)
-        return cls(user, env, relayed_from, enc, body, keys, args, expiry,
-                   now + p.retry_interval_ms, k.ack_expiry(b), k.ack_due(b), acks._script.sha)
-
-    def queue(self, pipe: Any) -> None:
-        pipe.zadd(self.expiry_key, {member(self.user, self.enc): self.expiry}, lt=True)
-        # Raw: redis-py's cluster pipeline refuses evalsha() (see queue_script).
-        pipe.execute_command("EVALSHA", self.sha, len(self.keys), *self.keys, *self.args)
-        pipe.zadd(self.due_key, {self.user: self.due}, lt=True)

@@ -27,7 +27,7 @@ from wsnode.coalescer import Coalescer
 from wsnode.errors import CorruptRecord
 from wsnode.ids import MsgId, UserId
 from wsnode.keys import BUCKETS, RedisKeys, bucket_of, encode_id, member, split_member
-from wsnode.redis_conn import Redis, as_str, request_token, script, translated
+from wsnode.redis_conn import Redis, as_str, is_cluster, request_token, script, translated
 
 log = logging.getLogger("wsnode.acks")
 
@@ -53,6 +53,10 @@ class RedisDeadLetters:
         self._k = keys
         self._script = script(client, "acks")
         self._batch = Coalescer(client, replicas=replicas)
+        # One server (or Sentinel's master): no slot rule, so the store and settle
+        # scripts write the global index entries and the budget place themselves
+        # (one command per message instead of four). A cluster does them beside.
+        self._folded = not is_cluster(client)
         self._skew_ms = 0  # the Redis clock minus ours, as last seen
 
     # -- DeadLetters ----------------------------------------------------------

@@ -16,8 +16,8 @@ SCRIPTS = sorted(p.name for p in resources.files("wsnode.lua").iterdir()
 # redis.call('CMD', <key>, ...), kcall('CMD', <key>, ...), pcall(redis.call, 'CMD', <key>
 CALL = re.compile(r"(?:redis\.p?call|kcall|pcall\(redis\.call)\(?,?\s*'([A-Z]+)'\s*,\s*([^,)]+)")
 # ``key``: locals taken from KEYS (checked below); the others: parameters of the
-# helpers kill() and next_due(), which are called with KEYS (checked below).
-FROM_KEYS = re.compile(r"^(KEYS\[[^\]]+\]|key|due|dlq|pending|relayed)$")
+# helpers kill(), next_due() and reserve(), which are called with KEYS (checked below).
+FROM_KEYS = re.compile(r"^(KEYS\[[^\]]+\]|key|due|dlq|pending|relayed|budget)$")
 # Commands whose first argument is not a key.
 KEYLESS = {"TIME"}
 
@@ -37,8 +37,8 @@ def test_every_key_comes_from_keys(name: str) -> None:
 
 
 def test_the_key_helpers_take_their_keys_from_keys() -> None:
-    """``kill(key, encid, pending, due, dlq, relayed, ...)`` and ``next_due(due)``
-    are called with KEYS only."""
+    """``kill(key, encid, pending, due, dlq, relayed, ...)``, ``next_due(due)``
+    and ``reserve(budget, ...)`` are called with KEYS only."""
     text = resources.files("wsnode.lua").joinpath("acks.lua").read_text()
     calls = re.findall(r"\bkill\(([^)]*)\)", text)
     assert len(calls) > 1, "acks.lua defines and calls kill()"
@@ -47,3 +47,5 @@ def test_the_key_helpers_take_their_keys_from_keys() -> None:
         assert key in {"key", "KEYS[1]"}, args
         assert all(a.startswith("KEYS[") for a in (pending, due, dlq, relayed)), args
     assert set(re.findall(r"\bnext_due\(([^)]*)\)", text)[1:]) == {"KEYS[1]"}
+    budgets = [args.split(",")[0].strip() for args in re.findall(r"\breserve\(([^)]*)", text)]
+    assert len(budgets) > 2 and set(budgets[1:]) <= {"KEYS[1]", "KEYS[8]"}, budgets

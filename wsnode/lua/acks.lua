@@ -77,17 +77,34 @@ local function next_due(due)
   return first[2]
 end
 
+-- Take a place in a client's budget (zset "<recipient> <encid>" -> until) for
+-- `member` until `untilms`; false when all `cap` places are taken.
+local function reserve(budget, member, untilms, cap, now)
+  kcall('ZREMRANGEBYSCORE', budget, '-inf', now)
+  if kcall('ZSCORE', budget, member) then return true end
+  if kcall('ZCARD', budget) >= cap then return false end
+  kcall('ZADD', budget, untilms, member)
+  redis.call('PEXPIREAT', budget, untilms)
+  return true
+end
+
 local op = ARGV[1]
 local token = ARGV[2]
 
 if op == 'store' then
-  -- KEYS: msg, seq, pending, due, relayed. ARGV: op, token, encid, type, body, ttl,
-  -- retry, env_expires|'', max_pending, dead_ttl, from|'', relayed_cap.
+  -- KEYS: msg, seq, pending, due, relayed[, expiry index, due index[, budget]].
+  -- ARGV: op, token, encid, type, body, ttl, retry, env_expires|'', max_pending,
+  -- dead_ttl, from|'', relayed_cap[, index member, user, expiry slack, budget cap].
   -- Returns {0, seq, now, expires, next_due, overflow ids...} for a new message
   -- (or a repeat of this request), {1, seq, state} for a duplicate, {2, 'full'}
   -- when `from` (a client the message is relayed from) is set and the user
-  -- already has relayed_cap pending messages relayed from clients.
+  -- already has relayed_cap pending messages relayed from clients, {3, 'budget'}
+  -- when every place in that client's budget is taken.
+  -- With the index keys (one server: no slot rule), this call also writes the
+  -- message's expiry and due index entries, and takes its place in the budget
+  -- of `from` (the reserve op), which the pods do beside it on a cluster.
   local max_pending = tonumber(ARGV[9])
+  local folded = KEYS[6] ~= nil
   if redis.call('EXISTS', KEYS[1]) == 1 then
     local f = kcall('HMGET', KEYS[1], 'seq', 'state', 'req', 'stored_at', 'expires_at',
                     'next_due')
@@ -105,6 +122,10 @@ if op == 'store' then
   end
   local now = now_ms()
   local ttl, retry, dead_ttl = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[10])
+  if KEYS[8] and not reserve(KEYS[8], ARGV[13], now + ttl + dead_ttl, tonumber(ARGV[16]),
+                             now) then
+    return {3, 'budget'}
+  end
   if redis.call('EXISTS', KEYS[2]) == 0 then
     -- A lost counter (expired, or quarantined) restarts above every pending seq.
     local top = kcall('ZRANGE', KEYS[3], 0, 0, 'REV', 'WITHSCORES')
@@ -126,6 +147,10 @@ if op == 'store' then
     kcall('ZADD', KEYS[5], seq, ARGV[3])
     redis.call('PEXPIRE', KEYS[5], 2 * ttl)
   end
+  if folded then
+    kcall('ZADD', KEYS[6], 'LT', expires + tonumber(ARGV[15]), ARGV[13])
+    kcall('ZADD', KEYS[7], 'LT', due, ARGV[14])
+  end
   local out = {0, seq, now, expires, due}
   local over = redis.call('ZCARD', KEYS[3]) - max_pending
   if over > 0 then
@@ -145,9 +170,13 @@ elseif op == 'evict' then
   return dead_reply(KEYS[1])
 
 elseif op == 'settle' then
-  -- KEYS: msg, pending, due, relayed. ARGV: op, token, encid, ttl, relayed_keep.
+  -- KEYS: msg, pending, due, relayed[, expiry index]. ARGV: op, token, encid, ttl,
+  -- relayed_keep[, index member].
   -- Returns {state before, from|''}: `from` names the client a settled message
-  -- was relayed from (its budget is given back).
+  -- was relayed from (its budget is given back). With the expiry index (one
+  -- server), its entry goes too: unconditionally, as the pods do it on a cluster
+  -- (an entry only exists while the message is pending).
+  if KEYS[5] then kcall('ZREM', KEYS[5], ARGV[6]) end
   local f = kcall('HMGET', KEYS[1], 'state', 'stored_at', 'req', 'from')
   if not f[1] then return {'', ''} end
   if f[1] == 'acked' and f[3] == token then return {'pending', f[4] or ''} end
@@ -341,13 +370,10 @@ elseif op == 'reserve' then
   -- KEYS: a client's budget (zset "<recipient> <encid>" -> until). ARGV: op, token,
   -- member, until, cap. A message relayed from this client takes a place until it
   -- is acked or its dead letter is forgotten; 0 when every place is taken.
-  local now = now_ms()
-  kcall('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-  if kcall('ZSCORE', KEYS[1], ARGV[3]) then return 1 end
-  if kcall('ZCARD', KEYS[1]) >= tonumber(ARGV[5]) then return 0 end
-  kcall('ZADD', KEYS[1], ARGV[4], ARGV[3])
-  redis.call('PEXPIREAT', KEYS[1], ARGV[4])
-  return 1
+  if reserve(KEYS[1], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), now_ms()) then
+    return 1
+  end
+  return 0
 
 elseif op == 'quarantine' then
   -- KEYS: a corrupt key, where it goes. ARGV: op, token, keep_ms.
