@@ -36,10 +36,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, SlotNotCoveredError
 
 from wsnode.redis_conn import Redis, is_cluster, queue_script
+from wsnode.redis_lean import run_queued
 from wsnode.redis_sentinel import sentinel_pool
 from wsnode.redis_wait import ReplicaWait
 
@@ -129,11 +131,21 @@ class Coalescer:
 
     async def _execute(self, batch: list[_Queued]) -> None:
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
+            client = self._client
+            if isinstance(client, RedisCluster):
+                async with client.pipeline(transaction=False) as cpipe:
+                    for item in batch:
+                        item.queue(cpipe)
+                    nodes = self._queue_waits(cpipe, batch)
+                    replies = await cpipe.execute(raise_on_error=False)
+            else:
+                # One server: redis-py's pipeline machinery costs more than the
+                # commands (see wsnode.redis_lean); only its queueing is used.
+                pipe = client.pipeline(transaction=False)
                 for item in batch:
                     item.queue(pipe)
                 nodes = self._queue_waits(pipe, batch)
-                replies = await pipe.execute(raise_on_error=False)
+                replies = await run_queued(client, pipe)
         except BaseException as exc:
             for item in batch:
                 if not item.future.done():
