@@ -13,8 +13,10 @@ queue reach a live pod that re-routes them.
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import quote
 
 BUCKETS = 16
@@ -27,8 +29,23 @@ def bucket_of(user: str) -> int:
     return zlib.crc32(user.encode()) % BUCKETS
 
 
+# What quote(value, safe="") leaves as it is: most ids are only that.
+_PLAIN = re.compile(r"[A-Za-z0-9_.~-]*").fullmatch
+
+
 def encode_id(value: str) -> str:
-    """An id as it appears in key names and set members (percent-encoded)."""
+    """An id as it appears in key names and set members (percent-encoded).
+    Called a dozen times per stored message (every key of a user names it):
+    an id that needs no escaping is returned as it is, without ``quote``'s
+    ~3 µs."""
+    if _PLAIN(value):
+        return value
+    return _quoted(value)
+
+
+@lru_cache(maxsize=16384)
+def _quoted(value: str) -> str:
+    # Cached: the ids that need escaping are mostly user ids, used again and again.
     return quote(value, safe="")
 
 

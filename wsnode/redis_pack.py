@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import hiredis
 from redis.asyncio.cluster import RedisCluster
 from redis.connection import HiredisRespSerializer
 
@@ -25,12 +26,29 @@ class HiredisPacking:
     """Mixin for a ``redis.asyncio`` connection class: packs with hiredis."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
-        packed: list[bytes] = _SERIALIZER.pack(*args)
-        return packed
+        return [_pack(args)]
 
     def pack_commands(self, commands: Iterable[Iterable[Any]]) -> list[bytes]:
         # One buffer for the whole pipeline: one socket write.
-        return [b"".join(_SERIALIZER.pack(*command)[0] for command in commands)]
+        return [b"".join(_pack(tuple(command)) for command in commands)]
+
+
+def _pack(args: tuple[Any, ...]) -> bytes:
+    """``args`` as one RESP command. A command name with a space ('CONFIG GET')
+    is split, as redis-py does; str, bytes, int and float arguments go to
+    hiredis as they are, anything else through redis-py's serializer (which
+    converts a memoryview and refuses what Redis cannot take with DataError)."""
+    first = args[0]
+    if isinstance(first, str):
+        if " " in first:
+            args = (*first.encode().split(), *args[1:])
+    elif b" " in first:
+        args = (*first.split(), *args[1:])
+    try:
+        packed: bytes = hiredis.pack_command(args)
+    except TypeError:
+        packed = _SERIALIZER.pack(*args)[0]
+    return packed
 
 
 _classes: dict[type[Any], type[Any]] = {}
