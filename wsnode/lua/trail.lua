@@ -10,13 +10,12 @@ for i = 1, #KEYS, 2 do
   local user, n = ARGV[a], tonumber(ARGV[a + 1])
   local first = a + 2
   a = first + n
-  local ok = true
-  for j = first, a - 1 do
-    if ok and type(redis.pcall('RPUSH', KEYS[i], ARGV[j])) == 'table' then ok = false end
-  end
+  -- One RPUSH of the pair's events; LTRIM only past the cap (RPUSH says the length).
+  local len = redis.pcall('RPUSH', KEYS[i], unpack(ARGV, first, a - 1))
+  local ok = type(len) ~= 'table'
   if ok and type(redis.pcall('SADD', KEYS[i + 1], user)) == 'table' then ok = false end
   if ok then
-    redis.call('LTRIM', KEYS[i], -cap, -1)
+    if len > cap then redis.call('LTRIM', KEYS[i], -cap, -1) end
     redis.call('PEXPIRE', KEYS[i], ttl)
     redis.call('PEXPIRE', KEYS[i + 1], ttl)
   else
