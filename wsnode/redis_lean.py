@@ -1,11 +1,11 @@
 """A pipeline's commands sent and read on one pooled connection, without
 redis-py's per-call machinery (one server or Sentinel's master).
 
-``Pipeline.execute`` in redis-py 8 costs ~90 µs of client CPU per call whatever
-the pipeline holds (measured on this project's machine with one GET: 113 µs
-user time a call, 89 µs with 20 in flight): observability hooks on every
-execute, HIMPORT preflight bookkeeping, and the pool's acquire path. The
-:class:`~wsnode.coalescer.Coalescer` sends thousands of pipelines a second, so
+``Pipeline.execute`` in redis-py 8 costs ~110 µs of client CPU for a pipeline
+of two small commands (20 in flight, measured on this project's machine), ~20
+of them in machinery a coalesced pipeline does not need: observability hooks on
+every execute, HIMPORT preflight bookkeeping, the retry wrapper's bookkeeping.
+The :class:`~wsnode.coalescer.Coalescer` sends thousands of pipelines a second, so
 :func:`run_queued` does only what a pipeline without MULTI needs: the queued
 commands (``pipe.command_stack``, filled by redis-py's own command methods)
 packed into one write, each reply read and passed through redis-py's reply

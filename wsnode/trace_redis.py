@@ -64,6 +64,9 @@ def _calls(k: RedisKeys, batch: dict[tuple[UserId, MsgId], list[bytes]],
             calls.append(call)
         keys, args, trails = call
         keys += (k.trace(user, msg_id), k.trace_users(msg_id))
+        # Only the newest MAX_EVENTS are kept anyway; and the script hands a
+        # trail's events to one RPUSH, which Lua's unpack() limits.
+        entries = entries[-MAX_EVENTS:]
         args += (user, len(entries), *entries)
         trails.append((user, msg_id))
     return calls

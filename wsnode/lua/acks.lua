@@ -126,6 +126,16 @@ if op == 'store' then
                              now) then
     return {3, 'budget'}
   end
+  local expires = now + ttl
+  if ARGV[8] ~= '' then expires = math.min(expires, tonumber(ARGV[8])) end
+  local due = now + retry
+  if folded then
+    -- Before the message (a script that fails half-way keeps what it wrote): an
+    -- entry without a message is dropped by the sweeper, a message without its
+    -- entries would neither expire nor be resent.
+    kcall('ZADD', KEYS[6], 'LT', expires + tonumber(ARGV[15]), ARGV[13])
+    kcall('ZADD', KEYS[7], 'LT', due, ARGV[14])
+  end
   if redis.call('EXISTS', KEYS[2]) == 0 then
     -- A lost counter (expired, or quarantined) restarts above every pending seq.
     local top = kcall('ZRANGE', KEYS[3], 0, 0, 'REV', 'WITHSCORES')
@@ -133,9 +143,6 @@ if op == 'store' then
   end
   local seq = kcall('INCR', KEYS[2])
   redis.call('PEXPIRE', KEYS[2], 2 * ttl)
-  local expires = now + ttl
-  if ARGV[8] ~= '' then expires = math.min(expires, tonumber(ARGV[8])) end
-  local due = now + retry
   kcall('ZADD', KEYS[3], seq, ARGV[3])
   kcall('ZADD', KEYS[4], due, ARGV[3])
   redis.call('HSET', KEYS[1], 'seq', seq, 'type', ARGV[4], 'body', ARGV[5], 'stored_at', now,
@@ -146,10 +153,6 @@ if op == 'store' then
     redis.call('HSET', KEYS[1], 'from', ARGV[11])
     kcall('ZADD', KEYS[5], seq, ARGV[3])
     redis.call('PEXPIRE', KEYS[5], 2 * ttl)
-  end
-  if folded then
-    kcall('ZADD', KEYS[6], 'LT', expires + tonumber(ARGV[15]), ARGV[13])
-    kcall('ZADD', KEYS[7], 'LT', due, ARGV[14])
   end
   local out = {0, seq, now, expires, due}
   local over = redis.call('ZCARD', KEYS[3]) - max_pending
