@@ -24,7 +24,7 @@ from wsnode.acks import (
 )
 from wsnode.clock import SystemClock
 from wsnode.coalescer import Coalescer
-from wsnode.errors import CorruptRecord
+from wsnode.errors import BackendError, CorruptRecord
 from wsnode.ids import MsgId, UserId
 from wsnode.keys import BUCKETS, RedisKeys, bucket_of, encode_id, member, split_member
 from wsnode.redis_conn import Redis, as_str, is_cluster, request_token, script, translated
@@ -55,7 +55,8 @@ class RedisDeadLetters:
         self._batch = Coalescer(client, replicas=replicas)
         # One server (or Sentinel's master): no slot rule, so the store and settle
         # scripts write the global index entries and the budget place themselves
-        # (one command per message instead of four). A cluster does them beside.
+        # (one command per message instead of four). A cluster does them beside,
+        # and so does one endpoint that turns out to refuse it (see _guarded).
         self._folded = not is_cluster(client)
         self._skew_ms = 0  # the Redis clock minus ours, as last seen
 
@@ -223,6 +224,19 @@ class RedisDeadLetters:
             return await call()
         except CorruptRecord as exc:
             await self._quarantine(exc)
+            return await call()
+        except BackendError as exc:
+            if "CROSSSLOT" not in str(exc):
+                raise
+            # One endpoint in front of a sharded store (a cluster proxy) refuses a
+            # script over several slots: write the index entries beside it, as
+            # on a cluster (nothing of the refused call was written). Calls made
+            # folded before the switch land here too, and run again unfolded.
+            if self._folded:
+                log.warning("the Redis at WSNODE_REDIS_URL refuses scripts over several "
+                            "hash slots (a cluster proxy?): ACK index entries are written "
+                            "beside the scripts from now on")
+                self._folded = False
             return await call()
 
     async def _quarantine(self, exc: CorruptRecord) -> None:

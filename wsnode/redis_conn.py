@@ -38,6 +38,7 @@ from redis.backoff import EqualJitterBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
     AskError,
+    ClusterCrossSlotError,
     ClusterDownError,
     MasterDownError,
     MovedError,
@@ -124,6 +125,8 @@ def translate(exc: BaseException, what: str, key: str | None = None) -> Exceptio
         for cls, code in _UNAVAILABLE_CLASSES:
             if isinstance(exc, cls):
                 return BackendUnavailable(f"redis cannot serve ({what}): {code} {message}")
+        if isinstance(exc, ClusterCrossSlotError):  # its code, cut off by redis-py, put back
+            return BackendError(f"redis refused {what}: CROSSSLOT {message}")
         if message.startswith("CORRUPT "):
             # Raised by our scripts: "CORRUPT <key> <detail> script: ..."
             _, bad_key, detail = message.split(" ", 2)
