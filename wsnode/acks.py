@@ -39,7 +39,7 @@ Contracts shared by every backend (``tests/contract`` holds both to them):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
@@ -201,7 +201,7 @@ def new_message(
 
 def stored_body(env: Envelope) -> bytes:
     """The encoded envelope as stored: ACK-required, without ``seq``."""
-    return replace(env, seq=None, requires_ack=True).encode()
+    return env.copy(id=env.id, requires_ack=True, seq=None).encode()
 
 
 def without_expiry(body: bytes) -> bytes:

@@ -115,6 +115,11 @@ class Envelope:
     expires_at: int | None = None
     seq: int | None = None
 
+    def copy(self, *, id: str | None, requires_ack: bool, seq: int | None) -> Envelope:
+        """A copy with these three fields: what ``dataclasses.replace`` makes at a
+        fifth of its cost (the send path makes two per ACK-required message)."""
+        return Envelope(self.type, self.payload, id, requires_ack, self.expires_at, seq)
+
     def to_wire(self) -> dict[str, Any]:
         """The envelope as a JSON-ready dict with wire field names."""
         out: dict[str, Any] = {"type": self.type, "payload": self.payload}

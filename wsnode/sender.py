@@ -39,7 +39,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Final, Protocol
 
@@ -139,7 +139,8 @@ def outgoing(env: Envelope, clock: Clock, on_behalf_of: UserId | FromContext | N
     relayed = RELAYED_FROM.get() if isinstance(on_behalf_of, FromContext) else on_behalf_of
     check_outgoing(env, clock, relayed is not None)
     if relayed is not None and env.id is not None:
-        env = replace(env, id=relayed_id(relayed, env.id))
+        env = env.copy(id=relayed_id(relayed, env.id), requires_ack=env.requires_ack,
+                       seq=env.seq)
     return env, relayed
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import orjson
 import pytest
 
@@ -291,3 +293,12 @@ def test_close_reason_trims_multibyte_on_a_char_boundary(char: str) -> None:
     assert len(raw) <= MAX_CLOSE_REASON_BYTES
     assert len(raw) > MAX_CLOSE_REASON_BYTES - len(char.encode())  # nothing more lost
     assert text.startswith(out)
+
+
+def test_copy_keeps_every_field_but_the_three_it_sets() -> None:
+    values = {f.name: f"v-{f.name}" for f in dataclasses.fields(Envelope)}
+    original = Envelope(**values)  # type: ignore[arg-type]
+    copy = original.copy(id="i", requires_ack=True, seq=7)
+    assert copy is not original
+    assert dataclasses.asdict(copy) == {**values, "id": "i", "requires_ack": True, "seq": 7}
+    assert dataclasses.asdict(original) == values
