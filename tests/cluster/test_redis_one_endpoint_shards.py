@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.redis_cluster import RedisNode, Unavailable, command
+from tests.support.redis_cluster import RedisNode, Unavailable, command, skip_or_fail
 from wsnode import redis_conn
 from wsnode.acks import AckPolicy, MsgState
 from wsnode.acks_redis import RedisAcks
@@ -34,7 +34,8 @@ pytestmark = pytest.mark.timeout(60)
 def endpoint(tmp_path: Path) -> Iterator[RedisNode]:
     node = RedisNode(tmp_path, "sharded")
     try:
-        node.spawn("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+        node.spawn("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                   "--cluster-port", str(node.bus_port))
         node.await_ping()
         command(node.port, "CLUSTER", "ADDSLOTSRANGE", "0", "16383")
         deadline = time.monotonic() + 20
@@ -44,7 +45,7 @@ def endpoint(tmp_path: Path) -> Iterator[RedisNode]:
             time.sleep(0.05)
     except Unavailable as exc:
         node.kill()
-        pytest.skip(f"a one-node Redis Cluster cannot start here: {exc}")
+        skip_or_fail(f"a one-node Redis Cluster cannot start here: {exc}")
     yield node
     node.kill()
 

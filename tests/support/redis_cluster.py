@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from tests.support.pods import free_port
 from tests.support.redis_server import answers_ping
@@ -367,13 +368,17 @@ def start_or_skip(make: type[RedisClusterServers] | type[SentinelServers],
                   workdir: Path) -> RedisClusterServers | SentinelServers:
     """A started topology, or a skip that says why not (a failure when
     ``WSNODE_TEST_REQUIRE_CLUSTERS=1``)."""
-    import pytest
-
     try:
         return make(workdir).start()
     except Unavailable as exc:
-        reason = f"{make.__name__} cannot start on this machine: {exc}"
-        print(f"\nSKIP: {reason}")
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        skip_or_fail(f"{make.__name__} cannot start on this machine: {exc}")
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """Skip the test for ``reason``, or fail it when ``WSNODE_TEST_REQUIRE_CLUSTERS=1``."""
+    import pytest
+
+    print(f"\nSKIP: {reason}")
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
