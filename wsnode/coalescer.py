@@ -134,17 +134,13 @@ class Coalescer:
             client = self._client
             if isinstance(client, RedisCluster):
                 async with client.pipeline(transaction=False) as cpipe:
-                    for item in batch:
-                        item.queue(cpipe)
-                    nodes = self._queue_waits(cpipe, batch)
+                    nodes = self._fill(cpipe, batch)
                     replies = await cpipe.execute(raise_on_error=False)
             else:
                 # One server: redis-py's pipeline machinery costs more than the
                 # commands (see wsnode.redis_lean); only its queueing is used.
                 pipe = client.pipeline(transaction=False)
-                for item in batch:
-                    item.queue(pipe)
-                nodes = self._queue_waits(pipe, batch)
+                nodes = self._fill(pipe, batch)
                 replies = await run_queued(client, pipe)
         except BaseException as exc:
             for item in batch:
@@ -175,6 +171,12 @@ class Coalescer:
                 item.future.set_exception(reply)
             else:
                 item.future.set_result(reply)
+
+    def _fill(self, pipe: Any, batch: list[_Queued]) -> list[tuple[str, Any]]:
+        """Queue ``batch``'s commands on ``pipe``, then its WAITs (see below)."""
+        for item in batch:
+            item.queue(pipe)
+        return self._queue_waits(pipe, batch)
 
     def _queue_waits(self, pipe: Any, batch: list[_Queued]) -> list[tuple[str, Any]]:
         """Queue a WAIT on every node that durable writes of ``batch`` went to;

@@ -36,8 +36,8 @@ _PLAIN = re.compile(r"[A-Za-z0-9_.~-]*").fullmatch
 def encode_id(value: str) -> str:
     """An id as it appears in key names and set members (percent-encoded).
     Called a dozen times per stored message (every key of a user names it):
-    an id that needs no escaping is returned as it is, without ``quote``'s
-    ~3 µs."""
+    an id that needs no escaping is returned as it is (0.16 µs, against 0.36
+    through ``quote``)."""
     if _PLAIN(value):
         return value
     return _quoted(value)
