@@ -13,7 +13,7 @@ from wsnode import redis_conn
 from wsnode.acks import AckPolicy, MsgState
 from wsnode.acks_redis import RedisAcks
 from wsnode.ids import ConnId, MsgId, PodId, UserId
-from wsnode.keys import RedisKeys
+from wsnode.keys import RedisKeys, bucket_of, member
 from wsnode.limiter_redis import RedisLimiter
 from wsnode.presence import PodState
 from wsnode.presence_redis import RedisPresence
@@ -89,3 +89,21 @@ async def test_trails_reload_after_a_script_flush_and_skip_a_corrupt_key(
     assert [e["user"] for e in await tracer.trail(MsgId("m2"), alice)] == ["alice"]
     assert await client.get(keys.trace(bob, "m2")) == b"not a list"
     assert "trail of message m2 of user 'bob' was not written" in caplog.text
+
+
+async def test_a_corrupt_index_bucket_is_moved_aside_and_the_store_keeps_its_entries(
+        client: Redis) -> None:
+    """On one server the store script writes the index entries itself: one that
+    fails on a corrupt bucket is run again once the bucket is quarantined, and
+    the message is stored with both entries (it expires and is resent)."""
+    keys = RedisKeys("ws")
+    acks = RedisAcks(client, keys, AckPolicy())
+    alice = UserId("alice")
+    bucket = bucket_of(alice)
+    await client.set(keys.ack_expiry(bucket), "not a zset")
+    stored = await acks.store(alice, Envelope(type="n", id="m1", requires_ack=True))
+    assert stored.seq == 1 and not stored.duplicate
+    assert await client.zscore(keys.ack_expiry(bucket), member(alice, "m1")) is not None
+    assert await client.zscore(keys.ack_due(bucket), alice) is not None
+    assert [m.id for m in await acks.pending(alice)] == ["m1"]
+    assert await client.get(keys.quarantined(keys.ack_expiry(bucket))) == b"not a zset"
