@@ -34,6 +34,8 @@ from typing import cast
 
 from websockets.asyncio.server import ServerConnection
 
+from wsnode.wsread import FastFrames
+
 # What a waiting connection may have sent before its turn: a handshake request
 # is a few hundred bytes (websockets refuses headers over 8 KiB a line anyway).
 _WAITING_BYTES = 64 * 1024
@@ -119,8 +121,9 @@ class Intake:
         return IntakeConnection
 
 
-class _Waiting(ServerConnection):
-    """A connection that may wait, unread, for its handshake to start."""
+class _Waiting(FastFrames):
+    """A connection that may wait, unread, for its handshake to start (and
+    reads its frames by :mod:`wsnode.wsread` once open)."""
 
     started = False
     held: list[bytes] | None = None  # what it sent while waiting; None: not waiting
@@ -149,5 +152,5 @@ class _Waiting(ServerConnection):
         if transport.is_closing():
             return
         for data in held:
-            ServerConnection.data_received(self, data)
+            FastFrames.data_received(self, data)
         transport.resume_reading()
