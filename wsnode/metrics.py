@@ -8,12 +8,14 @@ registered for them (client side) or when the server code chose them.
 from __future__ import annotations
 
 import contextlib
+from typing import overload
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from wsnode.acks import DeadLetters
 from wsnode.errors import WsnodeError
 from wsnode.hub import Hub
+from wsnode.metrics_tally import HistogramTally, Tally
 
 MAX_TYPES = 200
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -24,6 +26,8 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        # The counts of every message, kept as numbers until a scrape (metrics_tally).
+        self._tallies: list[Tally | HistogramTally] = []
         self.connections = Gauge("wsnode_connections", "Open WebSocket connections", registry=r)
         self.users = Gauge("wsnode_users", "Distinct users connected to this pod", registry=r)
         self.handshakes_refused = Counter(
@@ -49,11 +53,11 @@ class Metrics:
             "wsnode_acks_pending", "ACK-required messages pending (store-wide)", registry=r)
         self.acks_dead = Gauge(
             "wsnode_acks_dead", "Messages in the dead-letter store", registry=r)
-        self.acks_stored = Counter(
-            "wsnode_acks_stored_total", "ACK-required messages stored", registry=r)
-        self.acks_settled = Counter(
+        self.acks_stored = self._tally(Counter(
+            "wsnode_acks_stored_total", "ACK-required messages stored", registry=r))
+        self.acks_settled = self._tally(Counter(
             "wsnode_acks_settled_total", "ACK-required messages settled by a client ack",
-            registry=r)
+            registry=r))
         self.acks_resent = Counter(
             "wsnode_acks_resent_total", "Resends of unacked messages", registry=r)
         self.acks_claims = Counter(
@@ -62,11 +66,11 @@ class Metrics:
         self.acks_dead_lettered = Counter(
             "wsnode_acks_dead_lettered_total", "Messages moved to the dead-letter store",
             ["reason"], registry=r)
-        self.send_latency = Histogram(
+        self.send_latency = self._tally(Histogram(
             "wsnode_send_latency_seconds",
             "Time for send_to_user to store and route a message (sends that touch the ACK "
             "store or the bus; purely local at-most-once sends are not timed)",
-            buckets=LATENCY_BUCKETS, registry=r)
+            buckets=LATENCY_BUCKETS, registry=r), LATENCY_BUCKETS)
         self.slow_consumers = Counter(
             "wsnode_slow_consumers_total", "Connections closed 4408 (send queue overflow)",
             registry=r)
@@ -75,17 +79,17 @@ class Metrics:
         self.limiter_fail_open = Counter(
             "wsnode_limiter_fail_open_total", "Hits allowed because the limiter store failed",
             registry=r)
-        self.bus_delivered = Counter(
+        self.bus_delivered = self._tally(Counter(
             "wsnode_bus_delivered_total",
             "Frames queued to this pod's connections for messages that came from another "
-            "pod (the rest of wsnode_messages_out_total was sent on this pod)", registry=r)
+            "pod (the rest of wsnode_messages_out_total was sent on this pod)", registry=r))
         self.presence_lookups = Counter(
             "wsnode_presence_lookups_total",
             "Users looked up for routing, by result: hit (the presence cache answered) "
             "or miss (read from the presence store, or from a read of the same user "
             "already in flight)", ["result"], registry=r)
-        self.published = Counter(
-            "wsnode_published_total", "Deliveries published to other pods", registry=r)
+        self.published = self._tally(Counter(
+            "wsnode_published_total", "Deliveries published to other pods", registry=r))
         self.bus_batches_out = Counter(
             "wsnode_bus_batches_published_total",
             "Broker messages of deliveries this pod published (each carries one or more "
@@ -111,17 +115,31 @@ class Metrics:
         # Labelled children by type: labels() costs more than the increment itself.
         # Bounded: client types are registered handler types (or "other"), and
         # server types are chosen by the application's code.
-        self._in: dict[str, Counter] = {}
-        self._out: dict[str, Counter] = {}
-        self._dropped: dict[str, Counter] = {}
-        self._lookups = (self.presence_lookups.labels("hit"),
-                         self.presence_lookups.labels("miss"))
+        self._in: dict[str, Tally] = {}
+        self._out: dict[str, Tally] = {}
+        self._dropped: dict[str, Tally] = {}
+        self._lookups = (self._tally(self.presence_lookups.labels("hit")),
+                         self._tally(self.presence_lookups.labels("miss")))
+
+    @overload
+    def _tally(self, metric: Histogram, buckets: tuple[float, ...]) -> HistogramTally: ...
+
+    @overload
+    def _tally(self, metric: Counter) -> Tally: ...
+
+    def _tally(self, metric: Counter | Histogram,
+               buckets: tuple[float, ...] = ()) -> Tally | HistogramTally:
+        """``metric`` counted through a tally, flushed by :meth:`render`."""
+        tally = HistogramTally(metric, buckets) if isinstance(metric, Histogram) \
+            else Tally(metric)
+        self._tallies.append(tally)
+        return tally
 
     def count_in(self, msg_type: str) -> None:
         """``messages_in{type}`` += 1, with the labelled child cached (hot path)."""
         child = self._in.get(msg_type)
         if child is None:
-            child = self._in[msg_type] = self.messages_in.labels(msg_type)
+            child = self._in[msg_type] = self._tally(self.messages_in.labels(msg_type))
         child.inc()
 
     def count_out(self, msg_type: str, n: int) -> None:
@@ -131,16 +149,18 @@ class Metrics:
         child = self._out.get(msg_type)
         if child is None:
             if len(self._out) < MAX_TYPES:
-                child = self._out[msg_type] = self.messages_out.labels(msg_type)
+                child = self._out[msg_type] = self._tally(self.messages_out.labels(msg_type))
             else:
-                child = self.messages_out.labels("other")
+                child = self._out.get("other")
+                if child is None:
+                    child = self._out["other"] = self._tally(self.messages_out.labels("other"))
         child.inc(n)
 
     def count_dropped(self, reason: str, n: int = 1) -> None:
         """``messages_dropped{reason}`` += n, with the labelled child cached."""
         child = self._dropped.get(reason)
         if child is None:
-            child = self._dropped[reason] = self.dropped.labels(reason)
+            child = self._dropped[reason] = self._tally(self.dropped.labels(reason))
         child.inc(n)
 
     def count_lookups(self, hits: int, misses: int) -> None:
@@ -165,5 +185,7 @@ class Metrics:
             self.acks_dead.set(stats.dead)
 
     def render(self) -> bytes:
-        """The Prometheus text exposition of this registry."""
+        """The Prometheus text exposition of this registry (the tallies flushed first)."""
+        for tally in self._tallies:
+            tally.flush()
         return generate_latest(self.registry)
