@@ -7,9 +7,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+from redis import asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tests.support.cluster import REDIS_URL
 from wsnode import redis_conn
@@ -77,3 +82,57 @@ async def test_a_cancelled_call_leaves_no_unread_replies(client: Redis) -> None:
         pipe.get(value)
         assert await run_queued(client, pipe) == [b"mine"]
     assert not client.connection_pool._in_use_connections
+
+
+async def test_a_pipeline_past_the_socket_timeout_fails_and_leaves_a_clean_pool() -> None:
+    """The replies are read under one deadline (socket_timeout): a reply that does
+    not come fails the call as redis-py fails a read (redis TimeoutError, retried
+    once here), and the pool's connections answer their own commands after."""
+    client = aioredis.Redis.from_url(
+        REDIS_URL, socket_timeout=0.3, max_connections=2,
+        retry=Retry(NoBackoff(), 1), retry_on_error=[RedisTimeoutError])
+    try:
+        value = key()
+        await client.set(value, "mine", px=60_000)
+        pipe = client.pipeline(transaction=False)
+        pipe.get(value)
+        pipe.blpop([key()], 30)  # Redis would answer after 30 s
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(RedisTimeoutError):
+            await run_queued(client, pipe)
+        assert asyncio.get_running_loop().time() - started < 10  # two deadlines, not 30 s
+        for _ in range(4):
+            pipe = client.pipeline(transaction=False)
+            pipe.get(value)
+            assert await run_queued(client, pipe) == [b"mine"]
+        assert not client.connection_pool._in_use_connections
+    finally:
+        await client.aclose()
+
+
+async def test_reply_options_are_applied_as_redis_py_applies_them() -> None:
+    """NEVER_DECODE, EMPTY_RESPONSE and reply callbacks with their options, on a
+    client that decodes replies: as ``Pipeline.execute(raise_on_error=False)``."""
+    client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    used: list[str] = []
+
+    def queue() -> Any:
+        text, zset = key(), key()
+        used.extend((text, zset))
+        pipe = client.pipeline(transaction=False)
+        pipe.set(text, "v", px=60_000)
+        pipe.zadd(zset, {"a": 1.5, "b": 2})
+        pipe.zrange(zset, 0, -1, withscores=True, score_cast_func=int)  # a callback option
+        pipe.execute_command("GET", text, NEVER_DECODE=True)  # bytes despite decoding
+        pipe.execute_command("LPUSH", text, "x", EMPTY_RESPONSE="wrong type")  # error replaced
+        pipe.execute_command("LPUSH", text, "x")  # error in place
+        return pipe
+
+    try:
+        lean = await run_queued(client, queue())
+        executed = await queue().execute(raise_on_error=False)
+        assert lean[:5] == executed[:5] == [True, 2, [("a", 1), ("b", 2)], b"v", "wrong type"]
+        assert type(lean[5]) is type(executed[5]) and str(lean[5]) == str(executed[5])
+        await client.delete(*used)
+    finally:
+        await client.aclose()
