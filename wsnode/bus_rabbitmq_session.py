@@ -51,6 +51,8 @@ class Session:
     """One AMQP connection and everything on it; discarded whole on any loss."""
 
     pub: AbstractChannel
+    raw_pub: Any
+    """``pub``'s aiormq channel, which publishes (see bus_rabbitmq_topology.publish)."""
     exchange: AbstractExchange
 
     def __init__(self, connection: AbstractConnection, where: str = "") -> None:

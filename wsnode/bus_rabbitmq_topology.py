@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import aio_pika
+import aiormq
 import orjson
 from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import (
@@ -60,6 +61,7 @@ async def declare(session: Session, names: AmqpNames, pod: PodId | None,
     await pub.initialize()
     pub.close_callbacks.add(session.on_closed)
     session.pub = pub
+    session.raw_pub = await pub.get_underlay_channel()
     session.exchange = await pub.declare_exchange(
         names.exchange, aio_pika.ExchangeType.DIRECT, durable=True)
     stranded_x = await pub.declare_exchange(
@@ -125,13 +127,16 @@ async def publish(session: Session, pod: PodId, body: bytes, kind: str, *,
     """Publish one message of ``kind`` to ``pod`` (mandatory, confirmed within
     ``confirm_within`` seconds). Unroutable when returned; BackendUnavailable
     otherwise (after a timeout the outcome is unknown: a retry may duplicate)."""
-    mode = aio_pika.DeliveryMode.PERSISTENT if persistent else \
-        aio_pika.DeliveryMode.NOT_PERSISTENT
-    message = aio_pika.Message(body, type=kind, content_type=_CONTENT_TYPES[kind],
-                               delivery_mode=mode, headers=cast(Any, headers) or None)
+    properties = aiormq.spec.Basic.Properties(
+        content_type=_CONTENT_TYPES[kind], message_type=kind,
+        delivery_mode=2 if persistent else 1, headers=cast(Any, headers) or None)
     try:
-        await session.exchange.publish(message, routing_key=pod, mandatory=True,
-                                       timeout=confirm_within)
+        # On aio-pika's own aiormq channel, through aiormq's public API: aio-pika's
+        # Message and Exchange.publish cost ~11 µs per broker message more (its
+        # Message object alone 9.5 µs) and add nothing used here.
+        await session.raw_pub.basic_publish(
+            body, exchange=session.exchange.name, routing_key=pod, properties=properties,
+            mandatory=True, timeout=confirm_within)
     except PublishError as exc:
         raise Unroutable(f"pod {pod!r} has no queue") from exc
     except DeliveryError as exc:
