@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from aio_pika.exceptions import ChannelPreconditionFailed, ProbableAuthenticationError
 
 from wsnode.errors import BackendUnavailable
@@ -61,7 +61,8 @@ class Session:
         """The URL of the broker node, password hidden."""
         self.lost = asyncio.Event()
         self.reason = ""
-        self.consumers: list[tuple[AbstractQueue, str]] = []
+        self.consumers: list[Callable[[], Awaitable[object]]] = []
+        """How to cancel each consumer of the session (bounded in time)."""
         self.tasks: list[asyncio.Task[None]] = []
         connection.close_callbacks.add(self.on_closed)
 
@@ -97,9 +98,9 @@ class Session:
         the connection goes. Safe to call again on a closed session."""
         if graceful:
             # Cancel consumers first: nothing new arrives while we settle publishes.
-            for queue, tag in self.consumers:
+            for cancel in self.consumers:
                 with contextlib.suppress(Exception):
-                    await queue.cancel(tag, timeout=CLOSE_TIMEOUT)
+                    await cancel()
         for task in self.tasks:
             task.cancel()
         if graceful and settle is not None:
