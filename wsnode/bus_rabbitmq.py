@@ -42,10 +42,13 @@ Contracts beyond the Protocol's:
   are persistent, the others transient.
 * Every consumed message is acked after its handler ran, even when the handler
   raised: a failing handler is never retried (ACK-required deliveries are safe
-  in the ACK store). A connection lost before the ack makes the broker
-  redeliver, so a handler may see a batch twice.
+  in the ACK store). While more messages wait, up to 16 handled ones share one
+  ack; when none waits, what was handled is acked before waiting. A connection
+  lost before the ack makes the broker redeliver, so a handler may see a batch
+  twice (marked redelivered: at-most-once deliveries in it are not sent again).
 * Messages are handled strictly in queue order, one at a time per queue.
-* One session = one connection, a publishing channel and a consuming channel.
+* One session = one connection, a publishing channel and a consuming channel
+  per queue consumed (the pod's, the stranded one: acks are per channel).
   Any loss (connection, channel, a consumer cancelled by the broker, a deaf
   pod) discards the whole session; a supervisor task reconnects forever with
   exponential backoff and full jitter, re-declares the topology and consumes

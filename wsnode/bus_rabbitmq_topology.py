@@ -7,9 +7,11 @@ JSON command) or ``canary``.
 
 Consuming contract: every consumed message is acked after its handler ran,
 even when the handler raised (a failing handler is never retried: ACK-required
-deliveries are safe in the ACK store); messages are handled strictly in queue
-order, one at a time per queue; a body that cannot be decoded is parked in the
-poison queue, once, and never requeued.
+deliveries are safe in the ACK store), up to ``ACK_EVERY`` of them in one ack
+while more wait, and at once when none waits; messages are handled strictly in
+queue order, one at a time per queue (each queue on a channel of its own); a
+body that cannot be decoded is parked in the poison queue, once, and never
+requeued.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ from wsnode.outage import LogThrottle
 log = logging.getLogger("wsnode.bus")
 
 DELIVER, CONTROL, CANARY = "deliver", "control", "canary"
+ACK_EVERY = 16
+"""Consumed messages acked with one ``basic_ack`` at most, when more are waiting:
+an ack is a frame and a socket write for the pod and work for the broker."""
+
 _CONTENT_TYPES = {DELIVER: "application/x-wsnode-batch", CONTROL: "application/json",
                   CANARY: "text/plain"}
 
@@ -176,20 +182,22 @@ class Consumer:
         """Messages moved to the poison queue."""
 
     async def consume(self, session: Session) -> None:
-        """Open the consuming channel and start one worker per queue."""
-        sub = session.connection.channel(publisher_confirms=False)
-        await sub.initialize()
-        sub.close_callbacks.add(session.on_closed)
-        await sub.set_qos(prefetch_count=self._prefetch)
-        raw = await sub.get_underlay_channel()
-        # A queue deleted under us cancels our consumer; start over (which
-        # re-declares the queue) rather than sit deaf until the canary notices.
-        cancel_callbacks = getattr(raw, "on_consumer_cancel_callbacks", None)
-        if cancel_callbacks is not None:
-            cancel_callbacks.add(session.on_consumer_cancelled)
+        """Open a consuming channel per queue and start one worker per queue."""
         pod = self.pod
         for name, stranded in ((self._names.pod_queue(pod), False),
                                (self._names.stranded_queue, True)):
+            # A channel each: delivery tags, and so acks of several messages at
+            # once, are per channel (see _work).
+            sub = session.connection.channel(publisher_confirms=False)
+            await sub.initialize()
+            sub.close_callbacks.add(session.on_closed)
+            await sub.set_qos(prefetch_count=self._prefetch)
+            raw = await sub.get_underlay_channel()
+            # A queue deleted under us cancels our consumer; start over (which
+            # re-declares the queue) rather than sit deaf until the canary notices.
+            cancel_callbacks = getattr(raw, "on_consumer_cancel_callbacks", None)
+            if cancel_callbacks is not None:
+                cancel_callbacks.add(session.on_consumer_cancelled)
             inbox: asyncio.Queue[DeliveredMessage] = asyncio.Queue()
             role = "stranded" if stranded else "pod"
             session.spawn(self._work(session, raw, inbox, stranded), f"{role} queue worker")
@@ -210,7 +218,20 @@ class Consumer:
 
     async def _work(self, session: Session, raw: Any, inbox: asyncio.Queue[DeliveredMessage],
                     stranded: bool) -> None:
+        """Handle the queue's messages in order, each acked after its handler ran:
+        while more wait in the inbox, up to ``ACK_EVERY`` handled ones are acked
+        at once (``multiple``: every tag up to the last, this channel's only
+        consumer's); an empty inbox acks what was handled before waiting."""
+        handled, last = 0, 0
         while True:
+            if handled and (handled >= ACK_EVERY or inbox.empty()):
+                try:
+                    await raw.basic_ack(last, multiple=handled > 1)
+                except Exception as exc:
+                    # The channel is gone; the broker requeues what it had not
+                    # seen acked (redelivered: handlers are told, see _handle).
+                    log.debug("ack failed: %r", exc)
+                handled = 0
             message = await inbox.get()
             if not stranded:
                 self._canary.heard_pod()
@@ -219,11 +240,7 @@ class Consumer:
             except Exception:
                 self._log.warn(f"handler:{_type(message)}", "bus %s handler failed",
                                _type(message), exc_info=True)
-            try:
-                await raw.basic_ack(_delivery(message).delivery_tag)
-            except Exception as exc:
-                # The channel is gone; the broker requeues the message.
-                log.debug("ack failed: %r", exc)
+            handled, last = handled + 1, _delivery(message).delivery_tag or 0
 
     async def _handle(self, session: Session, message: DeliveredMessage,
                       stranded: bool) -> None:

@@ -18,6 +18,7 @@ from tests.integration.conftest import AMQP_URL, Broker, Inbox, eventually
 from tests.support.pods import free_port
 from tests.support.proxy import TcpProxy
 from wsnode.bus import Delivery, Unroutable
+from wsnode.bus_rabbitmq_topology import ACK_EVERY
 from wsnode.errors import BackendUnavailable
 from wsnode.ids import MsgId, PodId, UserId
 
@@ -440,3 +441,32 @@ async def test_a_failing_handler_does_not_stop_the_consumer(broker: Broker) -> N
     assert numbers(inbox.deliveries) == [2]
     assert (await broker.queue_info(broker.names.pod_queue(A)))[0] == 0
     assert calls == 2
+
+
+async def test_handled_messages_are_acked_before_the_consumer_waits(broker: Broker) -> None:
+    """Acks are shared by up to ACK_EVERY handled messages while more wait, but an
+    inbox that runs empty acks what it handled before waiting: with a prefetch
+    below ACK_EVERY the broker, which sends no more than the prefetch unacked,
+    would otherwise stop for good. Bursts held behind a slow handler, then
+    single messages: every one arrives, in order, once."""
+    gate = asyncio.Event()
+
+    class Gated(Inbox):
+        async def on_deliveries(self, batch: list[Delivery]) -> None:
+            await gate.wait()  # the rest of a burst piles up behind the first
+            await super().on_deliveries(batch)
+
+    assert ACK_EVERY > 5
+    inbox = Gated()
+    await broker.bus("A", inbox=inbox, prefetch=5)
+    b = await broker.bus("B")
+    sent = 0
+    for burst in (40, 1, 1, 23):
+        gate.clear()
+        for _ in range(burst):  # one broker message each: each publish awaits its confirm
+            await b.publish(A, [delivery(sent)])
+            sent += 1
+        gate.set()
+        await inbox.wait_for(lambda: len(inbox.deliveries) >= sent)
+    assert numbers(inbox.deliveries) == list(range(sent))
+    assert not any(d.redelivered for d in inbox.deliveries)
