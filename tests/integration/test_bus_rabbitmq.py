@@ -467,6 +467,6 @@ async def test_handled_messages_are_acked_before_the_consumer_waits(broker: Brok
             await b.publish(A, [delivery(sent)])
             sent += 1
         gate.set()
-        await inbox.wait_for(lambda: len(inbox.deliveries) >= sent)
+        await inbox.wait_for(lambda n=sent: len(inbox.deliveries) >= n)
     assert numbers(inbox.deliveries) == list(range(sent))
     assert not any(d.redelivered for d in inbox.deliveries)
