@@ -70,7 +70,7 @@ class Metrics:
             "wsnode_send_latency_seconds",
             "Time for send_to_user to store and route a message (sends that touch the ACK "
             "store or the bus; purely local at-most-once sends are not timed)",
-            buckets=LATENCY_BUCKETS, registry=r), LATENCY_BUCKETS)
+            buckets=LATENCY_BUCKETS, registry=r))
         self.slow_consumers = Counter(
             "wsnode_slow_consumers_total", "Connections closed 4408 (send queue overflow)",
             registry=r)
@@ -122,16 +122,14 @@ class Metrics:
                          self._tally(self.presence_lookups.labels("miss")))
 
     @overload
-    def _tally(self, metric: Histogram, buckets: tuple[float, ...]) -> HistogramTally: ...
+    def _tally(self, metric: Histogram) -> HistogramTally: ...
 
     @overload
     def _tally(self, metric: Counter) -> Tally: ...
 
-    def _tally(self, metric: Counter | Histogram,
-               buckets: tuple[float, ...] = ()) -> Tally | HistogramTally:
+    def _tally(self, metric: Counter | Histogram) -> Tally | HistogramTally:
         """``metric`` counted through a tally, flushed by :meth:`render`."""
-        tally = HistogramTally(metric, buckets) if isinstance(metric, Histogram) \
-            else Tally(metric)
+        tally = HistogramTally(metric) if isinstance(metric, Histogram) else Tally(metric)
         self._tallies.append(tally)
         return tally
 

@@ -44,16 +44,17 @@ class Tally:
 class HistogramTally:
     """Pending observations of a histogram without labels: a count per bucket
     and their sum. ``histogram`` is a ``prometheus_client.Histogram``; its
-    bucket values are reached through its ``_buckets`` and ``_sum`` (the
-    library's own names since 0.4; ``tests/unit/test_metrics_tally.py``
-    checks the exposition against direct observations)."""
+    bounds and bucket values are reached through its ``_upper_bounds``,
+    ``_buckets`` and ``_sum`` (the library's own names since 0.4;
+    ``tests/unit/test_metrics_tally.py`` checks the exposition against direct
+    observations)."""
 
     __slots__ = ("_bounds", "_counts", "_histogram", "_pending", "_sum")
 
-    def __init__(self, histogram: Any, bounds: tuple[float, ...]) -> None:
+    def __init__(self, histogram: Any) -> None:
         self._histogram = histogram
-        self._bounds = bounds  # upper bounds without +Inf, ascending
-        self._counts = [0] * (len(bounds) + 1)
+        self._bounds = tuple(histogram._upper_bounds[:-1])  # ascending, without +Inf
+        self._counts = [0] * len(histogram._upper_bounds)
         self._sum = 0.0
         self._pending = False
 
