@@ -242,6 +242,42 @@ def run_system(args: argparse.Namespace, brokers: Brokers, kind: str, out: Path 
     return rows
 
 
+def run_interleaved(args: argparse.Namespace, brokers: Brokers, systems: list[str],
+                    out: Path | None) -> list[dict[str, Any]]:
+    """Every system up at once, and their windows taken in turn: ``--interleave``
+    rounds of one window per (system, mode), the order reversed every other
+    round. A host whose speed drifts within minutes (a shared VM) then slows
+    every system alike, and the ratios of a round compare windows a few seconds
+    apart. Each round is a ``run`` of its own: its ratios are computed from its
+    rows, and the summary gives their median. Modes: ``closed`` and ``ack``."""
+    turns = [(kind, mode) for kind in systems for mode in args.modes
+             if mode == "closed" or (mode == "ack" and kind == "wsnode")]
+    if not turns:
+        raise SystemExit("--interleave takes the closed and ack modes")
+    rows: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as stack:
+        # Unavailable (a peer without its dependencies) stops the run: a round
+        # without one of the systems has no ratio.
+        up = {kind: stack.enter_context(running(kind, args.pods, brokers, args.workdir))
+              for kind in systems}
+        for n in range(1, args.interleave + 1):
+            mine: list[dict[str, Any]] = []
+            for kind, mode in (turns if n % 2 else turns[::-1]):
+                args.system = kind
+                row = {**measure(args, up[kind], mode), "run": n, "interleaved": True}
+                emit(row, out)
+                mine.append(row)
+            emit({**ratios(mine), "run": n, "interleaved": True}, out)
+            rows += mine
+        if "wsnode" in up:
+            from bench.cluster import _cleanup
+            with contextlib.suppress(Exception):
+                w = up["wsnode"]
+                asyncio.run(_cleanup(w.prefix, [f"{w.prefix}-{m}" for m in w.names],
+                                     brokers.redis_url, brokers.amqp_url))
+    return rows
+
+
 def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """wsnode against each peer, per mode, from this run's rows."""
     out: dict[str, Any] = {"bench": "closed_loop", "ratios": True}
@@ -319,6 +355,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="load-client processes")
     parser.add_argument("--lost-after", type=float, default=10.0)
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
+                        help="every system up at once, windows taken in turn for ROUNDS "
+                        "rounds (closed and ack modes; one pod count): ratios that the "
+                        "host's drift cannot skew")
     parser.add_argument("--shared-brokers", action="store_true")
     parser.add_argument("--out", type=Path, help="also append the JSON lines to this file")
     args = parser.parse_args()
@@ -336,19 +376,24 @@ def main() -> None:
     failed = 0
     try:
         brokers.start()
-        for run in range(1, args.runs + 1):
-            rows: list[dict[str, Any]] = []
-            for pods in pod_counts:
-                args.pods = pods
-                for kind in systems:
-                    try:
-                        rows += run_system(args, brokers, kind, args.out, run)
-                    except Unavailable as exc:
-                        failed += 1
-                        emit({"bench": "closed_loop", "system": kind, "skipped": str(exc)},
-                             args.out)
-            emit({**ratios(rows), "run": run}, args.out)
-            every += rows
+        if args.interleave:
+            args.pods = pod_counts[0]
+            every = run_interleaved(args, brokers, systems, args.out)
+            args.runs = args.interleave
+        else:
+            for run in range(1, args.runs + 1):
+                rows: list[dict[str, Any]] = []
+                for pods in pod_counts:
+                    args.pods = pods
+                    for kind in systems:
+                        try:
+                            rows += run_system(args, brokers, kind, args.out, run)
+                        except Unavailable as exc:
+                            failed += 1
+                            emit({"bench": "closed_loop", "system": kind, "skipped": str(exc)},
+                                 args.out)
+                emit({**ratios(rows), "run": run}, args.out)
+                every += rows
     finally:
         brokers.close()
     if failed == 0:

@@ -192,6 +192,9 @@ class LoopClient:
             raise ValueError("ACK-required messages are a wsnode feature")
         self.cfg = cfg
         self.tally = Tally()
+        # Ids of ACK-required messages: unique per client run, so that a second
+        # window on the same pods (--interleave) is not refused as repeats.
+        self.id_prefix = f"m{os.urandom(4).hex()}."
         self.senders: list[Sender] = []
         self.receivers: list[Link] = []
         self.window = Window(0.0, 0.0, 0.0, float("inf"))
@@ -328,7 +331,7 @@ class LoopClient:
         else:
             frame: dict[str, Any] = {"type": "chat_message", "payload": payload}
             if self.cfg.ack:
-                frame.update(id=f"m{n}", requiresAck=True)
+                frame.update(id=f"{self.id_prefix}{n}", requiresAck=True)
             sender.conn.send(orjson.dumps(frame))
         sender.outstanding[n] = now
         self.tally.sent += 1

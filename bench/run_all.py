@@ -6,9 +6,10 @@ once. Nothing else should run on the machine meanwhile: the figures are
 CPU-bound on 2 cores.
 
 The closed loop against the peers (``closed_loop.py``: wsnode, socket.io on
-Node.js, python-socketio; then 2 vs 4 pods) runs once in the full suite (its
-figures are ratios within one run); ``--only peers`` runs just it, ``--runs``
-times (``make peers``).
+Node.js, python-socketio; then 2 vs 4 pods; then wsnode and socket.io with
+their windows interleaved, 4 rounds) runs once in the full suite (its figures
+are ratios within one run); ``--only peers`` runs just it, ``--runs`` times
+(``make peers``; the interleaved step always takes its 4 rounds).
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ def main() -> None:
          "--runs", runs if args.only else "1"],
         ["closed_loop.py", "--systems", "wsnode,socketio", "--modes", "closed",
          "--pods", "2,4", "--spread", "--runs", runs if args.only else "1"],
+        # The same ratios with the windows interleaved (the host's drift within
+        # minutes skews those of runs taken one system after the other).
+        ["closed_loop.py", "--systems", "wsnode,socketio", "--modes", "closed,ack",
+         "--interleave", "4", "--seconds", "8"],
     ]
     steps = peers if args.only else [
         ["local_push.py", "-n", "100", "-m", "100000", "--runs", runs],

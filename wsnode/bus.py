@@ -27,7 +27,7 @@ import logging
 import struct
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import orjson
 
@@ -46,6 +46,9 @@ class Unroutable(SendError):
 # Not frozen: a frozen dataclass costs ~4x more to build, and one is built per
 # message. Treat instances as immutable (dataclasses.replace, or the cheaper
 # ``published_also`` on the hot path, makes variants).
+_NO_PODS: list[str] = []  # a header without "r" (never mutated)
+
+
 @dataclass(slots=True)
 class Delivery:
     """One message for every connection of ``user`` on the receiving pod.
@@ -106,31 +109,38 @@ class Delivery:
 
     @classmethod
     def from_parts(cls, header: bytes, frame: bytes) -> Delivery:
-        """Inverse of :meth:`header` plus the frame; ValueError when malformed."""
+        """Inverse of :meth:`header` plus the frame; ValueError when malformed.
+        Runs once per delivery a pod receives: the checks are ordered for the
+        common header (a user, a type, the pods it went to), ~0.9 µs."""
         try:
             obj = orjson.loads(header)
         except orjson.JSONDecodeError as exc:
             raise ValueError(f"delivery header is not JSON: {exc.msg}") from exc
-        if not isinstance(obj, dict):
+        if type(obj) is not dict:  # orjson makes exactly dict
             raise ValueError("delivery header is not an object")
-        user, typ, ack = obj.get("u"), obj.get("t"), obj.get("a")
-        expires, hops, published = obj.get("e"), obj.get("h", 0), obj.get("r", [])
-        trace, topic = obj.get("x"), obj.get("f")
+        get = obj.get
+        user, typ, ack, topic = get("u"), get("t"), get("a"), get("f")
         if topic is not None and not (isinstance(topic, str) and user == "" and ack is None
                                       and (topic == BROADCAST or topic_problem(topic) is None)):
             raise ValueError("delivery has a bad fanout target")
-        if not (isinstance(user, str) and (user or topic is not None) and isinstance(typ, str)):
+        if not (type(user) is str and (user or topic is not None) and type(typ) is str):
             raise ValueError("delivery lacks its user or type")
-        if ack is not None and not (isinstance(ack, str) and ack):
+        if ack is not None and not (type(ack) is str and ack):
             raise ValueError("delivery has a bad ack id")
-        if not ((expires is None or isinstance(expires, int)) and isinstance(hops, int)
-                and isinstance(published, list) and all(isinstance(p, str) for p in published)):
+        expires, hops, published = get("e"), get("h", 0), get("r", _NO_PODS)
+        if not ((expires is None or type(expires) is int) and type(hops) is int
+                and type(published) is list):
             raise ValueError("delivery has a bad expiry, hop count or pod list")
-        if trace is not None and not isinstance(trace, str):
+        for pod in published:
+            if type(pod) is not str:
+                raise ValueError("delivery has a bad expiry, hop count or pod list")
+        trace = get("x")
+        if trace is not None and type(trace) is not str:
             raise ValueError("delivery has a bad trace id")
+        # Pod ids are NewTypes of str: the checked list is them as it is.
+        pods = cast("list[PodId]", published)
         return cls(UserId(user), frame, typ, MsgId(ack) if ack else None, expires, hops,
-                   tuple(PodId(p) for p in published), MsgId(trace) if trace else None,
-                   topic=topic)
+                   tuple(pods), MsgId(trace) if trace else None, topic=topic)
 
     def expired(self, now_ms: int) -> bool:
         return self.expires_at is not None and self.expires_at <= now_ms

@@ -214,6 +214,12 @@ class RedisKeys:
         """SET of the users with a trail of this id (``wsctl trace ID`` without --user)."""
         return f"{self.trace_bucket(msg_id)}:traceusers:{_enc(msg_id)}"
 
+    def trace_keys(self, user: str, msg_id: str) -> tuple[str, str, str]:
+        """:meth:`trace_bucket`, :meth:`trace` and :meth:`trace_users` at once
+        (the id's bucket and encoding computed once: this runs per trail written)."""
+        bucket, enc = self.trace_bucket(msg_id), _enc(msg_id)
+        return bucket, f"{bucket}:trace:{_enc(user)}:{enc}", f"{bucket}:traceusers:{enc}"
+
     def trace_bucket(self, msg_id: str) -> str:
         """The key prefix (and hash slot, ``{tr:<n>}``) of the trails of ``msg_id``."""
         return f"{self.prefix}:{{tr:{bucket_of(msg_id)}}}"

@@ -57,13 +57,13 @@ def _calls(k: RedisKeys, batch: dict[tuple[UserId, MsgId], list[bytes]],
     open_calls: dict[str, _Call] = {}
     calls: list[_Call] = []
     for (user, msg_id), entries in batch.items():
-        bucket = k.trace_bucket(msg_id)
+        bucket, trail_key, users_key = k.trace_keys(user, msg_id)
         call = open_calls.get(bucket)
         if call is None or len(call[2]) >= _PER_CALL:
             call = open_calls[bucket] = ([], [ttl_ms, MAX_EVENTS], [])
             calls.append(call)
         keys, args, trails = call
-        keys += (k.trace(user, msg_id), k.trace_users(msg_id))
+        keys += (trail_key, users_key)
         # Only the newest MAX_EVENTS are kept anyway; and the script hands a
         # trail's events to one RPUSH, which Lua's unpack() limits.
         entries = entries[-MAX_EVENTS:]

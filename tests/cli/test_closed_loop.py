@@ -97,6 +97,10 @@ async def test_ack_mode_acks_each_delivery(chat_port: int) -> None:
     _, tally = await run(cfg)
     assert_exact(tally)
     assert tally.acks_sent == MESSAGES
+    # A second run on the same pod (closed_loop.py --interleave) is not taken
+    # for repeats of the first one's ids, which the pod would settle unsent.
+    _, again = await run(cfg)
+    assert_exact(again)
 
 
 @pytest.mark.e2e

@@ -107,3 +107,38 @@ async def test_a_corrupt_index_bucket_is_moved_aside_and_the_store_keeps_its_ent
     assert await client.zscore(keys.ack_due(bucket), alice) is not None
     assert [m.id for m in await acks.pending(alice)] == ["m1"]
     assert await client.get(keys.quarantined(keys.ack_expiry(bucket))) == b"not a zset"
+
+
+async def test_a_trail_joins_its_users_set_once_and_both_keep_its_expiry(client: Redis) -> None:
+    """The trail script adds the user to the id's set only when the trail starts
+    (one write fewer per event batch of a trail that exists: every delivered
+    and acked message), and still gives the set the list's expiry at every
+    write, so ``wsctl trace ID`` lists the user for as long as the trail lives."""
+    keys = RedisKeys("ws")
+    pod_a = RedisTracer(client, keys, ttl_ms=60_000)
+    pod_b = RedisTracer(client, keys, ttl_ms=60_000)
+    alice, bob = UserId("alice"), UserId("bob")
+    pod_a.record(MsgId("m1"), alice, "stored", PodId("a"))
+    await pod_a.flush()
+    trail, users = keys.trace(alice, "m1"), keys.trace_users("m1")
+    await client.pexpire(trail, 1000)
+    await client.pexpire(users, 1000)
+    await client.config_resetstat()
+    pod_b.record(MsgId("m1"), alice, "delivered", PodId("b"))
+    pod_b.record(MsgId("m1"), bob, "stored", PodId("b"))  # bob's trail starts here
+    await pod_b.flush()
+    stats = await client.info("commandstats")
+    assert stats["cmdstat_sadd"]["calls"] == 1  # bob's, not alice's again
+    assert {u.decode() for u in await client.smembers(users)} == {"alice", "bob"}
+    assert await client.pttl(trail) > 50_000
+    assert await client.pttl(users) > 50_000
+    assert [(e["user"], e["event"]) for e in await pod_a.trail(MsgId("m1"))] in (
+        [("alice", "stored"), ("alice", "delivered"), ("bob", "stored")],
+        [("alice", "stored"), ("bob", "stored"), ("alice", "delivered")])
+
+
+def test_trace_keys_are_the_three_trail_keys() -> None:
+    keys = RedisKeys("ws")
+    for user, msg_id in (("alice", "m1"), ("a b:ユ", "~x{y}.1/2")):
+        assert keys.trace_keys(user, msg_id) == (
+            keys.trace_bucket(msg_id), keys.trace(user, msg_id), keys.trace_users(msg_id))

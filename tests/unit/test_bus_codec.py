@@ -32,6 +32,14 @@ def test_round_trip_keeps_every_field() -> None:
         b'{"u":"x","t":"t","f":"news"}',  # a fanout names no user
         b'{"u":"","t":"t","a":"m1","f":"news"}',  # and is never ACK-required
         b'{"u":"","t":"t"}',  # neither a user nor a fanout
+        b'{"u":"x","t":"t","r":["p1",2]}',  # a pod that is not a name
+        b'{"u":"x","t":"t","r":"p1"}',
+        b'{"u":"x","t":"t","h":"1"}',
+        b'{"u":"x","t":"t","e":1.5}',
+        b'{"u":"x","t":"t","a":""}',
+        b'{"u":"x","t":"t","x":5}',
+        b'{"u":"x","t":5}',
+        b'["u","t"]',
     )),
 ])
 def test_malformed_bodies_raise_value_error(body: bytes) -> None:

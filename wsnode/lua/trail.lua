@@ -13,7 +13,12 @@ for i = 1, #KEYS, 2 do
   -- One RPUSH of the pair's events; LTRIM only past the cap (RPUSH says the length).
   local len = redis.pcall('RPUSH', KEYS[i], unpack(ARGV, first, a - 1))
   local ok = type(len) ~= 'table'
-  if ok and type(redis.pcall('SADD', KEYS[i + 1], user)) == 'table' then ok = false end
+  -- The user joins the id's set when its trail starts. A trail that already
+  -- had events was listed then, and the set has lived as long as the list
+  -- since (both are given the same expiry at every write, in this call).
+  if ok and len == n and type(redis.pcall('SADD', KEYS[i + 1], user)) == 'table' then
+    ok = false
+  end
   if ok then
     if len > cap then redis.call('LTRIM', KEYS[i], -cap, -1) end
     redis.call('PEXPIRE', KEYS[i], ttl)
