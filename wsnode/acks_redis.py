@@ -150,7 +150,9 @@ class RedisAcks(RedisDeadLetters):
         msg = StoredMessage(user=user, id=MsgId(env.id), seq=seq, type=env.type,
                             body=plan.body, stored_at=stored_at, expires_at=expires,
                             attempts=1, next_due=due)
-        evicted = [d for e in reply[5:] if (d := await self._evict(user, as_str(e)))]
+        # (An async comprehension costs its machinery even when empty: the common case.)
+        evicted = [d for e in reply[5:] if (d := await self._evict(user, as_str(e)))] \
+            if len(reply) > 5 else []
         return StoreResult(seq, msg, evicted=evicted)
 
     def _over_budget(self) -> QuotaExceeded:
@@ -188,8 +190,8 @@ class RedisAcks(RedisDeadLetters):
 
     async def _settle(self, user: UserId, msg_id: MsgId) -> MsgState | None:
         k, enc, p = self._k, encode_id(msg_id), self.policy
-        keys = [k.user_msg(user, msg_id), k.user_pending(user), k.user_due(user),
-                k.user_relayed(user)]
+        msg, _seq, pending, due, relayed = k.ack_keys(user, msg_id)
+        keys = [msg, pending, due, relayed]
         args: list[str | int] = ["settle", request_token(), enc, p.ttl_ms, p.relayed_keep_ms]
         entry, expiry = member(user, enc), k.ack_expiry(bucket_of(user))
         if self._folded:

@@ -55,8 +55,7 @@ class StorePlan:
         assert env.id is not None
         b = bucket_of(user)
         enc, body = encode_id(env.id), stored_body(env)
-        keys = [k.user_msg(user, env.id), k.user_seq(user), k.user_pending(user),
-                k.user_due(user), k.user_relayed(user)]
+        keys = list(k.ack_keys(user, env.id))
         args: list[str | int | bytes] = [
             "store", request_token(), enc, env.type, body, p.ttl_ms, p.retry_interval_ms,
             "" if env.expires_at is None else env.expires_at, p.max_pending_per_user,

@@ -185,6 +185,14 @@ class RedisKeys:
         client that still take a place in its budget (pending, or dead letters)."""
         return f"{self.prefix}:{{u:{_enc(user)}}}:budget"
 
+    def ack_keys(self, user: str, msg_id: str) -> tuple[str, str, str, str, str]:
+        """:meth:`user_msg`, :meth:`user_seq`, :meth:`user_pending`, :meth:`user_due`
+        and :meth:`user_relayed` at once, the user's slot built once: every ACK
+        store and settle names them."""
+        slot = f"{self.prefix}:{{u:{_enc(user)}}}:"
+        return (f"{slot}m:{_enc(msg_id)}", slot + "seq", slot + "pending", slot + "due",
+                slot + "relayed")
+
     def user_claim(self, user: str) -> str:
         """HASH req, ids: the user's last resend claim, so that a re-sent request
         (its reply was lost) gets the same answer instead of claiming again."""

@@ -12,6 +12,7 @@ from tests.support.redis_server import RedisServer
 from wsnode import redis_conn
 from wsnode.acks import AckPolicy, MsgState
 from wsnode.acks_redis import RedisAcks
+from wsnode.errors import QuotaExceeded
 from wsnode.ids import ConnId, MsgId, PodId, UserId
 from wsnode.keys import RedisKeys, bucket_of, member
 from wsnode.limiter_redis import RedisLimiter
@@ -142,3 +143,43 @@ def test_trace_keys_are_the_three_trail_keys() -> None:
     for user, msg_id in (("alice", "m1"), ("a b:ユ", "~x{y}.1/2")):
         assert keys.trace_keys(user, msg_id) == (
             keys.trace_bucket(msg_id), keys.trace(user, msg_id), keys.trace_users(msg_id))
+
+
+def test_ack_keys_are_the_five_keys_of_a_users_message() -> None:
+    keys = RedisKeys("ws")
+    for user, msg_id in (("alice", "m1"), ("a b:ユ", "~x{y}.1/2")):
+        assert keys.ack_keys(user, msg_id) == (
+            keys.user_msg(user, msg_id), keys.user_seq(user), keys.user_pending(user),
+            keys.user_due(user), keys.user_relayed(user))
+
+
+async def test_a_full_budget_drops_the_places_whose_time_is_up(client: Redis) -> None:
+    """Below its cap a budget takes a place without pruning (3 writes, not 5, per
+    relayed message); at the cap the places whose time is up go first, so they
+    never refuse a message."""
+    keys = RedisKeys("ws")
+    acks = RedisAcks(client, keys, AckPolicy(relayed_budget=3))
+    sender, budget = UserId("mallory"), keys.user_budget("mallory")
+    await client.zadd(budget, {"ghost0 x": 1, "ghost1 x": 2})  # their time is long up
+    await acks.store(UserId("alice"), Envelope(type="n", id="a1"), relayed_from=sender)
+    assert await client.zcard(budget) == 3  # below the cap: nothing pruned
+    await acks.store(UserId("bob"), Envelope(type="n", id="b1"), relayed_from=sender)
+    assert sorted(m.decode() for m in await client.zrange(budget, 0, -1)) == [
+        "alice a1", "bob b1"]
+    await acks.store(UserId("carol"), Envelope(type="n", id="c1"), relayed_from=sender)
+    with pytest.raises(QuotaExceeded):  # three live places: full
+        await acks.store(UserId("dave"), Envelope(type="n", id="d1"), relayed_from=sender)
+    assert await acks.status(UserId("dave"), MsgId("d1")) is None
+
+
+async def test_a_lost_seq_counter_restarts_above_the_pending_messages(client: Redis) -> None:
+    keys = RedisKeys("ws")
+    acks = RedisAcks(client, keys, AckPolicy())
+    alice = UserId("alice")
+    for n in range(1, 4):
+        assert (await acks.store(alice, Envelope(type="n", id=f"m{n}"))).seq == n
+    await acks.settle(alice, MsgId("m1"))
+    await client.delete(keys.user_seq(alice))  # expired, or quarantined
+    assert (await acks.store(alice, Envelope(type="n", id="m4"))).seq == 4
+    assert (await acks.store(alice, Envelope(type="n", id="m5"))).seq == 5
+    assert (await acks.store(UserId("bob"), Envelope(type="n", id="m1"))).seq == 1

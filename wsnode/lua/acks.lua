@@ -78,11 +78,17 @@ local function next_due(due)
 end
 
 -- Take a place in a client's budget (zset "<recipient> <encid>" -> until) for
--- `member` until `untilms`; false when all `cap` places are taken.
+-- `member` until `untilms` (again: a repeat moves its until); false when all
+-- `cap` places are taken. Places whose time is up are dropped only when the
+-- budget looks full: below the cap they cannot refuse anyone (3 calls, not 5,
+-- on every relayed message stored).
 local function reserve(budget, member, untilms, cap, now)
-  kcall('ZREMRANGEBYSCORE', budget, '-inf', now)
-  if kcall('ZSCORE', budget, member) then return true end
-  if kcall('ZCARD', budget) >= cap then return false end
+  if kcall('ZCARD', budget) >= cap then
+    kcall('ZREMRANGEBYSCORE', budget, '-inf', now)
+    if not kcall('ZSCORE', budget, member) and kcall('ZCARD', budget) >= cap then
+      return false
+    end
+  end
   kcall('ZADD', budget, untilms, member)
   redis.call('PEXPIREAT', budget, untilms)
   return true
@@ -136,21 +142,29 @@ if op == 'store' then
     kcall('ZADD', KEYS[6], 'LT', expires + tonumber(ARGV[15]), ARGV[13])
     kcall('ZADD', KEYS[7], 'LT', due, ARGV[14])
   end
-  if redis.call('EXISTS', KEYS[2]) == 0 then
-    -- A lost counter (expired, or quarantined) restarts above every pending seq.
-    local top = kcall('ZRANGE', KEYS[3], 0, 0, 'REV', 'WITHSCORES')
-    if #top > 0 then redis.call('SET', KEYS[2], top[2]) end
-  end
   local seq = kcall('INCR', KEYS[2])
+  if seq == 1 then
+    -- A new counter, or a lost one (expired, or quarantined): it restarts above
+    -- every pending seq.
+    local top = kcall('ZRANGE', KEYS[3], 0, 0, 'REV', 'WITHSCORES')
+    if #top > 0 then
+      seq = num(KEYS[3], top[2]) + 1
+      redis.call('SET', KEYS[2], seq)
+    end
+  end
   redis.call('PEXPIRE', KEYS[2], 2 * ttl)
   kcall('ZADD', KEYS[3], seq, ARGV[3])
   kcall('ZADD', KEYS[4], due, ARGV[3])
-  redis.call('HSET', KEYS[1], 'seq', seq, 'type', ARGV[4], 'body', ARGV[5], 'stored_at', now,
-             'expires_at', expires, 'attempts', 1, 'next_due', due, 'state', 'pending',
-             'req', token)
+  local record = {'seq', seq, 'type', ARGV[4], 'body', ARGV[5], 'stored_at', now,
+                  'expires_at', expires, 'attempts', 1, 'next_due', due, 'state', 'pending',
+                  'req', token}
+  if ARGV[11] ~= '' then
+    record[#record + 1] = 'from'
+    record[#record + 1] = ARGV[11]
+  end
+  redis.call('HSET', KEYS[1], unpack(record))
   redis.call('PEXPIREAT', KEYS[1], expires + dead_ttl)
   if ARGV[11] ~= '' then
-    redis.call('HSET', KEYS[1], 'from', ARGV[11])
     kcall('ZADD', KEYS[5], seq, ARGV[3])
     redis.call('PEXPIRE', KEYS[5], 2 * ttl)
   end
@@ -189,7 +203,8 @@ elseif op == 'settle' then
     redis.call('HDEL', KEYS[1], 'body', 'type')
     kcall('ZREM', KEYS[2], ARGV[3])
     kcall('ZREM', KEYS[3], ARGV[3])
-    kcall('ZREM', KEYS[4], ARGV[3])
+    -- Only a message relayed from a client (it has `from`) is in `relayed`.
+    if f[4] then kcall('ZREM', KEYS[4], ARGV[3]) end
     -- Keep the id for the rest of the idempotency window (ack_ttl from storing;
     -- shorter for messages relayed from clients, which anyone can make).
     local keep = tonumber(ARGV[4])
