@@ -59,7 +59,7 @@ bench: $(STAMP) services $(PEERS_DEPS)
 	$(BIN)/python bench/run_all.py | tee bench/results/latest.jsonl
 
 # wsnode against socket.io on Node.js and python-socketio, same load client, same run
-# (about 6 minutes a run, then 3 for the interleaved rounds): the closed loop, its
+# (about 6 minutes a run, then 4 for the interleaved rounds): the closed loop, its
 # fixed-rate and ACK modes, the burst, 2 vs 4 pods, and wsnode and socket.io with
 # their windows interleaved. JSON lines on stdout and in bench/results/peers-latest.jsonl.
 RUNS ?= 1
