@@ -43,12 +43,12 @@ class Unroutable(SendError):
     """No live queue for the destination pod (it died or left)."""
 
 
+_NO_PODS: list[str] = []  # what a header without "r" names (never mutated)
+
+
 # Not frozen: a frozen dataclass costs ~4x more to build, and one is built per
 # message. Treat instances as immutable (dataclasses.replace, or the cheaper
 # ``published_also`` on the hot path, makes variants).
-_NO_PODS: list[str] = []  # a header without "r" (never mutated)
-
-
 @dataclass(slots=True)
 class Delivery:
     """One message for every connection of ``user`` on the receiving pod.
@@ -111,7 +111,7 @@ class Delivery:
     def from_parts(cls, header: bytes, frame: bytes) -> Delivery:
         """Inverse of :meth:`header` plus the frame; ValueError when malformed.
         Runs once per delivery a pod receives: the checks are ordered for the
-        common header (a user, a type, the pods it went to), ~0.9 µs."""
+        common header (a user, a type, the pods it went to): ~1.2 µs."""
         try:
             obj = orjson.loads(header)
         except orjson.JSONDecodeError as exc:
