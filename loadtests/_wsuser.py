@@ -42,6 +42,10 @@ import websocket
 from locust import User, events
 
 LOSS_TIMEOUT = float(os.environ.get("WSNODE_LOAD_LOSS_TIMEOUT", "10"))
+# How long a user's close handshake may take when it stops. Locust waits for every
+# user's on_stop without a limit (a forced stop kills the greenlet and joins it),
+# so an unbounded close would hold the whole swarm's shutdown.
+CLOSE_SECONDS = 2.0
 RUN = uuid.uuid4().hex[:6]  # this process's share of the swarm: ids start with lt-<RUN>-
 _host_cycle: dict[str, itertools.cycle[str]] = {}
 _lock = threading.Lock()
@@ -210,12 +214,22 @@ class WsnodeUser(User):
         LEDGER.forget_user(self.user_id)
         self.on_lost()
         ws, self.ws = self.ws, None
-        if self._reader is not None:
-            self._reader.kill(block=False)
-            self._reader = None
-        if ws is not None:
+        reader, self._reader = self._reader, None
+        if ws is None:
+            if reader is not None:
+                reader.kill(block=False)
+            return
+        # Bounded, whatever the pod does: the reader let go of the socket (it holds
+        # the read lock the close handshake needs), the handshake itself, then the
+        # socket closed in any case.
+        with gevent.Timeout(CLOSE_SECONDS, False):
+            if reader is not None:
+                reader.kill(block=True)
             with contextlib.suppress(Exception):  # already gone
-                ws.close()
+                ws.settimeout(CLOSE_SECONDS)  # the close frame's send, too
+                ws.close(timeout=CLOSE_SECONDS)
+        with contextlib.suppress(Exception):
+            ws.shutdown()
 
     def send_frame(self, frame: dict[str, Any]) -> None:
         if self.ws is not None:
