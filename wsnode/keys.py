@@ -133,9 +133,14 @@ class RedisKeys:
         """SET of ``"<user> <conn>"``: the connections of one life of a pod."""
         return f"{self.prefix}:{{p:{_enc(pod)}}}:idx:{epoch}"
 
+    def user_slot(self, user: str) -> str:
+        """What every key of ``user`` starts with: the prefix and the user's hash
+        tag ``{u:<user>}`` (one hash slot), then ``:``."""
+        return f"{self.prefix}:{{u:{_enc(user)}}}:"
+
     def user_conns(self, user: str) -> str:
         """HASH conn -> ``"<pod> <epoch> <since>"``."""
-        return f"{self.prefix}:{{u:{_enc(user)}}}:conns"
+        return f"{self.user_slot(user)}conns"
 
     # -- topics (wsnode.topics_redis) ----------------------------------------
     @property
@@ -154,49 +159,49 @@ class RedisKeys:
     # -- limiter -----------------------------------------------------------
     def user_rate(self, user: str) -> str:
         """STRING: GCRA theoretical arrival time (ms) of the user."""
-        return f"{self.prefix}:{{u:{_enc(user)}}}:rl"
+        return f"{self.user_slot(user)}rl"
 
     # -- ACK store ---------------------------------------------------------
     def user_seq(self, user: str) -> str:
-        return f"{self.prefix}:{{u:{_enc(user)}}}:seq"
+        return f"{self.user_slot(user)}seq"
 
     def user_msg(self, user: str, msg_id: str) -> str:
         """HASH of one ACK-required message (pending, acked or dead)."""
-        return f"{self.prefix}:{{u:{_enc(user)}}}:m:{_enc(msg_id)}"
+        return f"{self.user_slot(user)}m:{_enc(msg_id)}"
 
     def user_pending(self, user: str) -> str:
         """ZSET id -> seq: the user's pending messages in order."""
-        return f"{self.prefix}:{{u:{_enc(user)}}}:pending"
+        return f"{self.user_slot(user)}pending"
 
     def user_dlq(self, user: str) -> str:
         """ZSET id -> dead_at: the user's dead letters."""
-        return f"{self.prefix}:{{u:{_enc(user)}}}:dlq"
+        return f"{self.user_slot(user)}dlq"
 
     def user_due(self, user: str) -> str:
         """ZSET id -> next_due (ms): when each pending message is due for a resend."""
-        return f"{self.prefix}:{{u:{_enc(user)}}}:due"
+        return f"{self.user_slot(user)}due"
 
     def user_relayed(self, user: str) -> str:
         """ZSET id -> seq: the user's pending messages relayed from clients (capped)."""
-        return f"{self.prefix}:{{u:{_enc(user)}}}:relayed"
+        return f"{self.user_slot(user)}relayed"
 
     def user_budget(self, user: str) -> str:
         """ZSET ``"<recipient> <id>"`` -> until (ms): messages relayed from this
         client that still take a place in its budget (pending, or dead letters)."""
-        return f"{self.prefix}:{{u:{_enc(user)}}}:budget"
+        return f"{self.user_slot(user)}budget"
 
     def ack_keys(self, user: str, msg_id: str) -> tuple[str, str, str, str, str]:
         """:meth:`user_msg`, :meth:`user_seq`, :meth:`user_pending`, :meth:`user_due`
         and :meth:`user_relayed` at once, the user's slot built once: every ACK
         store and settle names them."""
-        slot = f"{self.prefix}:{{u:{_enc(user)}}}:"
+        slot = self.user_slot(user)
         return (f"{slot}m:{_enc(msg_id)}", slot + "seq", slot + "pending", slot + "due",
                 slot + "relayed")
 
     def user_claim(self, user: str) -> str:
         """HASH req, ids: the user's last resend claim, so that a re-sent request
         (its reply was lost) gets the same answer instead of claiming again."""
-        return f"{self.prefix}:{{u:{_enc(user)}}}:claim"
+        return f"{self.user_slot(user)}claim"
 
     def ack_due(self, bucket: int) -> str:
         """ZSET user -> ms: users with a resend due (the earliest of theirs, or
@@ -216,17 +221,17 @@ class RedisKeys:
         Per (user, id): one user's events can never crowd out another's. In the
         trail bucket of the id (:meth:`trace_bucket`), beside :meth:`trace_users`,
         so a pod writes every trail of a bucket in one script call."""
-        return f"{self.trace_bucket(msg_id)}:trace:{_enc(user)}:{_enc(msg_id)}"
+        return self.trace_keys(user, msg_id)[1]
 
     def trace_users(self, msg_id: str) -> str:
         """SET of the users with a trail of this id (``wsctl trace ID`` without --user)."""
-        return f"{self.trace_bucket(msg_id)}:traceusers:{_enc(msg_id)}"
+        return _trace_users(self.trace_bucket(msg_id), _enc(msg_id))
 
     def trace_keys(self, user: str, msg_id: str) -> tuple[str, str, str]:
         """:meth:`trace_bucket`, :meth:`trace` and :meth:`trace_users` at once
         (the id's bucket and encoding computed once: this runs per trail written)."""
         bucket, enc = self.trace_bucket(msg_id), _enc(msg_id)
-        return bucket, f"{bucket}:trace:{_enc(user)}:{enc}", f"{bucket}:traceusers:{enc}"
+        return bucket, f"{bucket}:trace:{_enc(user)}:{enc}", _trace_users(bucket, enc)
 
     def trace_bucket(self, msg_id: str) -> str:
         """The key prefix (and hash slot, ``{tr:<n>}``) of the trails of ``msg_id``."""
@@ -236,6 +241,10 @@ class RedisKeys:
     def quarantined(key: str) -> str:
         """Where a corrupt record is moved (same hash slot, kept a week)."""
         return f"{key}:quarantined"
+
+
+def _trace_users(bucket: str, enc_id: str) -> str:
+    return f"{bucket}:traceusers:{enc_id}"
 
 
 def member(a: str, b: str | int) -> str:
