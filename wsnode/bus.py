@@ -10,6 +10,9 @@ Contracts:
   (broker confirm), and raises :class:`Unroutable` when no live queue exists for
   that pod; other failures raise :class:`~wsnode.errors.BackendUnavailable`.
   Deliveries to one pod from one publisher arrive in publish order.
+* ``hand_over`` queues deliveries like ``publish`` but returns before the
+  confirm, with futures that settle as ``publish`` would have returned; a
+  publisher that hands over faster than the broker confirms is held back.
 * Handlers given to ``start`` are called once per delivered batch; a handler
   that raises does not stop the consumer.
 * ``publish`` and ``control`` work without ``start`` (publish-only, as
@@ -23,6 +26,7 @@ Contracts:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import struct
 from collections.abc import Awaitable, Callable, Sequence
@@ -225,6 +229,19 @@ class Bus(Protocol):
         the publisher's error."""
         ...
 
+    async def hand_over(self, pod: PodId,
+                        deliveries: Sequence[Delivery]) -> list[asyncio.Future[None]]:
+        """Queue ``deliveries`` for ``pod`` and return without the broker's
+        confirm: the futures returned settle as ``publish`` would return or
+        raise (None once confirmed). They may be shared with other publishers:
+        add callbacks or await them shielded, never cancel them. An empty list
+        means the outcome was known at once (success). Deliveries handed over
+        keep their publish order with every other publish of this publisher.
+        Raises what ``publish`` raises when the outcome is known before
+        queueing (the bus down or stopped, no queue for ``pod``). May wait
+        first while too many deliveries to ``pod`` are unconfirmed."""
+        ...
+
     async def control(self, pod: PodId, command: dict[str, Any]) -> None: ...
 
     async def stop(self) -> None:
@@ -288,6 +305,11 @@ class MemoryBus:
             await handler(list(deliveries))
         except Exception:
             self._log.warn("handler:deliver", "bus deliver handler failed", exc_info=True)
+
+    async def hand_over(self, pod: PodId,
+                        deliveries: Sequence[Delivery]) -> list[asyncio.Future[None]]:
+        await self.publish(pod, deliveries)  # in process, the outcome is known at once
+        return []
 
     async def control(self, pod: PodId, command: dict[str, Any]) -> None:
         handler = self._handlers(pod)[1]

@@ -256,10 +256,7 @@ class RabbitBus:
         this tick; returns once the broker confirmed the message(s) carrying
         them. Without a prior ``start`` the first call connects (publish-only,
         as ``wsctl`` uses it) and fails fast like ``start``."""
-        if not deliveries:
-            return
-        await self._live_session()
-        futures = self._batcher.add(pod, deliveries)
+        futures = await self.hand_over(pod, deliveries)
         try:
             # Bounded: the batcher settles every future within its deadline.
             for future in futures:
@@ -268,6 +265,20 @@ class RabbitBus:
             # The exception is shared by every caller of the batch: raise a copy
             # so that tracebacks do not pile up on one object.
             raise type(exc)(*exc.args) from exc
+
+    async def hand_over(self, pod: PodId,
+                        deliveries: Sequence[Delivery]) -> list[asyncio.Future[None]]:
+        """Queue ``deliveries`` for ``pod`` in publish order and return the
+        futures of the broker messages carrying them, without waiting for the
+        broker (see ``Bus.hand_over``). Waits first while ``pod`` has the
+        batcher's maximum of unconfirmed deliveries (backpressure)."""
+        if not deliveries:
+            return []
+        await self._live_session()
+        if self._batcher.full(pod):
+            await self._batcher.room(pod)
+            await self._live_session()  # it may have gone while this waited
+        return self._batcher.add(pod, deliveries)
 
     async def control(self, pod: PodId, command: dict[str, Any]) -> None:
         """Send a control command to ``pod``'s queue (not batched). A command

@@ -20,8 +20,14 @@ their deliveries were added: per-pod order from one publisher is preserved.
 
 Every ``add`` returns the futures of the broker messages that carry its
 deliveries; the caller awaits them (shielded: a cancelled caller must not
-cancel a message that carries other callers' deliveries). Each future is
-settled within ``deadline`` seconds of its flush, whatever ``send`` does.
+cancel a message that carries other callers' deliveries) or adds callbacks to
+them. Each future is settled within ``deadline`` seconds of its flush,
+whatever ``send`` does.
+
+Callers that do not wait for the confirms (``RabbitBus.hand_over``) are held
+back by :meth:`PublishBatcher.room`: a pod's *unconfirmed* deliveries (buffered
+or in flight) stay under ``max_unconfirmed``, so memory stays bounded when a
+pod publishes faster than the broker confirms.
 """
 
 from __future__ import annotations
@@ -67,10 +73,15 @@ class PublishBatcher:
 
     def __init__(self, send: SendBatch, *, max_deliveries: int = 512,
                  max_bytes: int = 512 * 1024, deadline: float = 6.0,
-                 max_in_flight: int = 2) -> None:
+                 max_in_flight: int = 2, max_unconfirmed: int | None = None) -> None:
         if max_deliveries < 1 or max_bytes < 1 or deadline <= 0 or max_in_flight < 1:
             raise ValueError("batch limits, deadline and max_in_flight must be positive")
         self.max_in_flight = max_in_flight
+        self.max_unconfirmed = max_unconfirmed or (max_in_flight + 1) * max_deliveries
+        """Deliveries to one pod, buffered or in flight, past which :meth:`room`
+        waits (by default: every message in flight full, and a full buffer)."""
+        self._unconfirmed: dict[PodId, int] = {}
+        self._room: dict[PodId, asyncio.Future[None]] = {}
         self._in_flight: dict[PodId, int] = {}
         self._settling = False
         self._send = send
@@ -103,6 +114,7 @@ class PublishBatcher:
                 buf.future.add_done_callback(_consume_exception)
             buf.deliveries.append(delivery)
             buf.size += size
+            self._unconfirmed[pod] = self._unconfirmed.get(pod, 0) + 1
             if not futures or futures[-1] is not buf.future:
                 futures.append(buf.future)
             if len(buf.deliveries) >= self.max_deliveries or buf.size >= self.max_bytes:
@@ -110,6 +122,21 @@ class PublishBatcher:
         if self._buffers and self._tick is None:
             self._tick = loop.call_soon(self._tick_flush)
         return futures
+
+    def full(self, pod: PodId) -> bool:
+        """Whether ``pod`` has ``max_unconfirmed`` deliveries buffered or in flight."""
+        return self._unconfirmed.get(pod, 0) >= self.max_unconfirmed
+
+    async def room(self, pod: PodId) -> None:
+        """Return once ``pod`` has fewer than ``max_unconfirmed`` deliveries
+        buffered or in flight (at once if it has). Bounded: in-flight messages
+        settle within ``deadline``, and each one settled makes room."""
+        while self.full(pod):
+            waiter = self._room.get(pod)
+            if waiter is None:
+                waiter = self._room[pod] = asyncio.get_running_loop().create_future()
+            # Not awaited directly: a cancelled waiter must not cancel the others'.
+            await asyncio.wait((waiter,))
 
     def flush(self) -> None:
         """Send every buffer now (used on stop)."""
@@ -129,7 +156,8 @@ class PublishBatcher:
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
         # What filled behind a cancelled message goes nowhere: say so to its callers.
-        for buf in self._buffers.values():
+        for pod, buf in self._buffers.items():
+            self._settled(pod, len(buf.deliveries))
             if not buf.future.done():
                 buf.future.set_exception(BackendUnavailable("publish cancelled: bus stopping"))
         self._buffers.clear()
@@ -158,8 +186,20 @@ class PublishBatcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _returned(self, pod: PodId) -> None:
+    def _settled(self, pod: PodId, count: int) -> None:
+        """``count`` deliveries to ``pod`` are no longer unconfirmed: wake :meth:`room`."""
+        left = self._unconfirmed.get(pod, count) - count
+        if left > 0:
+            self._unconfirmed[pod] = left
+        else:
+            self._unconfirmed.pop(pod, None)
+        waiter = self._room.pop(pod, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _returned(self, pod: PodId, buf: _Buffer) -> None:
         """A message to ``pod`` is settled: what filled meanwhile goes out now."""
+        self._settled(pod, len(buf.deliveries))
         left = self._in_flight.get(pod, 1) - 1
         if left:
             self._in_flight[pod] = left
@@ -172,7 +212,7 @@ class PublishBatcher:
         try:
             await self._send_one(pod, buf)
         finally:
-            self._returned(pod)
+            self._returned(pod, buf)
 
     async def _send_one(self, pod: PodId, buf: _Buffer) -> None:
         try:

@@ -20,6 +20,14 @@ Contract of :meth:`Sender.send_to_user`:
   An ACK-required delivery that reached no connection because a publish
   failed is due again soon in the store, without spending an attempt.
 
+Confirms: a send returns once the broker confirmed its publishes, except a
+client's at-most-once message (relayed from the frame being handled, not
+traced). That one returns once the bus holds it, in order with the client's
+other messages, so a client's next frame is not held behind a broker round
+trip; the report names the pods it was handed to, and a publish that fails
+afterwards is still counted in ``wsnode_messages_dropped_total{reason}``.
+The bus holds a pod back while too many of its deliveries are unconfirmed.
+
 Messages *relayed* from a client: a send made while an app handler handles a
 client's frame (or given ``on_behalf_of=``) is sent on that client's behalf.
 Its id is scoped to the client (:func:`relayed_id`: ``~<sender digest>.<id>``),
@@ -54,6 +62,7 @@ from wsnode.outage import LogThrottle
 from wsnode.presence import PresenceReader
 from wsnode.protocol import MAX_ID_LENGTH, RESERVED_TYPES, Envelope, valid_type
 from wsnode.trace import NoTracer, TracePolicy, Tracer
+from wsnode.unconfirmed import Unconfirmed
 
 log = logging.getLogger("wsnode.sender")
 
@@ -177,6 +186,7 @@ class Sender:
         # Told of users whose cached presence proved wrong (a pod it named is gone).
         self.stale = stale
         self._throttle = LogThrottle(log)
+        self.unconfirmed = Unconfirmed(self.metrics.published.inc, self._failed)
 
     async def send_to_user(self, user: UserId, env: Envelope, *, trace: bool = False,
                            on_behalf_of: UserId | FromContext | None = FROM_CONTEXT,
@@ -209,8 +219,12 @@ class Sender:
             await self.route(_ack_delivery(result.message, trace_id), report)
         else:
             at = self.clock.now_ms()
+            # A client's message (sent on its behalf from its frame's handler) is
+            # not held behind the broker's confirm: see the module.
+            confirm = relayed is None or trace_id is not None or \
+                not isinstance(on_behalf_of, FromContext)
             await self.route(Delivery(user, env.encode(), env.type, expires_at=env.expires_at,
-                                      trace_id=trace_id), report)
+                                      trace_id=trace_id), report, confirm=confirm)
             if report.reached_nobody and not report.failed_pods:
                 self.metrics.count_dropped("offline")
         if trace_id:
@@ -265,13 +279,15 @@ class Sender:
         return reports
 
     async def route(self, delivery: Delivery, report: SendReport, *,
-                    local: bool = True) -> None:
+                    local: bool = True, confirm: bool = True) -> None:
         """Deliver locally (unless ``local`` is False) and publish once per other
-        pod holding the user, skipping the pods ``delivery.published_to`` names."""
+        pod holding the user, skipping the pods ``delivery.published_to`` names.
+        ``confirm=False`` (at most once only) returns once the bus holds the
+        publishes; their outcomes are counted when the broker answers."""
         if local and self.local is not None:
             report.local = self.local.deliver_local(delivery)
         if self.shared_bus:
-            await self._publish(delivery, report)
+            await self._publish(delivery, report, confirm)
         if delivery.ack_id is not None and report.failed_pods and report.reached_nobody:
             # Stored, so not lost; but the user's devices would wait a whole
             # retry interval. Due again soon instead, without spending an attempt.
@@ -279,7 +295,7 @@ class Sender:
             with contextlib.suppress(BackendUnavailable):
                 await self.acks.defer(delivery.user, [delivery.ack_id])
 
-    async def _publish(self, delivery: Delivery, report: SendReport) -> None:
+    async def _publish(self, delivery: Delivery, report: SendReport, confirm: bool) -> None:
         try:
             where = await self.presence.pods_of([delivery.user])
         except BackendUnavailable:
@@ -296,6 +312,10 @@ class Sender:
         if not remote:
             return
         out = delivery.published_also(tuple(sorted(skip.union(remote))))
+        if not confirm and delivery.ack_id is None:
+            for pod in remote:
+                await self._hand_over(pod, out, report)
+            return
         if len(remote) == 1:
             outcomes: list[BaseException | None] = [await self._publish_one(remote[0], out)]
         else:
@@ -304,21 +324,40 @@ class Sender:
             if outcome is None:
                 report.pods.append(pod)
                 self.metrics.published.inc()
-                continue
-            report.failed_pods.append(pod)
-            if isinstance(outcome, Unroutable):
-                reason = "pod_gone"
-                if self.stale is not None:
-                    self.stale([delivery.user])
-            elif isinstance(outcome, BackendUnavailable):
-                reason = "bus_unavailable"
-                self.metrics.backend_errors.labels("bus").inc()
             else:
-                reason = "bus_error"
-                log.error("publish to %s failed", pod, exc_info=outcome)
-            # An ACK-required message stays stored: it is resent or replayed later.
-            if delivery.ack_id is None:
-                self.metrics.count_dropped(reason)
+                report.failed_pods.append(pod)
+                self._failed(pod, [out], outcome)
+
+    async def _hand_over(self, pod: PodId, delivery: Delivery, report: SendReport) -> None:
+        """Hand ``delivery`` to the bus for ``pod``; its outcome is counted later."""
+        try:
+            futures = await self.bus.hand_over(pod, [delivery])
+        except Exception as exc:  # known before queueing: reported now
+            report.failed_pods.append(pod)
+            self._failed(pod, [delivery], exc)
+            return
+        report.pods.append(pod)
+        if futures:
+            self.unconfirmed.track(pod, delivery, futures)
+        else:
+            self.metrics.published.inc()
+
+    def _failed(self, pod: PodId, deliveries: list[Delivery], failure: BaseException) -> None:
+        """Count (and log, if unexpected) ``deliveries`` that did not reach ``pod``."""
+        if isinstance(failure, Unroutable):
+            reason = "pod_gone"
+            if self.stale is not None:
+                self.stale([d.user for d in deliveries])
+        elif isinstance(failure, BackendUnavailable):
+            reason = "bus_unavailable"
+            self.metrics.backend_errors.labels("bus").inc(len(deliveries))
+        else:
+            reason = "bus_error"
+            log.error("publish to %s failed", pod, exc_info=failure)
+        # An ACK-required message stays stored: it is resent or replayed later.
+        dropped = sum(1 for d in deliveries if d.ack_id is None)
+        if dropped:
+            self.metrics.count_dropped(reason, dropped)
 
     async def _publish_one(self, pod: PodId, delivery: Delivery) -> BaseException | None:
         try:

@@ -76,6 +76,39 @@ async def test_one_publishers_deliveries_arrive_in_publish_order(
     assert numbers(inbox.deliveries, "u2") == list(range(80))
 
 
+async def test_handed_over_deliveries_keep_publish_order_and_confirm_later(
+        make_bus: BusFactory) -> None:
+    _, inbox = await make_bus("A")
+    bus, _ = await make_bus("B")
+    futures: list[asyncio.Future[None]] = []
+    for i in range(30):  # handed over, published and handed over again, never waited for
+        if i % 10 == 5:
+            await bus.publish(A, [delivery(i)])
+        else:
+            futures += await bus.hand_over(A, [delivery(i)])
+    futures += await bus.hand_over(A, [delivery(i) for i in range(30, 40)])
+    assert await bus.hand_over(A, []) == []
+    # Settled as publish returns: None once the broker confirmed (the futures
+    # may be shared with other publishers: awaited shielded).
+    results = await asyncio.wait_for(
+        asyncio.gather(*(asyncio.shield(f) for f in futures)), 10)
+    assert results == [None] * len(futures)
+    await inbox.wait_for(lambda: len(inbox.deliveries) >= 40)
+    assert numbers(inbox.deliveries) == list(range(40))
+
+
+async def test_a_hand_over_to_an_unknown_pod_fails_as_publish_does(
+        make_bus: BusFactory) -> None:
+    bus, _ = await make_bus("B")
+    # Known before queueing (raised) or when the broker returns it (the future).
+    with pytest.raises(Unroutable):
+        futures = await bus.hand_over(NOBODY, [delivery(1)])
+        await asyncio.wait_for(asyncio.gather(*(asyncio.shield(f) for f in futures)), 10)
+    await bus.stop()
+    with pytest.raises(BackendUnavailable):
+        await bus.hand_over(A, [delivery(2)])
+
+
 async def test_an_unknown_pod_is_unroutable(make_bus: BusFactory) -> None:
     bus, _ = await make_bus("B")
     with pytest.raises(Unroutable):

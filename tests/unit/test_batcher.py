@@ -84,3 +84,52 @@ async def test_settle_fails_what_was_left_behind() -> None:
     [waiting] = batcher.add(A, [delivery(1)])
     await batcher.settle(0.05)  # the first never returns: cancelled
     assert waiting.done() and isinstance(waiting.exception(), Exception)
+
+
+async def test_room_holds_a_publisher_back_while_a_pod_has_too_many_unconfirmed() -> None:
+    broker = Broker()
+    batcher = PublishBatcher(broker.send, max_deliveries=2, max_in_flight=1)
+    assert batcher.max_unconfirmed == 4  # every message in flight full, and a full buffer
+    futures = batcher.add(A, [delivery(n) for n in range(4)])
+    await ticks()
+    assert broker.sent == [[0, 1], [2, 3]]  # full buffers go out whatever is in flight
+    assert batcher.full(A) and not batcher.full(PodId("b"))
+    waiting = asyncio.ensure_future(batcher.room(A))
+    await ticks()
+    assert not waiting.done()  # 4 unconfirmed: the publisher waits
+    broker.gates[0].set()
+    await asyncio.wait_for(waiting, 5)  # two confirmed: room again
+    assert not batcher.full(A)
+    broker.gates[1].set()
+    await asyncio.gather(*futures)
+    await ticks()
+    await asyncio.wait_for(batcher.room(A), 5)  # nothing unconfirmed: at once
+
+
+async def test_a_cancelled_room_waiter_does_not_cancel_the_others() -> None:
+    broker = Broker()
+    batcher = PublishBatcher(broker.send, max_deliveries=1, max_in_flight=1)
+    futures = batcher.add(A, [delivery(0), delivery(1)])
+    await ticks()
+    first = asyncio.ensure_future(batcher.room(A))
+    second = asyncio.ensure_future(batcher.room(A))
+    await ticks()
+    first.cancel()
+    await ticks()
+    assert first.cancelled() and not second.done()
+    broker.gates[0].set()
+    await asyncio.wait_for(second, 5)
+    broker.gates[1].set()
+    await asyncio.gather(*futures)
+
+
+async def test_settle_frees_the_room_of_what_it_fails() -> None:
+    broker = Broker()
+    batcher = PublishBatcher(broker.send, max_deliveries=1, max_in_flight=1, deadline=5)
+    futures = batcher.add(A, [delivery(0), delivery(1)])
+    await ticks()
+    assert batcher.full(A)
+    await batcher.settle(0.01)  # nothing confirms: both messages cancelled
+    assert not batcher.full(A)
+    for future in futures:
+        assert future.done() and future.exception() is not None
