@@ -8,6 +8,7 @@ stopped by pid (SIGTERM, then SIGKILL) by the fixture that made it.
 from __future__ import annotations
 
 import os
+import random
 import re
 import resource
 import signal
@@ -29,8 +30,39 @@ SECRET = "test-secret-" + "0123456789abcdef" * 3
 API_KEY = "test-api-key-0123456789"
 
 
+def _below_ephemeral() -> tuple[int, int]:
+    """Ports below the kernel's ephemeral range (Linux: 32768-60999)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return max(1024, low - 12_000), low - 1
+
+
+_RANGE = _below_ephemeral()
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A free loopback port for a server a test starts, outside the kernel's
+    ephemeral range: a server restarted on its port (a RabbitMQ or Redis node
+    in a fault test) could otherwise find it taken meanwhile by the local port
+    of some outgoing connection (seen: a RabbitMQ test node's restart failing
+    with eaddrinuse). Never the same port twice in one test process."""
+    low, high = _RANGE
+    for _ in range(500):
+        port = random.randint(low, high)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    with socket.socket() as sock:  # that range is full: any free port
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
