@@ -103,6 +103,8 @@ class PublishBatcher:
         broker messages that will carry them (one per message, in order)."""
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[None]] = []
+        # Counted once per call: nothing below can settle before add returns.
+        self._unconfirmed[pod] = self._unconfirmed.get(pod, 0) + len(deliveries)
         for delivery in deliveries:
             size = estimate_size(delivery)
             buf = self._buffers.get(pod)
@@ -114,7 +116,6 @@ class PublishBatcher:
                 buf.future.add_done_callback(_consume_exception)
             buf.deliveries.append(delivery)
             buf.size += size
-            self._unconfirmed[pod] = self._unconfirmed.get(pod, 0) + 1
             if not futures or futures[-1] is not buf.future:
                 futures.append(buf.future)
             if len(buf.deliveries) >= self.max_deliveries or buf.size >= self.max_bytes:
