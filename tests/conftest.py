@@ -27,6 +27,23 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 
 PodFactory = Callable[..., PodProcess]
 
+# Session fixtures that start private brokers (a 3-node RabbitMQ cluster takes
+# ~20 s and three Erlang VMs): their users run in one pytest-xdist worker, so the
+# suite starts each once, however many workers `make test` runs.
+_ONE_WORKER_FIXTURES = ("rabbit_cluster", "redis_cluster_servers", "redis_sentinel_servers")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Group the tests for ``pytest -n N --dist loadgroup`` (``make test``): the
+    users of a session broker fixture in one group per fixture, every other
+    test with the rest of its module (module fixtures set up once, a module's
+    tests in their written order). Without xdist the marks change nothing."""
+    for item in items:
+        used = getattr(item, "fixturenames", ())
+        group = next((name for name in _ONE_WORKER_FIXTURES if name in used),
+                     item.nodeid.split("::", 1)[0])
+        item.add_marker(pytest.mark.xdist_group(group))
+
 
 @pytest.fixture
 def pod_factory(tmp_path: Path) -> Iterator[PodFactory]:

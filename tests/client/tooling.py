@@ -16,6 +16,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from tests.support.installs import one_at_a_time
+
 ROOT = Path(__file__).resolve().parents[2]
 JS_DIR = ROOT / "clients" / "js"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -43,10 +45,12 @@ def npm_dependencies() -> Path:
     node_binary()
     lock = JS_DIR / "package-lock.json"
     installed = JS_DIR / "node_modules" / ".package-lock.json"
-    if installed.exists() and installed.stat().st_mtime >= lock.stat().st_mtime:
-        return JS_DIR / "node_modules"
-    done = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-                          cwd=JS_DIR, capture_output=True, text=True, timeout=300, check=False)
+    with one_at_a_time():  # another worker may be running npm ci in JS_DIR
+        if installed.exists() and installed.stat().st_mtime >= lock.stat().st_mtime:
+            return JS_DIR / "node_modules"
+        done = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                              cwd=JS_DIR, capture_output=True, text=True, timeout=300,
+                              check=False)
     if done.returncode != 0:
         raise MissingTool(f"npm ci in {JS_DIR} failed:\n{done.stdout}\n{done.stderr}")
     return JS_DIR / "node_modules"
@@ -54,6 +58,11 @@ def npm_dependencies() -> Path:
 
 def chromium() -> Path:
     """Debian's Chromium, installed with apt-get when it is not there yet."""
+    with one_at_a_time():  # apt-get of another worker holds dpkg's lock
+        return _install_chromium()
+
+
+def _install_chromium() -> Path:
     if CHROMIUM.exists():
         return CHROMIUM
     if shutil.which("apt-get") is None:

@@ -31,6 +31,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tests.support.installs import one_at_a_time
 from tests.support.pods import PodProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,10 +52,11 @@ def haproxy_binary() -> str | None:
 
 def ensure_haproxy() -> str:
     """The haproxy binary, installed with ``scripts/ensure-haproxy.sh`` if missing."""
-    binary = haproxy_binary()
-    if binary is None:
-        subprocess.run([str(ENSURE_HAPROXY)], check=True, timeout=600)
+    with one_at_a_time():  # apt-get of another worker holds dpkg's lock
         binary = haproxy_binary()
+        if binary is None:
+            subprocess.run([str(ENSURE_HAPROXY)], check=True, timeout=600)
+            binary = haproxy_binary()
     if binary is None:
         raise RuntimeError("haproxy is not installed and scripts/ensure-haproxy.sh failed")
     return binary

@@ -31,13 +31,23 @@ API_KEY = "test-api-key-0123456789"
 
 
 def _below_ephemeral() -> tuple[int, int]:
-    """Ports below the kernel's ephemeral range (Linux: 32768-60999)."""
+    """Ports below the kernel's ephemeral range (Linux: 32768-60999), this
+    process's share of them: pytest-xdist workers (``make test``) each take a
+    slice of their own, so two workers never hand out the same port (a port
+    probed free by one could be bound by the other's server a moment later)."""
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
             low = int(f.read().split()[0])
     except (OSError, ValueError, IndexError):
         low = 32768
-    return max(1024, low - 12_000), low - 1
+    first, last = max(1024, low - 12_000), low - 1
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if worker.startswith("gw") and worker[2:].isdigit() and count > 1:
+        share = (last - first + 1) // count
+        first += int(worker[2:]) % count * share
+        last = first + share - 1
+    return first, last
 
 
 _RANGE = _below_ephemeral()
