@@ -24,7 +24,7 @@ from pathlib import Path
 
 import aiormq
 import orjson
-from aiormq.abc import DeliveredMessage
+from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -42,14 +42,21 @@ def own_cpu() -> float:
     return t.user + t.system
 
 
+async def loop_channels(conn: AbstractConnection) -> tuple[AbstractChannel, AbstractChannel, str]:
+    """On ``conn``: a publishing channel with confirms, a consuming one (prefetch
+    256, as a pod's) and a private queue, so one process publishes to itself."""
+    pub = await conn.channel(publisher_confirms=True)
+    sub = await conn.channel()
+    await sub.basic_qos(prefetch_count=256)
+    queue = (await pub.queue_declare("", exclusive=True, auto_delete=True)).queue
+    assert queue is not None
+    return pub, sub, queue
+
+
 async def run(url: str, broker_pid: int, args: argparse.Namespace, acks: str) -> dict[str, object]:
     conn = await aiormq.connect(url)
     try:
-        pub = await conn.channel(publisher_confirms=True)
-        sub = await conn.channel()
-        await sub.basic_qos(prefetch_count=256)
-        queue = (await pub.queue_declare("", exclusive=True, auto_delete=True)).queue
-        assert queue is not None
+        pub, sub, queue = await loop_channels(conn)
         n, got, unacked = args.messages, 0, 0
         done = asyncio.Event()
 

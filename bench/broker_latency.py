@@ -29,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiormq
 import orjson
@@ -39,6 +40,7 @@ from aiormq.abc import DeliveredMessage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
+from amqp_roundtrip import loop_channels  # noqa: E402
 from systems import Brokers  # noqa: E402
 from wsload import percentiles  # noqa: E402
 
@@ -60,19 +62,15 @@ async def _pace(rate: float, seconds: float, send: Callable[[float], None]) -> i
 async def rabbitmq(url: str, rate: float, seconds: float) -> list[float]:
     conn = await aiormq.connect(url)
     try:
-        pub = await conn.channel(publisher_confirms=True)
-        sub = await conn.channel()
-        await sub.basic_qos(prefetch_count=256)
-        queue = (await pub.queue_declare("", exclusive=True, auto_delete=True)).queue
-        assert queue is not None
+        pub, sub, queue = await loop_channels(conn)
         took: list[float] = []
 
         async def on_message(message: DeliveredMessage) -> None:
             took.append(time.perf_counter() - float(message.body))
-            await sub.basic_ack(message.delivery.delivery_tag)
+            await sub.basic_ack(message.delivery.delivery_tag or 0)
 
         await sub.basic_consume(queue, on_message)
-        pending: set[asyncio.Future[object]] = set()
+        pending: set[asyncio.Future[Any]] = set()
 
         def send(stamp: float) -> None:
             future = asyncio.ensure_future(pub.basic_publish(
@@ -102,7 +100,7 @@ async def redis_pubsub(url: str, rate: float, seconds: float) -> list[float]:
                     took.append(time.perf_counter() - float(message["data"]))
 
         reader = asyncio.create_task(read())
-        pending: set[asyncio.Future[object]] = set()
+        pending: set[asyncio.Future[Any]] = set()
 
         def send(stamp: float) -> None:
             future = asyncio.ensure_future(publisher.publish(_CHANNEL, repr(stamp)))
