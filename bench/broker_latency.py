@@ -15,7 +15,7 @@ on a private redis-server and a private one-node RabbitMQ started here
   another, as the socket.io adapter does.
 
 Messages go out at ``--rates`` per second (each publish not awaited before the
-next, as a pod does not wait for a hop to publish the next message), for
+next), for
 ``--seconds``; each carries its send time. Figures: p50/p95/p99 in ms from
 publish call to the consumer's callback. JSON lines on stdout.
 """
@@ -27,7 +27,7 @@ import asyncio
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,16 +47,28 @@ from wsload import percentiles  # noqa: E402
 _CHANNEL = "wsnode-bench-latency"
 
 
-async def _pace(rate: float, seconds: float, send: Callable[[float], None]) -> int:
-    """Call ``send(stamp)`` ``rate`` times a second for ``seconds``; return the count."""
+async def _pace(rate: float, seconds: float, publish: Callable[[bytes], Awaitable[Any]],
+                arrived: Callable[[], int]) -> None:
+    """Start ``publish(send time)`` ``rate`` times a second for ``seconds``, each
+    without awaiting the one before (a pod does not wait for a hop to publish the
+    next message); return once every publish returned and ``arrived()`` counts
+    them all (30 s at most)."""
+    pending: set[asyncio.Future[Any]] = set()
     count, start = 0, time.perf_counter()
     while (now := time.perf_counter()) - start < seconds:
         due = start + count / rate
         if now < due:
             await asyncio.sleep(due - now)
-        send(time.perf_counter())
+        future = asyncio.ensure_future(publish(repr(time.perf_counter()).encode()))
+        pending.add(future)
+        future.add_done_callback(pending.discard)
         count += 1
-    return count
+    await asyncio.gather(*pending)
+    deadline = time.monotonic() + 30.0
+    while arrived() < count:  # the consumers' callbacks run on this loop: poll it
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{count - arrived()} of {count} messages did not arrive")
+        await asyncio.sleep(0.01)
 
 
 async def rabbitmq(url: str, rate: float, seconds: float) -> list[float]:
@@ -70,17 +82,8 @@ async def rabbitmq(url: str, rate: float, seconds: float) -> list[float]:
             await sub.basic_ack(message.delivery.delivery_tag or 0)
 
         await sub.basic_consume(queue, on_message)
-        pending: set[asyncio.Future[Any]] = set()
-
-        def send(stamp: float) -> None:
-            future = asyncio.ensure_future(pub.basic_publish(
-                repr(stamp).encode(), routing_key=queue, mandatory=True, timeout=5))
-            pending.add(future)
-            future.add_done_callback(pending.discard)
-
-        sent = await _pace(rate, seconds, send)
-        await asyncio.gather(*pending)
-        await _until(lambda: len(took) >= sent)
+        await _pace(rate, seconds, lambda body: pub.basic_publish(
+            body, routing_key=queue, mandatory=True, timeout=5), lambda: len(took))
         return took
     finally:
         await conn.close()
@@ -100,30 +103,14 @@ async def redis_pubsub(url: str, rate: float, seconds: float) -> list[float]:
                     took.append(time.perf_counter() - float(message["data"]))
 
         reader = asyncio.create_task(read())
-        pending: set[asyncio.Future[Any]] = set()
-
-        def send(stamp: float) -> None:
-            future = asyncio.ensure_future(publisher.publish(_CHANNEL, repr(stamp)))
-            pending.add(future)
-            future.add_done_callback(pending.discard)
-
-        sent = await _pace(rate, seconds, send)
-        await asyncio.gather(*pending)
-        await _until(lambda: len(took) >= sent)
+        await _pace(rate, seconds, lambda body: publisher.publish(_CHANNEL, body),
+                    lambda: len(took))
         reader.cancel()
         return took
     finally:
         await pubsub.aclose()
         await publisher.aclose()
         await subscriber.aclose()
-
-
-async def _until(done: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            raise TimeoutError("messages did not all arrive")
-        await asyncio.sleep(0.01)
 
 
 async def main_async(args: argparse.Namespace, brokers: Brokers) -> None:
