@@ -7,12 +7,13 @@ cannot start)."""
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 
+from tests.support.cluster import ClusterSlice
 from tests.support.pods import PodProcess
 from tests.support.rabbit_cluster import RabbitCluster
 from tests.support.rabbit_cluster import start_or_skip as start_rabbit_or_skip
@@ -31,6 +32,25 @@ PodFactory = Callable[..., PodProcess]
 # ~20 s and three Erlang VMs): their users run in one pytest-xdist worker, so the
 # suite starts each once, however many workers `make test` runs.
 _ONE_WORKER_FIXTURES = ("rabbit_cluster", "redis_cluster_servers", "redis_sentinel_servers")
+
+
+_LOG_TAIL_LINES = 80
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None],
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test's report carries the tail of every log in its ``tmp_path``
+    (the pods' own, ``<pod-id>.log``): on CI that is all there is to read of
+    what the pods saw."""
+    report = yield
+    tmp = getattr(item, "funcargs", {}).get("tmp_path")
+    if report.failed and call.when != "teardown" and isinstance(tmp, Path):
+        for path in sorted(tmp.rglob("*.log")):
+            lines = path.read_text(errors="replace").splitlines()[-_LOG_TAIL_LINES:]
+            report.sections.append((f"{path.relative_to(tmp)} (last {len(lines)} lines)",
+                                    "\n".join(lines)))
+    return report
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -59,6 +79,15 @@ def pod_factory(tmp_path: Path) -> Iterator[PodFactory]:
     yield start
     for pod in pods:
         pod.kill()
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[ClusterSlice]:
+    """A test's own slice of the shared Redis and RabbitMQ, deleted afterwards
+    (the pods it adopted are killed first)."""
+    slice_ = ClusterSlice()
+    yield slice_
+    await slice_.cleanup()
 
 
 @pytest.fixture

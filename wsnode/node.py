@@ -18,7 +18,8 @@ resend     claims due resends of the users held here      ``wsnode.resend``
 reconcile  every held user back in the due index          ``wsnode.resend``
 sweep      dead-letters expired messages                  ``wsnode.resend``
 trace      writes buffered message trails                 ``wsnode.trace_redis``
-bus        connects the bus (later outages: the bus's own supervisor)
+bus        connects the bus if the start's try failed     ``wsnode.bus_rabbitmq``
+           (later outages: the bus's own supervisor)
 ========== ============================================== =====================
 
 ``/readyz`` is 200 only while the pod accepts connections and no loop fails;
@@ -313,6 +314,7 @@ class Node:
         await web.TCPSite(runner, s.admin_host or s.host, s.admin_port).start()
         self._admin = runner
         await self.upkeep.join(advertised_url(s, self.admin_port))
+        await self._start_bus_before_serving()
         self._ws_server = await serve(
             self.gateway.handle, s.host, s.port,
             process_request=self.gateway.process_request,
@@ -343,6 +345,19 @@ class Node:
         log.info("pod %s serving ws://%s:%d/ws (admin :%d, %s)", self.pod, s.host,
                  self.port, self.admin_port, s.mode, extra={"pod": self.pod})
         log.info("connection limits: %s", self.admission.limits, extra={"pod": self.pod})
+
+    async def _start_bus_before_serving(self) -> None:
+        """The bus's first start, before the WebSocket port opens: a client let
+        in earlier could join a topic or be told it is online while no other
+        pod can reach this pod's queue (their at-most-once copies to it would be
+        unroutable, so dropped). A broker that does not answer within the bus's
+        connect timeout does not stop the start: the pod serves, ``/readyz``
+        names the bus, and the ``bus`` loop retries with backoff."""
+        try:
+            await self._bus_step()
+        except Exception as exc:  # whatever it is, the bus loop retries it
+            log.warning("bus not started (%s): serving without it; /readyz says so until "
+                        "it starts (retried with backoff)", exc, extra={"pod": self.pod})
 
     async def _bus_step(self) -> float:
         """Start the bus (fails fast; retried with backoff by the supervisor).

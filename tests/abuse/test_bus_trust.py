@@ -10,11 +10,9 @@ one that is not UTF-8, from the bus.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import aio_pika
 import orjson
-import pytest
 
 from tests.conftest import PodFactory
 from tests.support.client import Client
@@ -26,13 +24,6 @@ from wsnode.ids import UserId
 from wsnode.keys import AmqpNames
 
 SECRET = "cluster-secret-" + "0123456789abcdef" * 2
-
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[ClusterSlice]:
-    slice_ = ClusterSlice()
-    yield slice_
-    await slice_.cleanup()
 
 
 async def forge(cluster: ClusterSlice, pod: str, *messages: tuple[str, bytes]) -> None:

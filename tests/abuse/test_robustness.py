@@ -4,7 +4,6 @@ targets); one user-id rule (1-256 characters) everywhere."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 import orjson
@@ -19,13 +18,6 @@ from tests.support.waits import api, eventually
 
 ODD_USERS = ["{u:bob}", "a/b", "50%", "%7B", "sp ace", "ユーザー", "x?y#z", "..", "+&="]
 ODD_ID = "{m}/1% ?ü"
-
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[ClusterSlice]:
-    slice_ = ClusterSlice()
-    yield slice_
-    await slice_.cleanup()
 
 
 def seg(value: str) -> str:

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -199,13 +198,6 @@ def test_locust_progress_file_shows_the_ramp_up(chat_pod: PodProcess, tmp_path: 
     assert last["startedAt"] <= last["spawnedAt"] <= last["stoppingAt"]
     assert 2.0 <= last["spawnedAt"] - last["startedAt"] <= 8.0  # 8 users at 2 per second
     assert 6.0 <= last["stoppingAt"] - last["startedAt"] <= 12.0  # the 7 s of -t
-
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[ClusterSlice]:
-    slice_ = ClusterSlice()
-    yield slice_
-    await slice_.cleanup()
 
 
 def test_wsctl_swarm_leaves_nothing_in_redis(pod_factory: PodFactory,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -32,13 +31,6 @@ def app_pod(pod_factory: PodFactory) -> PodProcess:
     """One embedded pod with the test handlers and fast ACK retries."""
     return start_pod(pod_factory, "pod-a", {"WSNODE_ACK_RETRY_INTERVAL": "300ms",
                                             "WSNODE_ACK_MAX_ATTEMPTS": "10"})
-
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[ClusterSlice]:
-    slice_ = ClusterSlice()
-    yield slice_
-    await slice_.cleanup()
 
 
 def start_cluster(pod_factory: PodFactory, cluster: ClusterSlice, count: int,

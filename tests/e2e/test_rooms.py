@@ -5,11 +5,9 @@ example's rule (room names, the token's ``rooms`` claim, rooms per connection)."
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import jwt
-import pytest
 
 from tests.conftest import PodFactory
 from tests.support.client import Client
@@ -19,13 +17,6 @@ from tests.support.waits import api, eventually
 from wsnode.examples.rooms import MAX_ROOMS
 
 CHAT = ["--app", "wsnode.examples.chat"]
-
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[ClusterSlice]:
-    slice_ = ClusterSlice()
-    yield slice_
-    await slice_.cleanup()
 
 
 def token(user: str, **claims: Any) -> str:

@@ -59,8 +59,8 @@ class FaultCluster:
                            ["--app", "tests.e2e.app"]) for name, extra in named.items()]
         self.processes += made
         await asyncio.gather(*(asyncio.to_thread(p.start, 60.0) for p in made))
-        # Ready, not just up: a pod serves /ws before its bus queue exists, and a
-        # fault injected then would test the start, not the fault.
+        # Ready, not just up: a pod whose first bus start failed serves /ws
+        # without a queue, and a fault injected then would test the start.
         for pod in made:
             await eventually(partial(_ready, pod), 30, f"{pod.pod_id} ready")
         return made

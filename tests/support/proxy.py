@@ -12,6 +12,11 @@ sends on the connections piped now is held back (the client's own writes still
 reach the server) until :meth:`TcpProxy.resume`; nothing is reset, so the
 client is not told. Connections accepted later flow normally, as a new
 connection would take a working path.
+
+:meth:`TcpProxy.hold` makes a slow server instead: connections are accepted
+but not piped to the server (the client waits for the server's greeting)
+until :meth:`TcpProxy.release`; :meth:`TcpProxy.wait_held` returns once one is
+waiting.
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ class TcpProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._links: set[_Link] = set()
+        self._open = _open_gate()  # cleared: new connections wait (hold)
+        self._held = asyncio.Event()  # a connection waits at the closed gate
 
     @property
     def cut_off(self) -> bool:
@@ -71,6 +78,7 @@ class TcpProxy:
     async def cut(self) -> None:
         """Abort every piped connection and refuse new ones until :meth:`restore`."""
         server, self._server = self._server, None
+        self._open.set()  # held connections go on, find no server and are aborted
         if server is not None:
             server.close()
         for writer in list(self._writers):
@@ -93,6 +101,19 @@ class TcpProxy:
         for link in self._links:
             (link.to_client if toward == "client" else link.to_server).clear()
         return len(self._links)
+
+    def hold(self) -> None:
+        """Accept new connections but pipe none until :meth:`release`."""
+        self._open.clear()
+        self._held.clear()
+
+    async def wait_held(self) -> None:
+        """Until a connection waits at the hold."""
+        await self._held.wait()
+
+    def release(self) -> None:
+        """Pipe the held connections, and new ones at once."""
+        self._open.set()
 
     def resume(self) -> None:
         """Let what :meth:`stall` held back flow again."""
@@ -118,6 +139,9 @@ class TcpProxy:
 
     async def _accept(self, client_r: asyncio.StreamReader,
                       client_w: asyncio.StreamWriter) -> None:
+        if not self._open.is_set():
+            self._held.set()
+            await self._open.wait()
         if self._server is None:
             client_w.transport.abort()
             return
