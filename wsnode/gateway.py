@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
-from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
@@ -88,6 +88,23 @@ class Gateway:
         self._clock = clock
         self._welcome_heartbeat_ms = int(settings.ping_interval * 1000)
         self._throttle = LogThrottle(log)
+
+    async def serve(self, connection_class: type[ServerConnection]) -> Server:
+        """Listen on the settings' host and port for ``/ws``; each accepted
+        socket becomes a ``connection_class`` (``wsnode.intake``)."""
+        s = self._settings
+        return await serve(
+            self.handle, s.host, s.port,
+            process_request=self.process_request,
+            select_subprotocol=self.select_subprotocol,
+            compression="deflate" if s.compression else None,
+            max_size=s.max_message_bytes,
+            ping_interval=s.ping_interval,
+            ping_timeout=s.ping_timeout or None,
+            close_timeout=min(5.0, s.drain_timeout),
+            server_header="wsnode",
+            create_connection=connection_class,
+        )
 
     # -- handshake ---------------------------------------------------------
 

@@ -37,7 +37,7 @@ from types import TracebackType
 from typing import Any
 
 from aiohttp import web
-from websockets.asyncio.server import Server, serve
+from websockets.asyncio.server import Server
 
 from wsnode import failpoints
 from wsnode.acks import AckBackend
@@ -112,12 +112,11 @@ class Node:
         feed = self.backends.presence_feed
         self.presence_cache = CachedPresence(self.presence, counted=self.metrics.count_lookups) \
             if feed is not None else None
-        self.sender = Sender(presence=self.presence_cache or self.presence, bus=self.bus,
-                             acks=self.acks,
-                             metrics=self.metrics, pod=self.pod, clock=self.clock,
-                             shared_bus=self.backends.shared_bus, tracer=self.tracer,
-                             trace_policy=self.trace_policy,
-                             stale=self.presence_cache.changed if self.presence_cache else None)
+        self.sender = Sender(
+            presence=self.presence_cache or self.presence, bus=self.bus, acks=self.acks,
+            metrics=self.metrics, pod=self.pod, clock=self.clock,
+            shared_bus=self.backends.shared_bus, tracer=self.tracer, trace_policy=self.trace_policy,
+            stale=self.presence_cache.changed if self.presence_cache else None)
         self.inbound = Inbound(self.pod, self.hub, self.sender, self.metrics, self.tracer,
                                self.clock, self.subscriptions)
         self.sender.local = self.inbound
@@ -125,8 +124,7 @@ class Node:
         self.many = ManySender(self.sender, s.max_users_per_send)
         retry_ms = int(s.ack_retry_interval * 1000)
         self.resender = Resender(self.acks, self.presence, self.sender, self.metrics,
-                                 holds=self.hub.has, held=self.hub.users,
-                                 busy=self.hub.backed_up,
+                                 holds=self.hub.has, held=self.hub.users, busy=self.hub.backed_up,
                                  interval=scan_interval(s.ack_retry_interval))
         self.upkeep = PresenceUpkeep(self.presence, self.pod, self.hub, self.metrics,
                                      state=self._pod_state, on_announced=self._reconcile_soon,
@@ -314,19 +312,8 @@ class Node:
         await web.TCPSite(runner, s.admin_host or s.host, s.admin_port).start()
         self._admin = runner
         await self.upkeep.join(advertised_url(s, self.admin_port))
-        await self._start_bus_before_serving()
-        self._ws_server = await serve(
-            self.gateway.handle, s.host, s.port,
-            process_request=self.gateway.process_request,
-            select_subprotocol=self.gateway.select_subprotocol,
-            compression="deflate" if s.compression else None,
-            max_size=s.max_message_bytes,
-            ping_interval=s.ping_interval,
-            ping_timeout=s.ping_timeout or None,
-            close_timeout=min(5.0, s.drain_timeout),
-            server_header="wsnode",
-            create_connection=self.intake.connection_class(),
-        )
+        await self._bus_step(at_start=True)
+        self._ws_server = await self.gateway.serve(self.intake.connection_class())
         loops = self.loops
         loops.every("bus", self._bus_step, 1.0)
         for name, step in (("heartbeat", self.upkeep.step), ("topics", self.subscriptions.step)):
@@ -346,25 +333,22 @@ class Node:
                  self.port, self.admin_port, s.mode, extra={"pod": self.pod})
         log.info("connection limits: %s", self.admission.limits, extra={"pod": self.pod})
 
-    async def _start_bus_before_serving(self) -> None:
-        """The bus's first start, before the WebSocket port opens: a client let
-        in earlier could join a topic or be told it is online while no other
-        pod can reach this pod's queue (their at-most-once copies to it would be
-        unroutable, so dropped). A broker that does not answer within the bus's
-        connect timeout does not stop the start: the pod serves, ``/readyz``
-        names the bus, and the ``bus`` loop retries with backoff."""
-        try:
-            await self._bus_step()
-        except Exception as exc:  # whatever it is, the bus loop retries it
-            log.warning("bus not started (%s): serving without it; /readyz says so until "
-                        "it starts (retried with backoff)", exc, extra={"pod": self.pod})
-
-    async def _bus_step(self) -> float:
-        """Start the bus (fails fast; retried with backoff by the supervisor).
-        Once started, the bus reconnects by itself."""
+    async def _bus_step(self, *, at_start: bool = False) -> float:
+        """Start the bus; once started it reconnects by itself. The pod's start
+        tries it before the WebSocket port opens: a client let in earlier could
+        join a topic, or be told it is online, while no other pod can reach this
+        pod's queue. A failure then does not stop the start: logged, named in
+        ``/readyz``, retried with backoff by the ``bus`` loop."""
         if not self._bus_started:
-            await self.bus.start(self.pod, self.inbound.on_deliveries, self._on_control,
-                                 self.inbound.on_stranded)
+            try:
+                await self.bus.start(self.pod, self.inbound.on_deliveries, self._on_control,
+                                     self.inbound.on_stranded)
+            except Exception as exc:
+                if not at_start:
+                    raise
+                log.warning("bus not started (%s): serving without it until it starts",
+                            exc, extra={"pod": self.pod})
+                return 0.0
             self._bus_started = True
         return 3600.0
 
