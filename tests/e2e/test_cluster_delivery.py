@@ -7,12 +7,11 @@ import contextlib
 import random
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aio_pika
 import orjson
-import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -23,13 +22,6 @@ from tests.support.pods import PodProcess
 from tests.support.proxy import TcpProxy
 from tests.support.waits import api, eventually
 from wsnode.keys import AmqpNames
-
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[ClusterSlice]:
-    slice_ = ClusterSlice()
-    yield slice_
-    await slice_.cleanup()
 
 
 def start_pods(pod_factory: PodFactory, cluster: ClusterSlice, names: list[str],

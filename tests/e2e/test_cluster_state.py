@@ -25,13 +25,6 @@ T = TypeVar("T")
 
 
 @pytest.fixture
-async def cluster() -> AsyncIterator[ClusterSlice]:
-    slice_ = ClusterSlice()
-    yield slice_
-    await slice_.cleanup()
-
-
-@pytest.fixture
 def prefix(cluster: ClusterSlice) -> str:
     return cluster.prefix
 

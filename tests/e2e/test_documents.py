@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import pytest
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 from websockets.exceptions import ConnectionClosed
 
@@ -277,13 +276,6 @@ async def test_embedded_pod_answers_match_the_documents(pod_factory: PodFactory)
         await api_documents(pod, pod, api)
         await wsctl_drain(over_node(pod), pod.pod_id, node)
     verdict([api, node], {"api": EVERY_DOCUMENT, "wsctl --node": WSCTL_DOCUMENTS}, EVENTS)
-
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[ClusterSlice]:
-    slice_ = ClusterSlice()
-    yield slice_
-    await slice_.cleanup()
 
 
 async def test_cluster_answers_match_the_documents(

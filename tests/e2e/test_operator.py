@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
@@ -19,13 +18,6 @@ from tests.support.cluster import AMQP_URL, ClusterSlice
 from tests.support.pods import PodProcess, base_env
 from tests.support.waits import api, eventually
 from wsnode.keys import AmqpNames
-
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[ClusterSlice]:
-    slice_ = ClusterSlice()
-    yield slice_
-    await slice_.cleanup()
 
 
 def wsctl(cluster: ClusterSlice, *args: str) -> subprocess.CompletedProcess[str]:

@@ -7,12 +7,10 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import orjson
-import pytest
 
 from tests.conftest import PodFactory
 from tests.support.cluster import ClusterSlice
@@ -24,13 +22,6 @@ from wsnode.presence import PodInfo, PodState
 # Heartbeats every 10 s: a killed pod's lease (3 heartbeats) outlives every
 # check below by far, even on a busy machine.
 SLOW_LEASE = {"WSNODE_HEARTBEAT_INTERVAL": "10s"}
-
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[ClusterSlice]:
-    slice_ = ClusterSlice()
-    yield slice_
-    await slice_.cleanup()
 
 
 def wsctl(cluster: ClusterSlice, *args: str) -> subprocess.CompletedProcess[str]:

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-
-import pytest
 
 from tests.conftest import PodFactory
 from tests.support.client import Client
@@ -23,13 +20,6 @@ from tests.support.pods import PodProcess
 
 GRACE = 1.0
 RATE = 150  # messages per second
-
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[ClusterSlice]:
-    slice_ = ClusterSlice()
-    yield slice_
-    await slice_.cleanup()
 
 
 async def metric(pod: PodProcess, name: str) -> float:
