@@ -59,6 +59,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     test with the rest of its module (module fixtures set up once, a module's
     tests in their written order). Without xdist the marks change nothing."""
     for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue  # grouped by its param (tests/contract/conftest.py)
         used = getattr(item, "fixturenames", ())
         group = next((name for name in _ONE_WORKER_FIXTURES if name in used),
                      item.nodeid.split("::", 1)[0])

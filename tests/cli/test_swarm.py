@@ -72,9 +72,11 @@ def test_locust_room_users_chat_in_rooms(chat_pod: PodProcess) -> None:
 
 
 def test_wsctl_swarm_summarizes_a_clean_run(chat_pod: PodProcess) -> None:
+    began = time.monotonic()
     done = run(chat_pod, str(BIN / "wsctl"), "swarm", "--host",
                chat_pod.ws_url.removesuffix("/ws"), "--users", "20", "--spawn-rate", "20",
                "--run-time", "4s", "--json")
+    wall = time.monotonic() - began
     assert done.returncode == 0, done.stderr[-2000:]
     summary = orjson.loads(done.stdout)
     assert summary["users"] == 20
@@ -83,10 +85,13 @@ def test_wsctl_swarm_summarizes_a_clean_run(chat_pod: PodProcess) -> None:
     assert summary["lost"] == 0 and summary["errors"] == 0
     assert summary["p50_ms"] is not None and summary["p99_ms"] >= summary["p50_ms"]
     assert summary["failures"] == [] and summary["hints"] == []
-    # Locust's own run time (4 s), not the life of the process around it, which
+    # Locust's own run time, from the ramp-up to the stop: at most the 4 s of
+    # --run-time (Locust's clock starts a moment before the ramp-up, more than a
+    # moment on a busy machine), never the life of the process around it, which
     # adds seconds of imports and ramp-down.
-    assert 3.0 <= summary["seconds"] <= 6.5, summary["seconds"]
-    assert summary["ramp_up_seconds"] is not None and summary["ramp_up_seconds"] < 4
+    seconds, ramp = summary["seconds"], summary["ramp_up_seconds"]
+    assert ramp is not None and 0 <= ramp < seconds <= 6.5, (ramp, seconds)
+    assert seconds < wall, (seconds, wall)
 
 
 def test_wsctl_swarm_reports_failures(chat_pod: PodProcess) -> None:
@@ -197,7 +202,9 @@ def test_locust_progress_file_shows_the_ramp_up(chat_pod: PodProcess, tmp_path: 
     last = seen[-1]
     assert last["startedAt"] <= last["spawnedAt"] <= last["stoppingAt"]
     assert 2.0 <= last["spawnedAt"] - last["startedAt"] <= 8.0  # 8 users at 2 per second
-    assert 6.0 <= last["stoppingAt"] - last["startedAt"] <= 12.0  # the 7 s of -t
+    # The 7 s of -t, counted by Locust from a moment before the ramp-up (more
+    # than a moment on a busy machine): the stop comes after the ramp, within them.
+    assert last["spawnedAt"] < last["stoppingAt"] <= last["startedAt"] + 12.0
 
 
 def test_wsctl_swarm_leaves_nothing_in_redis(pod_factory: PodFactory,

@@ -30,7 +30,10 @@ from tests.support.cluster import REDIS_URL
 from tests.support.pods import free_port
 from wsnode.auth import mint_token
 
-pytestmark = pytest.mark.timeout(300)
+# Its 3-node RabbitMQ cluster starts in the worker of the suite's own one
+# (tests/conftest.py's rabbit_cluster): two starting at once on a busy 2-core
+# machine can both time out.
+pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("rabbit_cluster")]
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -278,7 +278,7 @@ REQUIRE_ENV = "WSNODE_TEST_REQUIRE_CLUSTERS"
 when the cluster cannot start."""
 
 
-def start_or_skip(workdir: Path, size: int = 3, timeout: float = 100) -> RabbitCluster:
+def start_or_skip(workdir: Path, size: int = 3, timeout: float = 200) -> RabbitCluster:
     """A started cluster, or a skip that says why not (a failure when
     ``WSNODE_TEST_REQUIRE_CLUSTERS=1``). ``timeout`` stays under the tests'
     own (pytest-timeout counts the fixture in the first test using it)."""
