@@ -8,15 +8,11 @@ shared RabbitMQ itself is never touched."""
 from __future__ import annotations
 
 import asyncio
-import time
-from typing import Any
-
-import jwt
 
 from tests.conftest import PodFactory
+from tests.faults.observe import readyz
 from tests.support.client import Client
 from tests.support.cluster import ClusterSlice
-from tests.support.pods import SECRET, PodProcess
 from tests.support.proxy import TcpProxy
 from tests.support.waits import eventually
 
@@ -25,19 +21,10 @@ SERVING_WITHOUT_BUS_WITHIN = 1.0
 """How long a pod whose broker answers slowly is watched for serving too early."""
 
 
-def token(user: str) -> str:
-    now = int(time.time())
-    return jwt.encode({"sub": user, "iat": now, "exp": now + 3600}, SECRET, algorithm="HS256")
-
-
 async def joined(client: Client, room: str) -> None:
     await client.send({"type": "join", "id": "j", "requiresAck": True,
                        "payload": {"room": room}})
     assert await client.expect("ack") == {"type": "ack", "payload": {"id": "j"}}
-
-
-async def readyz(pod: PodProcess) -> tuple[int, Any]:
-    return await asyncio.to_thread(pod.api, "GET", "/readyz", None, None)
 
 
 async def test_a_pod_lets_clients_in_only_once_other_pods_can_reach_it(
@@ -57,9 +44,9 @@ async def test_a_pod_lets_clients_in_only_once_other_pods_can_reach_it(
         assert "bus connected" in b.log()
 
         # The first client in is reachable from the other pod at once.
-        bob = await Client.open(b.ws_url, token("bob"))
+        bob = await Client.open(b.ws_url, b.token("bob"))
         await joined(bob, "lobby")
-        ann = await Client.open(a.ws_url, token("ann"))
+        ann = await Client.open(a.ws_url, a.token("ann"))
         await joined(ann, "lobby")
         await ann.send({"type": "room_message", "payload": {"room": "lobby", "text": "hi"}})
         post = {"type": "room_message", "payload": {"room": "lobby", "text": "hi", "from": "ann"}}
@@ -81,14 +68,14 @@ async def test_a_pod_whose_broker_is_down_at_start_serves_and_says_so(
         assert "guest:guest" not in b.log()  # the URL's password is never logged
 
         # It serves what needs no bus, and once the broker answers, the rest.
-        bob = await Client.open(b.ws_url, token("bob"))
+        bob = await Client.open(b.ws_url, b.token("bob"))
         await joined(bob, "lobby")
         await proxy.restore()
 
         async def ready() -> bool:
             return (await readyz(b))[0] == 200
         await eventually(ready, 30, "pod-b ready once its broker answers")
-        ann = await Client.open(a.ws_url, token("ann"))
+        ann = await Client.open(a.ws_url, a.token("ann"))
         await joined(ann, "lobby")
         await ann.send({"type": "room_message", "payload": {"room": "lobby", "text": "hi"}})
         assert (await bob.expect("room_message"))["payload"]["from"] == "ann"
