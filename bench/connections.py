@@ -49,7 +49,7 @@ def start(mode: str) -> tuple[subprocess.Popen[bytes], int]:
     for _ in range(200):
         try:
             if mode == "wsnode":
-                urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz", timeout=1).close()
+                urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=1).close()
             else:
                 import socket
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()

@@ -181,6 +181,11 @@ class LoopbackPod(PodProcess):
                                          start_new_session=own_session)
 
     def wait_up(self, timeout: float = 20.0) -> None:
+        """Wait until the pod answers ``/readyz`` with 200, the balancer's own
+        check. Not ``/healthz``: the admin port answers before the pod opens
+        ``/ws`` (once its bus queue is consumed), and haproxy takes a server UP
+        as soon as DNS names it, before its first check; a client it sent to a
+        pod not yet serving would be redispatched to another."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -188,11 +193,11 @@ class LoopbackPod(PodProcess):
                 raise RuntimeError(f"pod {self.pod_id} exited {self.proc.returncode}:\n"
                                    + self.log())
             try:
-                with urllib.request.urlopen(self.admin_url + "/healthz", timeout=1):
+                with urllib.request.urlopen(self.admin_url + "/readyz", timeout=1):
                     return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 time.sleep(0.05)
-        raise RuntimeError(f"pod {self.pod_id} not up within {timeout}s:\n" + self.log())
+        raise RuntimeError(f"pod {self.pod_id} not ready within {timeout}s:\n" + self.log())
 
     def start(self, timeout: float = 20.0) -> LoopbackPod:
         self.launch()
